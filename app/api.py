@@ -1,0 +1,10 @@
+"""The `/api/v1` router: every domain's HTTP endpoints."""
+
+from fastapi import APIRouter
+
+from app.auth.router import router as auth_router
+from scheduling.router import router as scheduling_router
+
+api_router = APIRouter(prefix="/api/v1")
+api_router.include_router(auth_router)
+api_router.include_router(scheduling_router)

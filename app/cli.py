@@ -1,0 +1,134 @@
+"""The `televisit` command: serve, demo, users create, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging.config
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from app import migrate
+from app.config import Settings
+from app.observability import logging_config
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # overrides are checked by pydantic
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            print(f"televisit: invalid setting {where}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(settings: Settings, host: str, port: int) -> None:
+    from app.main import create_app
+
+    config = logging_config(settings.log_level)
+    logging.config.dictConfig(config)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=config,
+        access_log=False,
+        proxy_headers=True,
+        ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    settings = _settings()
+    migrate.upgrade(settings.database_url)
+    _serve(settings, args.host, args.port)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from app import demo
+
+    base = _settings()
+    overrides: dict[str, object] = {"environment": "development"}
+    if "TELEVISIT_PUBLIC_URL" not in os.environ:
+        overrides["public_url"] = f"http://{_display_host(args.host)}:{args.port}"
+    settings = _settings(**overrides) if overrides else base
+    migrate.upgrade(settings.database_url)
+    print(asyncio.run(demo.seed(settings)), flush=True)
+    _serve(settings, args.host, args.port)
+
+
+def cmd_db_upgrade(_args: argparse.Namespace) -> None:
+    settings = _settings()
+    migrate.upgrade(settings.database_url)
+    print("database is at the newest revision")
+
+
+def cmd_users_create(args: argparse.Namespace) -> None:
+    from app import demo
+
+    settings = _settings()
+    migrate.upgrade(settings.database_url)
+    try:
+        user_id = asyncio.run(
+            demo.create_user(
+                settings,
+                email=args.email,
+                password=args.password,
+                role=args.role,
+                name=args.name,
+                timezone=args.timezone,
+            )
+        )
+    except ValueError as exc:
+        print(f"televisit: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"created {args.role} {user_id}")
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="televisit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, handler, text in (
+        ("serve", cmd_serve, "apply migrations, then serve HTTP and WebSocket"),
+        ("demo", cmd_demo, "like serve, on demo data; prints logins and a patient link"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=8000)
+        sub.set_defaults(handler=handler)
+
+    users = commands.add_parser("users", help="manage staff accounts")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    create = users_commands.add_parser("create", help="create a staff account")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "scheduler", "clinician"])
+    create.add_argument("--name", required=True)
+    create.add_argument("--timezone", default="UTC")
+    create.set_defaults(handler=cmd_users_create)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply every migration (alembic upgrade head)")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Settings: one class, read from `TELEVISIT_*` environment variables and a `.env` file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Values people paste from examples; any of them as a secret outside development is refused.
+_PLACEHOLDER_SECRETS = frozenset(
+    {"", "changethis", "change-me", "changeme", "secret", "please-change", "televisit", "dev"}
+)
+_MIN_SECRET_LENGTH = 32
+DEV_SECRET_FILE = ".televisit-secret"  # noqa: S105 (a file name)
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of a Televisit process; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TELEVISIT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./televisit.db"
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    public_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8000")
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+
+    # WebRTC: with none of these set, no STUN or TURN server is ever contacted.
+    stun_urls: CommaList = Field(default_factory=list)
+    turn_urls: CommaList = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    media_ips: CommaList = Field(default_factory=list)
+    media_peer_allow: CommaList = Field(default_factory=list)
+
+    access_token_minutes: int = Field(default=15, ge=1, le=15)
+    # A visit link opens at booking and closes this long after the visit's end.
+    visit_link_hours_after: int = Field(default=24, ge=1, le=24 * 14)
+    log_level: str = "INFO"
+    # Origins allowed to open the WebSockets besides PUBLIC_URL's own.
+    allowed_origins: CommaList = Field(default_factory=list)
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+
+    _split = field_validator(
+        "stun_urls", "turn_urls", "media_ips", "media_peer_allow", "allowed_origins", mode="before"
+    )(_split_commas)
+
+    @field_validator("media_ips", "media_peer_allow")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _secret_required_outside_development(self) -> Settings:
+        if self.environment == "development":
+            return self
+        secret = self.secret_key.get_secret_value() if self.secret_key else ""
+        if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < _MIN_SECRET_LENGTH:
+            raise ValueError(
+                "TELEVISIT_SECRET_KEY must be set to a random value of at least "
+                f"{_MIN_SECRET_LENGTH} characters outside development "
+                '(python -c "import secrets; print(secrets.token_urlsafe(48))")'
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def public_base(self) -> str:
+        return str(self.public_url).rstrip("/")
+
+    def secret_bytes(self) -> bytes:
+        """The server secret; in development without one, a random one kept in a local file."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        return _development_secret()
+
+
+@lru_cache(maxsize=1)
+def _development_secret() -> bytes:
+    path = Path(DEV_SECRET_FILE)
+    if path.exists():
+        return path.read_text().strip().encode()
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value.encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,114 @@
+"""Request-scoped dependencies: the unit of work, the caller, the audit context.
+
+The request is the unit of work: one session, committed before the response is sent
+(`scope="function"`), rolled back on any error. Services never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import Audit
+from app.auth import tokens
+from app.auth.models import Role, User
+from app.config import Settings
+from app.db import Database
+from app.errors import AppError, Forbidden, NotAuthenticated
+
+F = TypeVar("F", bound=Callable[..., Any])
+_READ_ONLY = "televisit_read_only"
+
+
+def read_only(endpoint: F) -> F:
+    """Mark an endpoint that never writes: its session needs no write lock on SQLite."""
+    setattr(endpoint, _READ_ONLY, True)
+    return endpoint
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    db = get_db(request)
+    write = not getattr(request.scope.get("endpoint"), _READ_ONLY, False)
+    try:
+        async with db.session(write=write) as session:
+            yield session
+            audit: Audit | None = getattr(request.state, "audit", None)
+            if audit is not None:
+                audit.flush_into(session, "success")
+    except AppError as exc:
+        # The change rolled back; the attempt is still recorded, in a transaction of its own.
+        failed: Audit | None = getattr(request.state, "audit", None)
+        if failed is not None and failed.pending:
+            async with db.session(write=True) as session:
+                failed.flush_into(session, exc.code)
+        raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def current_user(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None:
+        raise NotAuthenticated()
+    claims = tokens.verify(credentials.credentials, key=request.app.state.jwt_key)
+    if claims is None:
+        raise NotAuthenticated()
+    user = await session.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated()
+    request.state.audit = Audit(
+        actor_id=user.id,
+        actor_role=user.role,
+        ip=client_address(request),
+        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+        request_id=getattr(request.state, "request_id", None),
+    )
+    return user
+
+
+def require_roles(*roles: Role) -> Callable[..., Any]:
+    allowed = frozenset(roles)
+
+    async def dependency(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role not in allowed:
+            raise Forbidden()
+        return user
+
+    return dependency
+
+
+def get_audit(request: Request, _user: Annotated[User, Depends(current_user)]) -> Audit:
+    audit: Audit = request.state.audit
+    return audit
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
+SchedulingStaff = Annotated[User, Depends(require_roles(Role.ADMIN, Role.SCHEDULER))]
+AuditDep = Annotated[Audit, Depends(get_audit)]

@@ -1,0 +1,8 @@
+"""Every table's model, imported in one place for Alembic's metadata."""
+
+from app.audit import AuditEvent
+from app.auth.models import User
+from app.db import Base
+from scheduling.models import Appointment, Availability, ConsentText
+
+__all__ = ["Appointment", "AuditEvent", "Availability", "Base", "ConsentText", "User"]

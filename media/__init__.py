@@ -1,0 +1,1 @@
+"""The aiortc media relay: one peer connection per participant, consent-gated forwarding."""

@@ -1,0 +1,1 @@
+"""Clinicians' availability, slots, appointments, visit links and calendar export."""

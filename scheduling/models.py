@@ -1,0 +1,123 @@
+"""Availability, appointments and consent texts.
+
+Double booking is refused by the database itself: on PostgreSQL an exclusion constraint over
+(clinician, [start, end)) of every appointment not cancelled; on SQLite triggers doing the same
+check inside the write transaction, which `BEGIN IMMEDIATE` makes the only one (see app.db).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+
+class Status(enum.StrEnum):
+    BOOKED = "booked"
+    WAITING = "waiting"
+    IN_CALL = "in_call"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    NO_SHOW = "no_show"
+
+
+# The statuses whose appointment holds the clinician's time.
+ACTIVE_STATUSES = tuple(s.value for s in Status if s is not Status.CANCELLED)
+_STATUS_LIST = ", ".join(f"'{s.value}'" for s in Status)
+
+
+class Availability(Base):
+    """A clinician's weekly hours and date exceptions, as wall-clock times in `timezone`."""
+
+    __tablename__ = "availabilities"
+    __table_args__ = (
+        CheckConstraint("slot_minutes BETWEEN 5 AND 480", name="slot_minutes"),
+        CheckConstraint("min_notice_minutes >= 0", name="min_notice"),
+        CheckConstraint("horizon_days IS NULL OR horizon_days >= 1", name="horizon"),
+    )
+
+    clinician_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    timezone: Mapped[str] = mapped_column(String(64))
+    slot_minutes: Mapped[int] = mapped_column(Integer)
+    min_notice_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    horizon_days: Mapped[int | None] = mapped_column(Integer)
+    # [{"weekday": 0, "start": "09:00", "end": "12:00"}, ...], validated on the way in.
+    weekly: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # [{"date": "2026-12-24", "start": null, "end": null}, ...]
+    exceptions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Appointment(Base):
+    __tablename__ = "appointments"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_STATUS_LIST})", name="status"),
+        CheckConstraint("end_at > start_at", name="positive_duration"),
+        UniqueConstraint("created_by_id", "idempotency_key", name="uq_appointments_idempotency"),
+        Index("ix_appointments_clinician_start", "clinician_id", "start_at"),
+        ExcludeConstraint(
+            (text("clinician_id"), "="),
+            (func.tstzrange(text("start_at"), text("end_at"), "[)"), "&&"),
+            name="ex_appointments_no_overlap",
+            using="gist",
+            where=text("status <> 'cancelled'"),
+        ).ddl_if(dialect="postgresql"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    clinician_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default=Status.BOOKED.value)
+    patient_name: Mapped[str] = mapped_column(String(200))
+    patient_email: Mapped[str | None] = mapped_column(String(320))
+    patient_phone: Mapped[str | None] = mapped_column(String(16))
+    patient_birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    reason: Mapped[str | None] = mapped_column(Text)
+    # The visit link is derived from this salt and the server secret; only its hash is stored.
+    link_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    link_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # RFC 5545 SEQUENCE of the calendar event; raised on every reschedule and cancellation.
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    created_by_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    cancel_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ConsentText(Base):
+    """A published version of the telehealth consent; records keep the version they were shown."""
+
+    __tablename__ = "consent_texts"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_by_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id"))

@@ -1,0 +1,116 @@
+"""Every scheduling query."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import Role, User
+from scheduling.models import ACTIVE_STATUSES, Appointment, Availability, ConsentText
+
+
+async def clinician_with_availability(
+    session: AsyncSession, clinician_id: uuid.UUID
+) -> tuple[User, Availability | None] | None:
+    """The active clinician and their availability in one round trip."""
+    result = await session.execute(
+        select(User, Availability)
+        .outerjoin(Availability, Availability.clinician_id == User.id)
+        .where(User.id == clinician_id, User.role == Role.CLINICIAN, User.is_active.is_(True))
+    )
+    row = result.one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+async def list_clinicians(session: AsyncSession) -> Sequence[User]:
+    result = await session.execute(
+        select(User)
+        .where(User.role == Role.CLINICIAN, User.is_active.is_(True))
+        .order_by(User.name, User.id)
+    )
+    return result.scalars().all()
+
+
+async def busy_intervals(
+    session: AsyncSession, clinician_id: uuid.UUID, start: dt.datetime, end: dt.datetime
+) -> Sequence[Row[dt.datetime, dt.datetime]]:
+    result = await session.execute(
+        select(Appointment.start_at, Appointment.end_at).where(
+            Appointment.clinician_id == clinician_id,
+            Appointment.status.in_(ACTIVE_STATUSES),
+            Appointment.start_at < end,
+            Appointment.end_at > start,
+        )
+    )
+    return result.all()
+
+
+async def get_appointment(session: AsyncSession, appointment_id: uuid.UUID) -> Appointment | None:
+    return await session.get(Appointment, appointment_id)
+
+
+async def by_idempotency_key(
+    session: AsyncSession, user_id: uuid.UUID, key: str
+) -> Appointment | None:
+    result = await session.execute(
+        select(Appointment).where(
+            Appointment.created_by_id == user_id, Appointment.idempotency_key == key
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+async def by_link_hash(session: AsyncSession, link_hash: str) -> Appointment | None:
+    result = await session.execute(select(Appointment).where(Appointment.link_hash == link_hash))
+    return result.scalar_one_or_none()
+
+
+async def list_appointments(
+    session: AsyncSession,
+    *,
+    clinician_id: uuid.UUID | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    status: str | None,
+    limit: int,
+) -> Sequence[Appointment]:
+    query = select(Appointment).order_by(Appointment.start_at, Appointment.id).limit(limit)
+    if clinician_id is not None:
+        query = query.where(Appointment.clinician_id == clinician_id)
+    if start is not None:
+        query = query.where(Appointment.end_at > start)
+    if end is not None:
+        query = query.where(Appointment.start_at < end)
+    if status is not None:
+        query = query.where(Appointment.status == status)
+    result = await session.execute(query)
+    return result.scalars().all()
+
+
+async def conditional_update(
+    session: AsyncSession,
+    appointment_id: uuid.UUID,
+    *,
+    from_statuses: Sequence[str],
+    values: dict[str, Any],
+) -> bool:
+    """Apply `values` only if the status is still one of `from_statuses`; True if it was."""
+    result = await session.execute(
+        update(Appointment)
+        .where(Appointment.id == appointment_id, Appointment.status.in_(from_statuses))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+async def current_consent_text(session: AsyncSession) -> ConsentText:
+    result = await session.execute(
+        select(ConsentText).order_by(ConsentText.version.desc()).limit(1)
+    )
+    return result.scalar_one()

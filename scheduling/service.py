@@ -1,0 +1,421 @@
+"""Scheduling rules: who may see which clinician, which slots are free, booking and its lifecycle.
+
+Services never commit: the request is the unit of work. Overlap is checked by the database
+(see scheduling.models); here are the rules the database cannot know (hours, notice, horizon).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import Role, User
+from app.errors import Conflict, Gone, NotFound, ValidationFailed
+from scheduling import repository, slots, visits
+from scheduling.models import Appointment, Availability, ConsentText, Status
+from scheduling.schemas import AvailabilityBody, Patient
+
+MAX_RANGE = dt.timedelta(days=62)
+DEFAULT_SLOT_MINUTES = 20
+
+# The status an appointment may move to, from each status. Anything else answers 409.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.BOOKED: frozenset({Status.WAITING, Status.CANCELLED, Status.NO_SHOW}),
+    Status.WAITING: frozenset({Status.BOOKED, Status.IN_CALL, Status.CANCELLED, Status.NO_SHOW}),
+    Status.IN_CALL: frozenset({Status.COMPLETED}),
+    Status.COMPLETED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.NO_SHOW: frozenset(),
+}
+
+
+def sources_of(target: Status) -> list[str]:
+    """Every status from which `target` may be reached."""
+    return [source.value for source, targets in TRANSITIONS.items() if target in targets]
+
+
+class SlotUnavailable(Conflict):
+    code = "slot_unavailable"
+    message = "That time is not a free slot of this clinician."
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+    message = "The appointment's status does not allow this."
+
+
+# Access ------------------------------------------------------------------------------------
+
+
+def can_manage_clinician(viewer: User, clinician_id: uuid.UUID) -> bool:
+    return viewer.role in (Role.ADMIN, Role.SCHEDULER) or viewer.id == clinician_id
+
+
+def can_see_appointment(viewer: User, appointment: Appointment) -> bool:
+    return can_manage_clinician(viewer, appointment.clinician_id)
+
+
+async def clinician_for(
+    session: AsyncSession, *, viewer: User, clinician_id: uuid.UUID
+) -> tuple[User, Availability | None]:
+    """The clinician and availability if the viewer may manage them; 404 otherwise."""
+    if not can_manage_clinician(viewer, clinician_id):
+        raise NotFound()
+    found = await repository.clinician_with_availability(session, clinician_id)
+    if found is None:
+        raise NotFound()
+    return found
+
+
+async def appointment_for(
+    session: AsyncSession, *, viewer: User, appointment_id: uuid.UUID
+) -> Appointment:
+    appointment = await repository.get_appointment(session, appointment_id)
+    if appointment is None or not can_see_appointment(viewer, appointment):
+        raise NotFound()
+    return appointment
+
+
+# Availability ------------------------------------------------------------------------------
+
+
+def availability_document(clinician: User, availability: Availability | None) -> dict[str, Any]:
+    if availability is None:
+        return {
+            "timezone": clinician.timezone,
+            "slot_minutes": DEFAULT_SLOT_MINUTES,
+            "weekly": [],
+            "exceptions": [],
+            "min_notice_minutes": 0,
+            "horizon_days": None,
+        }
+    return {
+        "timezone": availability.timezone,
+        "slot_minutes": availability.slot_minutes,
+        "weekly": availability.weekly,
+        "exceptions": availability.exceptions,
+        "min_notice_minutes": availability.min_notice_minutes,
+        "horizon_days": availability.horizon_days,
+    }
+
+
+async def set_availability(
+    session: AsyncSession,
+    *,
+    clinician_id: uuid.UUID,
+    existing: Availability | None,
+    body: AvailabilityBody,
+) -> Availability:
+    weekly = [w.model_dump(mode="json") for w in body.weekly]
+    exceptions = [e.model_dump(mode="json") for e in body.exceptions]
+    if existing is None:
+        existing = Availability(clinician_id=clinician_id)
+        session.add(existing)
+    existing.timezone = body.timezone
+    existing.slot_minutes = body.slot_minutes
+    existing.min_notice_minutes = body.min_notice_minutes
+    existing.horizon_days = body.horizon_days
+    existing.weekly = weekly
+    existing.exceptions = exceptions
+    existing.updated_at = dt.datetime.now(dt.UTC)
+    await session.flush()
+    return existing
+
+
+def _clock(value: str) -> dt.time | None:
+    if value == "24:00":
+        return None
+    return dt.time.fromisoformat(value)
+
+
+def schedule_of(availability: Availability) -> slots.Schedule:
+    weekly: list[list[slots.Hours]] = [[] for _ in range(7)]
+    for item in availability.weekly:
+        start = _clock(item["start"])
+        assert start is not None
+        weekly[item["weekday"]].append(slots.Hours(start, _clock(item["end"])))
+    exceptions: dict[dt.date, list[slots.Hours]] = {}
+    for item in availability.exceptions:
+        hours = exceptions.setdefault(dt.date.fromisoformat(item["date"]), [])
+        if item.get("start") is not None:
+            start = _clock(item["start"])
+            assert start is not None
+            hours.append(slots.Hours(start, _clock(item["end"])))
+    return slots.Schedule(
+        timezone=availability.timezone,
+        slot_minutes=availability.slot_minutes,
+        weekly=tuple(tuple(day) for day in weekly),
+        exceptions={day: tuple(hours) for day, hours in exceptions.items()},
+        min_notice_minutes=availability.min_notice_minutes,
+        horizon_days=availability.horizon_days,
+    )
+
+
+# Slots -------------------------------------------------------------------------------------
+
+
+def check_range(start: dt.datetime, end: dt.datetime) -> None:
+    if end < start:
+        raise ValidationFailed("end is before start.")
+    if end - start > MAX_RANGE:
+        raise ValidationFailed("The range may span at most 62 days.")
+
+
+async def free_slots(
+    session: AsyncSession,
+    *,
+    clinician: User,
+    availability: Availability | None,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+) -> list[tuple[int, int]]:
+    check_range(start, end)
+    if availability is None or start == end:
+        return []
+    busy = await repository.busy_intervals(session, clinician.id, start, end)
+    return slots.free_slots(
+        schedule_of(availability),
+        slots.to_instant(start),
+        slots.to_instant(end),
+        slots.to_instant(now),
+        [(slots.to_instant(b[0]), slots.to_instant(b[1])) for b in busy],
+    )
+
+
+def offered_end(
+    availability: Availability | None, start: dt.datetime, now: dt.datetime
+) -> dt.datetime:
+    """The end of the slot starting at `start` if it is offered now; else 409 slot_unavailable."""
+    if availability is None or start.microsecond:
+        raise SlotUnavailable()
+    end = slots.offered_end(schedule_of(availability), slots.to_instant(start), slots.to_instant(now))
+    if end is None:
+        raise SlotUnavailable()
+    return dt.datetime.fromtimestamp(end, dt.UTC)
+
+
+# Booking -----------------------------------------------------------------------------------
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+    message = "This Idempotency-Key was used with another request body."
+
+
+def _replay(existing: Appointment, body_fingerprint: str) -> Appointment:
+    if existing.idempotency_fingerprint != body_fingerprint:
+        raise IdempotencyKeyReused()
+    return existing
+
+
+async def book(
+    session: AsyncSession,
+    *,
+    actor: User,
+    clinician_id: uuid.UUID,
+    start: dt.datetime,
+    patient: Patient,
+    reason: str | None,
+    idempotency_key: str | None,
+    body_fingerprint: str,
+    link_key: bytes,
+    now: dt.datetime,
+) -> Appointment:
+    """Book a free slot; with an Idempotency-Key already used by this actor, answer that booking."""
+    if idempotency_key is not None:
+        existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, body_fingerprint)
+    found = await repository.clinician_with_availability(session, clinician_id)
+    if found is None:
+        raise NotFound("No such clinician.")
+    end = offered_end(found[1], start, now)
+    salt = visits.new_salt()
+    appointment = Appointment(
+        id=uuid.uuid4(),
+        clinician_id=clinician_id,
+        start_at=start,
+        end_at=end,
+        status=Status.BOOKED.value,
+        patient_name=patient.name,
+        patient_email=patient.email,
+        patient_phone=patient.phone,
+        patient_birth_date=patient.birth_date,
+        reason=reason or None,
+        link_salt=salt,
+        link_hash=visits.token_hash(visits.token_for(link_key, salt)),
+        sequence=0,
+        created_by_id=actor.id,
+        idempotency_key=idempotency_key,
+        idempotency_fingerprint=body_fingerprint if idempotency_key else None,
+        created_at=now,
+        updated_at=now,
+    )
+    if idempotency_key is None:
+        session.add(appointment)
+        try:
+            await session.flush()
+        except IntegrityError:
+            raise SlotUnavailable() from None
+        return appointment
+    try:
+        # A savepoint, so a racing request with the same key can be answered from this one.
+        async with session.begin_nested():
+            session.add(appointment)
+    except IntegrityError:
+        existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, body_fingerprint)
+        raise SlotUnavailable() from None
+    return appointment
+
+
+async def _move(
+    session: AsyncSession,
+    appointment: Appointment,
+    target: Status,
+    values: dict[str, Any],
+    *,
+    from_statuses: Sequence[str] | None = None,
+) -> Appointment:
+    """A conditional update: applied only if the status still allows it, else 409."""
+    statement = (
+        update(Appointment)
+        .where(
+            Appointment.id == appointment.id,
+            Appointment.status.in_(from_statuses or sources_of(target)),
+        )
+        .values(status=target.value, updated_at=dt.datetime.now(dt.UTC), **values)
+        .returning(Appointment)
+        .execution_options(populate_existing=True)
+    )
+    result = await session.execute(statement)
+    moved = result.scalar_one_or_none()
+    if moved is None:
+        raise InvalidTransition()
+    return moved
+
+
+async def transition(
+    session: AsyncSession, appointment: Appointment, target: Status, **values: Any
+) -> Appointment:
+    return await _move(session, appointment, target, values)
+
+
+async def cancel(
+    session: AsyncSession, appointment: Appointment, reason: str | None
+) -> Appointment:
+    return await _move(
+        session,
+        appointment,
+        Status.CANCELLED,
+        {
+            "cancelled_at": dt.datetime.now(dt.UTC),
+            "cancel_reason": reason or None,
+            "sequence": Appointment.sequence + 1,
+        },
+    )
+
+
+async def reschedule(
+    session: AsyncSession, appointment: Appointment, *, start: dt.datetime, now: dt.datetime
+) -> Appointment:
+    found = await repository.clinician_with_availability(session, appointment.clinician_id)
+    if found is None:
+        raise SlotUnavailable()
+    end = offered_end(found[1], start, now)
+    try:
+        return await _move(
+            session,
+            appointment,
+            Status.BOOKED,
+            {"start_at": start, "end_at": end, "sequence": Appointment.sequence + 1},
+            from_statuses=[Status.BOOKED.value],
+        )
+    except IntegrityError:
+        raise SlotUnavailable() from None
+
+
+# Visit links -------------------------------------------------------------------------------
+
+
+class VisitNotFound(NotFound):
+    code = "visit_not_found"
+    message = "This visit link is not valid."
+
+
+class VisitClosed(Gone):
+    code = "visit_closed"
+    message = "This visit link is closed."
+
+
+def link_closes_at(appointment: Appointment, hours_after: int) -> dt.datetime:
+    return appointment.end_at + dt.timedelta(hours=hours_after)
+
+
+async def open_visit(
+    session: AsyncSession, *, token: str, now: dt.datetime, hours_after: int
+) -> Appointment:
+    """The appointment behind an open visit link; 404 unknown, 410 cancelled or expired."""
+    if not 20 <= len(token) <= 100:
+        raise VisitNotFound()
+    appointment = await repository.by_link_hash(session, visits.token_hash(token))
+    if appointment is None:
+        raise VisitNotFound()
+    if appointment.status == Status.CANCELLED or now >= link_closes_at(appointment, hours_after):
+        raise VisitClosed()
+    return appointment
+
+
+async def current_consent(session: AsyncSession) -> ConsentText:
+    return await repository.current_consent_text(session)
+
+
+async def list_clinicians(session: AsyncSession) -> Sequence[User]:
+    return await repository.list_clinicians(session)
+
+
+async def clinician_name(session: AsyncSession, clinician_id: uuid.UUID) -> str:
+    clinician = await session.get(User, clinician_id)
+    return clinician.name if clinician is not None else ""
+
+
+async def list_appointments(
+    session: AsyncSession,
+    *,
+    viewer: User,
+    clinician_id: uuid.UUID | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    status: str | None,
+    limit: int,
+) -> Sequence[Appointment]:
+    """Appointments the viewer may see; a clinician sees only their own."""
+    if start is not None and end is not None and end < start:
+        raise ValidationFailed("end is before start.")
+    if viewer.role == Role.CLINICIAN:
+        if clinician_id is not None and clinician_id != viewer.id:
+            raise NotFound()
+        clinician_id = viewer.id
+    return await repository.list_appointments(
+        session, clinician_id=clinician_id, start=start, end=end, status=status, limit=limit
+    )
+
+
+async def consented(session: AsyncSession, appointment_id: uuid.UUID) -> bool:
+    """Whether the patient's latest `video_visit` decision for this call is a grant."""
+    return False

@@ -1,0 +1,1 @@
+"""WebSocket signaling, the waiting room and the consult queue, fan-out across processes."""
