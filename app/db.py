@@ -92,9 +92,12 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
 
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
-        engine = create_async_engine(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=10
+        pool = (
+            {}
+            if ":memory:" in settings.database_url
+            else {"pool_size": settings.db_pool_size, "max_overflow": 10}
         )
+        engine = create_async_engine(settings.database_url, hide_parameters=True, **pool)
         _sqlite_setup(engine)
         return engine
     return create_async_engine(

@@ -142,11 +142,15 @@ async def _app_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if errors and all(err.get("loc", ("",))[0] == "path" for err in errors):
+        # A malformed id in the path names nothing: it is as unknown as a well-formed one.
+        return JSONResponse(error_body(NotFound.code, NotFound.message), status_code=404)
     return JSONResponse(
         error_body(
             "validation_error",
             "The request is not valid.",
-            _clean_validation_details(exc.errors()),
+            _clean_validation_details(errors),
         ),
         status_code=422,
     )

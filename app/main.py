@@ -17,7 +17,7 @@ from app.auth.throttle import LoginThrottle, MemoryStore, RedisStore
 from app.config import Settings, get_settings
 from app.db import Database, create_engine
 from app.errors import install_error_handlers
-from app.observability import RequestContextMiddleware
+from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
 from scheduling import visits
 
@@ -26,6 +26,7 @@ logger = logging.getLogger("televisit")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    quiet_parameter_loggers()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -79,6 +79,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Loggers that write SQL parameters (patient data) at DEBUG or INFO; capped whatever the level.
+PARAMETER_LOGGERS = ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg")
+
+
+def quiet_parameter_loggers() -> None:
+    for name in PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A `logging.config.dictConfig` for the service and uvicorn alike."""
     return {
@@ -98,6 +107,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
             # The request line is ours (route templates, no tokens); uvicorn's is switched off.
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
+            **{name: {"level": "WARNING"} for name in PARAMETER_LOGGERS},
         },
     }
 
@@ -162,8 +172,7 @@ class RequestContextMiddleware:
                     await _send_too_large(send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             method = scope["method"]
             REQUESTS.labels(method=method, route=template, status=str(status)).inc()
             REQUEST_SECONDS.labels(method=method, route=template).observe(elapsed)
@@ -177,6 +186,17 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (`/api/v1/visits/{token}`): the path with its values put back
+    as names, so logs and metric labels never carry ids or tokens."""
+    if scope.get("endpoint") is None:
+        return "unmatched"
+    names = {str(value): name for name, value in scope.get("path_params", {}).items()}
+    return "/".join(
+        f"{{{names[part]}}}" if part in names else part for part in scope["path"].split("/")
+    )
 
 
 class _BodyTooLarge(HTTPException):

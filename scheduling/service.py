@@ -197,7 +197,9 @@ def offered_end(
     """The end of the slot starting at `start` if it is offered now; else 409 slot_unavailable."""
     if availability is None or start.microsecond:
         raise SlotUnavailable()
-    end = slots.offered_end(schedule_of(availability), slots.to_instant(start), slots.to_instant(now))
+    end = slots.offered_end(
+        schedule_of(availability), slots.to_instant(start), slots.to_instant(now)
+    )
     if end is None:
         raise SlotUnavailable()
     return dt.datetime.fromtimestamp(end, dt.UTC)

@@ -1,0 +1,151 @@
+"""Fixtures: one migrated database per backend per test session, the app, clients, a live server.
+
+Every test that takes `settings` (directly or through `app`, `client`, `db`) runs once on SQLite
+and once on PostgreSQL. PostgreSQL and Redis tests skip, with the reason printed, when no server
+answers; with TELEVISIT_TEST_REQUIRE_SERVICES=1 (as in CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app import migrate
+from app.config import Settings
+from app.db import Database, create_engine
+from app.main import create_app
+from tests.factories import Staff, make_staff
+from tests.live import LiveServer, start_server
+
+POSTGRES_URL = os.environ.get(
+    "TELEVISIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TELEVISIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_SERVICES = os.environ.get("TELEVISIT_TEST_REQUIRE_SERVICES") == "1"
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def unavailable(what: str, why: str) -> None:
+    """Skip, or in CI fail: CI must prove every backend, never skip one."""
+    message = f"{what} is not answering ({why})"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + "; TELEVISIT_TEST_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(message)
+
+
+async def _postgres_answers() -> str | None:
+    try:
+        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}"
+    await conn.close()
+    return None
+
+
+def _asyncpg_url(url: str, database: str) -> str:
+    base = url.rsplit("/", 1)[0]
+    return f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{database}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("db") / "televisit-test.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    why = asyncio.run(_postgres_answers())
+    if why is not None:
+        unavailable("PostgreSQL at " + POSTGRES_URL.split("@")[-1], why)
+    name = f"televisit_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _asyncpg_url(POSTGRES_URL, name)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        environment="test",
+        database_url=database_url,
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]  # pydantic turns it into SecretStr
+        public_url="http://testserver",  # type: ignore[arg-type]  # pydantic parses the URL
+        db_pool_size=5,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(create_engine(settings))
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def staff(db: Database) -> Staff:
+    """An admin, a scheduler and two clinicians (New York, Berlin) with weekday hours."""
+    return await make_staff(db, secret=TEST_SECRET.encode())
+
+
+@pytest.fixture
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """`televisit serve` in its own process on a free loopback port, logs captured."""
+    server = start_server(
+        {
+            "TELEVISIT_ENVIRONMENT": "test",
+            "TELEVISIT_DATABASE_URL": settings.database_url,
+            "TELEVISIT_SECRET_KEY": TEST_SECRET,
+            "TELEVISIT_PUBLIC_URL": "http://testserver",
+        },
+        log_path=tmp_path / f"server-{uuid.uuid4().hex[:6]}.log",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
