@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import BigInteger, Integer, Row, cast, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
@@ -36,11 +36,23 @@ async def list_clinicians(session: AsyncSession) -> Sequence[User]:
     return result.scalars().all()
 
 
+def _epoch(column: Any, dialect: str) -> Any:
+    """Whole seconds since the epoch, computed by the database (slot boundaries are whole)."""
+    if dialect == "sqlite":
+        return cast(func.strftime("%s", column), Integer)
+    return cast(func.extract("epoch", column), BigInteger)
+
+
 async def busy_intervals(
     session: AsyncSession, clinician_id: uuid.UUID, start: dt.datetime, end: dt.datetime
-) -> Sequence[Row[dt.datetime, dt.datetime]]:
+) -> Sequence[Row[int, int]]:
+    """[start, end) in epoch seconds of every appointment holding the clinician's time in range.
+
+    Epoch integers straight from the database: a listing reads a thousand of these per request.
+    """
+    dialect = session.get_bind().dialect.name
     result = await session.execute(
-        select(Appointment.start_at, Appointment.end_at).where(
+        select(_epoch(Appointment.start_at, dialect), _epoch(Appointment.end_at, dialect)).where(
             Appointment.clinician_id == clinician_id,
             Appointment.status.in_(ACTIVE_STATUSES),
             Appointment.start_at < end,

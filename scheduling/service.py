@@ -187,7 +187,7 @@ async def free_slots(
         slots.to_instant(start),
         slots.to_instant(end),
         slots.to_instant(now),
-        [(slots.to_instant(b[0]), slots.to_instant(b[1])) for b in busy],
+        [(b[0], b[1]) for b in busy],
     )
 
 

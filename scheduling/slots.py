@@ -12,9 +12,8 @@ listing handles thousands of them per request.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -89,25 +88,61 @@ def bounds(schedule: Schedule, now: int) -> tuple[int, int | None]:
     return earliest, latest
 
 
-def candidate_slots(schedule: Schedule, start: int, end: int, now: int) -> list[tuple[int, int]]:
-    """Slots lying wholly inside [start, end) and offered at `now`, ignoring bookings."""
+def _windows(schedule: Schedule, start: int, end: int) -> list[tuple[int, int]]:
+    windows: list[tuple[int, int]] = []
+    for day in _local_dates(schedule, start, end):
+        windows.extend(sorted(day_windows(schedule, day)))
+    return windows
+
+
+def iter_free(
+    schedule: Schedule,
+    start: int,
+    end: int,
+    now: int,
+    busy: Sequence[tuple[int, int]] = (),
+) -> Iterator[tuple[int, int]]:
+    """Offered slots lying wholly inside [start, end) that overlap no busy interval, in order.
+
+    Windows come day after day and slots step forward within each, so one forward pointer over
+    the busy intervals (merged, sorted) decides every overlap.
+    """
     step = schedule.step
     earliest, latest = bounds(schedule, now)
     low = max(start, earliest + 1)
     high_start = end - step
     if latest is not None:
         high_start = min(high_start, latest - 1)
-    result: list[tuple[int, int]] = []
-    for day in _local_dates(schedule, start, end):
-        for w_start, w_end in day_windows(schedule, day):
-            last = min(w_end - step, high_start)
-            first = w_start
-            if first < low:
-                # Jump to the first grid point of this window at or after `low`.
-                first = w_start + -(-(low - w_start) // step) * step
-            result.extend((s, s + step) for s in range(first, last + 1, step))
-    result.sort()
-    return result
+    merged = _merge(busy)
+    count, pointer = len(merged), 0
+    for w_start, w_end in _windows(schedule, start, end):
+        first = w_start
+        if first < low:
+            # Jump to the first grid point of this window at or after `low`.
+            first = w_start + -(-(low - w_start) // step) * step
+        for s in range(first, min(w_end - step, high_start) + 1, step):
+            e = s + step
+            while pointer < count and merged[pointer][1] <= s:
+                pointer += 1
+            if pointer < count and merged[pointer][0] < e:
+                continue
+            yield s, e
+
+
+def _merge(busy: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for b_start, b_end in sorted(busy):
+        if merged and b_start <= merged[-1][1]:
+            if b_end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], b_end)
+        else:
+            merged.append((b_start, b_end))
+    return merged
+
+
+def candidate_slots(schedule: Schedule, start: int, end: int, now: int) -> list[tuple[int, int]]:
+    """Slots lying wholly inside [start, end) and offered at `now`, ignoring bookings."""
+    return list(iter_free(schedule, start, end, now))
 
 
 def free_slots(
@@ -118,25 +153,7 @@ def free_slots(
     busy: Sequence[tuple[int, int]],
 ) -> list[tuple[int, int]]:
     """Offered slots in [start, end) that overlap no busy interval (sorted by start)."""
-    slots = candidate_slots(schedule, start, end, now)
-    if not busy:
-        return slots
-    busy = sorted(busy)
-    busy_starts = [b[0] for b in busy]
-    # The longest busy interval bounds how far back an overlapping one can start.
-    longest = max(b[1] - b[0] for b in busy)
-    free = []
-    for s, e in slots:
-        i = bisect.bisect_left(busy_starts, s - longest)
-        overlaps = False
-        while i < len(busy) and busy[i][0] < e:
-            if busy[i][1] > s:
-                overlaps = True
-                break
-            i += 1
-        if not overlaps:
-            free.append((s, e))
-    return free
+    return list(iter_free(schedule, start, end, now, busy))
 
 
 def offered_end(schedule: Schedule, start: int, now: int) -> int | None:
