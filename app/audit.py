@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, Integer, String, Uuid, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -40,6 +40,9 @@ class AuditEvent(Base):
     user_agent: Mapped[str | None] = mapped_column(String(256))
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+_INSERT = insert(AuditEvent.__table__)  # type: ignore[arg-type]  # a Table
 
 
 @dataclass(slots=True)
@@ -73,26 +76,27 @@ class Audit:
     def listed(self, event: PendingEvent, ids: list[Any]) -> None:
         event.details = {"count": len(ids), "ids": [str(i) for i in ids[:MAX_LISTED_IDS]]}
 
-    def rows(self, outcome: str) -> list[AuditEvent]:
+    def rows(self, outcome: str) -> list[dict[str, Any]]:
         now = utcnow()
         return [
-            AuditEvent(
-                at=now,
-                actor_id=self.actor_id,
-                actor_role=self.actor_role,
-                action=event.action,
-                resource_type=event.resource_type,
-                resource_id=event.resource_id,
-                outcome=outcome,
-                ip=self.ip,
-                user_agent=self.user_agent,
-                request_id=self.request_id,
-                details=event.details,
-            )
+            {
+                "at": now,
+                "actor_id": self.actor_id,
+                "actor_role": self.actor_role,
+                "action": event.action,
+                "resource_type": event.resource_type,
+                "resource_id": event.resource_id,
+                "outcome": outcome,
+                "ip": self.ip,
+                "user_agent": self.user_agent,
+                "request_id": self.request_id,
+                "details": event.details,
+            }
             for event in self.pending
         ]
 
-    def flush_into(self, session: AsyncSession, outcome: str) -> None:
+    async def write(self, session: AsyncSession, outcome: str) -> None:
+        """Insert the pending events into the session's transaction (one Core statement)."""
         if self.pending:
-            session.add_all(self.rows(outcome))
+            await session.execute(_INSERT, self.rows(outcome))
             self.pending.clear()

@@ -95,7 +95,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool = (
             {}
             if ":memory:" in settings.database_url
-            else {"pool_size": settings.db_pool_size, "max_overflow": 10}
+            else {"pool_size": settings.db_pool_size, "max_overflow": 0}
         )
         engine = create_async_engine(settings.database_url, hide_parameters=True, **pool)
         _sqlite_setup(engine)
@@ -103,7 +103,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
-        max_overflow=10,
+        # A fixed pool: overflow connections are closed on return and reopened under load.
+        max_overflow=0,
         pool_pre_ping=False,
         # Constraint violations are expected (double booking); keep their text out of logs.
         hide_parameters=True,

@@ -6,6 +6,7 @@ The request is the unit of work: one session, committed before the response is s
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -14,8 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import Audit
-from app.auth import tokens
 from app.auth.models import Role, User
+from app.auth.principal import Principal, PrincipalCache
 from app.config import Settings
 from app.db import Database
 from app.errors import AppError, Forbidden, NotAuthenticated
@@ -48,13 +49,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             yield session
             audit: Audit | None = getattr(request.state, "audit", None)
             if audit is not None:
-                audit.flush_into(session, "success")
+                await audit.write(session, "success")
     except AppError as exc:
         # The change rolled back; the attempt is still recorded, in a transaction of its own.
         failed: Audit | None = getattr(request.state, "audit", None)
         if failed is not None and failed.pending:
             async with db.session(write=True) as session:
-                failed.flush_into(session, exc.code)
+                await failed.write(session, exc.code)
         raise
 
 
@@ -69,18 +70,30 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def _principal(request: Request, user_id: uuid.UUID) -> Principal | None:
+    cache: PrincipalCache = request.app.state.principals
+    known, principal = cache.get(user_id)
+    if known:
+        return principal
+    async with get_db(request).session(write=False) as session:
+        user = await session.get(User, user_id)
+        principal = Principal.of(user) if user is not None and user.is_active else None
+    cache.put(user_id, principal)
+    return principal
+
+
 async def current_user(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
+) -> Principal:
+    """The active staff member behind the bearer token; 401 for anything else."""
     if credentials is None:
         raise NotAuthenticated()
-    claims = tokens.verify(credentials.credentials, key=request.app.state.jwt_key)
+    claims = request.app.state.tokens.verify(credentials.credentials)
     if claims is None:
         raise NotAuthenticated()
-    user = await session.get(User, claims.user_id)
-    if user is None or not user.is_active:
+    user = await _principal(request, claims.user_id)
+    if user is None:
         raise NotAuthenticated()
     request.state.audit = Audit(
         actor_id=user.id,
@@ -95,7 +108,7 @@ async def current_user(
 def require_roles(*roles: Role) -> Callable[..., Any]:
     allowed = frozenset(roles)
 
-    async def dependency(user: Annotated[User, Depends(current_user)]) -> User:
+    async def dependency(user: Annotated[Principal, Depends(current_user)]) -> Principal:
         if user.role not in allowed:
             raise Forbidden()
         return user
@@ -103,12 +116,12 @@ def require_roles(*roles: Role) -> Callable[..., Any]:
     return dependency
 
 
-def get_audit(request: Request, _user: Annotated[User, Depends(current_user)]) -> Audit:
+def get_audit(request: Request, _user: Annotated[Principal, Depends(current_user)]) -> Audit:
     audit: Audit = request.state.audit
     return audit
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
-AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
-SchedulingStaff = Annotated[User, Depends(require_roles(Role.ADMIN, Role.SCHEDULER))]
+CurrentUser = Annotated[Principal, Depends(current_user)]
+AdminUser = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+SchedulingStaff = Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.SCHEDULER))]
 AuditDep = Annotated[Audit, Depends(get_audit)]

@@ -13,6 +13,7 @@ import app as televisit
 from app import bootstrap
 from app.api import api_router
 from app.auth import passwords, tokens
+from app.auth.principal import PrincipalCache, TokenCache
 from app.auth.throttle import LoginThrottle, MemoryStore, RedisStore
 from app.config import Settings, get_settings
 from app.db import Database, create_engine
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.redis = redis
         app.state.jwt_key = tokens.signing_key(secret)
+        app.state.tokens = TokenCache(app.state.jwt_key)
+        app.state.principals = PrincipalCache()
         app.state.link_key = visits.link_key(secret)
         app.state.login_throttle = LoginThrottle(
             RedisStore(redis) if redis is not None else MemoryStore()

@@ -67,9 +67,15 @@ def postgres_backend() -> Backend | None:
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"PostgreSQL not answering ({type(exc).__name__}): skipped")
         return None
-    url = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+    url = (
+        POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        + "/"
+        + name
+    )
     migrate.upgrade(url)
-    return Backend("postgresql", url, lambda: asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)')))
+    return Backend(
+        "postgresql", url, lambda: asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    )
 
 
 def settings_for(url: str) -> Settings:
@@ -86,14 +92,14 @@ OFFICE_HOURS = [{"weekday": d, "start": "08:00", "end": "18:00"} for d in range(
 ALL_DAY = [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]
 
 
-async def seed(url: str, *, slot_minutes: int = 5, weekly: list[dict[str, Any]] = ALL_DAY) -> Seeded:
+async def seed(
+    url: str, *, slot_minutes: int = 5, weekly: list[dict[str, Any]] = ALL_DAY
+) -> Seeded:
     db = Database(create_engine(settings_for(url)))
     try:
         scheduler = await make_user(db, secret=SECRET.encode(), role="scheduler")
         clinician = await make_user(db, secret=SECRET.encode(), role="clinician", timezone="UTC")
-        await set_hours(
-            db, clinician.id, timezone="UTC", weekly=weekly, slot_minutes=slot_minutes
-        )
+        await set_hours(db, clinician.id, timezone="UTC", weekly=weekly, slot_minutes=slot_minutes)
         token = access_token(SECRET.encode(), scheduler.user, minutes=15)
         return Seeded(token, clinician.id)
     finally:
@@ -117,8 +123,7 @@ def request_bytes(
 ) -> bytes:
     payload = b"" if body is None else json.dumps(body).encode()
     head = (
-        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
     )
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
@@ -198,4 +203,3 @@ def temp_folder() -> Path:
 def warm(url: str, path: str, token: str) -> None:
     for _ in range(50):
         httpx.get(url + path, headers={"Authorization": f"Bearer {token}"})
-

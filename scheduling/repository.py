@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Row, cast, func, select, update
+from sqlalchemy import BigInteger, Integer, Row, bindparam, cast, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
@@ -25,6 +26,70 @@ async def clinician_with_availability(
     )
     row = result.one_or_none()
     return None if row is None else (row[0], row[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Hours:
+    """An availability's rules, as the booking path reads them (no ORM object)."""
+
+    timezone: str
+    slot_minutes: int
+    min_notice_minutes: int
+    horizon_days: int | None
+    weekly: list[dict[str, Any]]
+    exceptions: list[dict[str, Any]]
+    updated_at: dt.datetime
+
+
+# Built once: the booking path runs these on every request, and building a statement costs more
+# than SQLAlchemy's compiled cache saves.
+_HOURS = (
+    select(
+        User.name,
+        Availability.timezone,
+        Availability.slot_minutes,
+        Availability.min_notice_minutes,
+        Availability.horizon_days,
+        Availability.weekly,
+        Availability.exceptions,
+        Availability.updated_at,
+    )
+    .outerjoin(Availability, Availability.clinician_id == User.id)
+    .where(
+        User.id == bindparam("clinician_id"),
+        User.role == Role.CLINICIAN,
+        User.is_active.is_(True),
+    )
+)
+# FOR NO KEY UPDATE OF users: does not block the key-share locks that foreign keys take.
+_HOURS_LOCKED = _HOURS.with_for_update(of=User, key_share=True)
+
+
+async def clinician_hours(
+    session: AsyncSession, clinician_id: uuid.UUID, *, lock: bool = False
+) -> tuple[str, Hours | None] | None:
+    """The active clinician's name and availability rules, in one lean round trip.
+
+    With `lock`, the clinician's row is locked until the transaction ends (PostgreSQL; SQLite's
+    write transactions are serial anyway). Bookings for one clinician then queue here instead of
+    meeting inside the exclusion constraint, where two concurrent overlapping inserts each wait
+    for the other: a deadlock PostgreSQL breaks only after `deadlock_timeout` by failing one.
+    """
+    query = _HOURS_LOCKED if lock else _HOURS
+    row = (await session.execute(query, {"clinician_id": clinician_id})).one_or_none()
+    if row is None:
+        return None
+    if row[1] is None:
+        return row[0], None
+    return row[0], Hours(*row[1:])
+
+
+_INSERT_APPOINTMENT = insert(Appointment.__table__)  # type: ignore[arg-type]  # a Table
+
+
+async def insert_appointment(session: AsyncSession, values: dict[str, Any]) -> None:
+    """A Core insert, compiled once: the booking path needs no unit of work for one row."""
+    await session.execute(_INSERT_APPOINTMENT, values)
 
 
 async def list_clinicians(session: AsyncSession) -> Sequence[User]:
@@ -66,14 +131,16 @@ async def get_appointment(session: AsyncSession, appointment_id: uuid.UUID) -> A
     return await session.get(Appointment, appointment_id)
 
 
+_BY_IDEMPOTENCY_KEY = select(Appointment).where(
+    Appointment.created_by_id == bindparam("user_id"),
+    Appointment.idempotency_key == bindparam("key"),
+)
+
+
 async def by_idempotency_key(
     session: AsyncSession, user_id: uuid.UUID, key: str
 ) -> Appointment | None:
-    result = await session.execute(
-        select(Appointment).where(
-            Appointment.created_by_id == user_id, Appointment.idempotency_key == key
-        )
-    )
+    result = await session.execute(_BY_IDEMPOTENCY_KEY, {"user_id": user_id, "key": key})
     return result.scalar_one_or_none()
 
 

@@ -142,11 +142,8 @@ async def list_slots(
     session: SessionDep,
     user: CurrentUser,
 ) -> Response:
-    clinician, availability = await service.clinician_for(
-        session, viewer=user, clinician_id=clinician_id
-    )
     free = await service.free_slots(
-        session, clinician=clinician, availability=availability, start=start, end=end, now=_now()
+        session, viewer=user, clinician_id=clinician_id, start=start, end=end, now=_now()
     )
     return Response(content=slots_json(free), media_type="application/json")
 

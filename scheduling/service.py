@@ -10,7 +10,8 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import update
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
+from app.auth.principal import Principal
 from app.errors import Conflict, Gone, NotFound, ValidationFailed
 from scheduling import repository, slots, visits
 from scheduling.models import Appointment, Availability, ConsentText, Status
@@ -55,16 +57,16 @@ class InvalidTransition(Conflict):
 # Access ------------------------------------------------------------------------------------
 
 
-def can_manage_clinician(viewer: User, clinician_id: uuid.UUID) -> bool:
+def can_manage_clinician(viewer: Principal, clinician_id: uuid.UUID) -> bool:
     return viewer.role in (Role.ADMIN, Role.SCHEDULER) or viewer.id == clinician_id
 
 
-def can_see_appointment(viewer: User, appointment: Appointment) -> bool:
+def can_see_appointment(viewer: Principal, appointment: Appointment) -> bool:
     return can_manage_clinician(viewer, appointment.clinician_id)
 
 
 async def clinician_for(
-    session: AsyncSession, *, viewer: User, clinician_id: uuid.UUID
+    session: AsyncSession, *, viewer: Principal, clinician_id: uuid.UUID
 ) -> tuple[User, Availability | None]:
     """The clinician and availability if the viewer may manage them; 404 otherwise."""
     if not can_manage_clinician(viewer, clinician_id):
@@ -76,7 +78,7 @@ async def clinician_for(
 
 
 async def appointment_for(
-    session: AsyncSession, *, viewer: User, appointment_id: uuid.UUID
+    session: AsyncSession, *, viewer: Principal, appointment_id: uuid.UUID
 ) -> Appointment:
     appointment = await repository.get_appointment(session, appointment_id)
     if appointment is None or not can_see_appointment(viewer, appointment):
@@ -136,7 +138,22 @@ def _clock(value: str) -> dt.time | None:
     return dt.time.fromisoformat(value)
 
 
-def schedule_of(availability: Availability) -> slots.Schedule:
+_SCHEDULES: OrderedDict[tuple[uuid.UUID, dt.datetime], slots.Schedule] = OrderedDict()
+_MAX_SCHEDULES = 1000
+
+
+def cached_schedule(clinician_id: uuid.UUID, hours: repository.Hours) -> slots.Schedule:
+    """The parsed schedule, reused while the stored availability is unchanged."""
+    key = (clinician_id, hours.updated_at)
+    schedule = _SCHEDULES.get(key)
+    if schedule is None:
+        schedule = _SCHEDULES[key] = schedule_of(hours)
+        if len(_SCHEDULES) > _MAX_SCHEDULES:
+            _SCHEDULES.popitem(last=False)
+    return schedule
+
+
+def schedule_of(availability: repository.Hours) -> slots.Schedule:
     weekly: list[list[slots.Hours]] = [[] for _ in range(7)]
     for item in availability.weekly:
         start = _clock(item["start"])
@@ -172,18 +189,25 @@ def check_range(start: dt.datetime, end: dt.datetime) -> None:
 async def free_slots(
     session: AsyncSession,
     *,
-    clinician: User,
-    availability: Availability | None,
+    viewer: Principal,
+    clinician_id: uuid.UUID,
     start: dt.datetime,
     end: dt.datetime,
     now: dt.datetime,
-) -> list[tuple[int, int]]:
+) -> Iterator[tuple[int, int]]:
+    """The clinician's free slots in [start, end), in order; 404 unless the viewer's to see."""
     check_range(start, end)
-    if availability is None or start == end:
-        return []
-    busy = await repository.busy_intervals(session, clinician.id, start, end)
-    return slots.free_slots(
-        schedule_of(availability),
+    if not can_manage_clinician(viewer, clinician_id):
+        raise NotFound()
+    found = await repository.clinician_hours(session, clinician_id)
+    if found is None:
+        raise NotFound()
+    hours = found[1]
+    if hours is None or start == end:
+        return iter(())
+    busy = await repository.busy_intervals(session, clinician_id, start, end)
+    return slots.iter_free(
+        cached_schedule(clinician_id, hours),
         slots.to_instant(start),
         slots.to_instant(end),
         slots.to_instant(now),
@@ -192,13 +216,16 @@ async def free_slots(
 
 
 def offered_end(
-    availability: Availability | None, start: dt.datetime, now: dt.datetime
+    clinician_id: uuid.UUID,
+    hours: repository.Hours | None,
+    start: dt.datetime,
+    now: dt.datetime,
 ) -> dt.datetime:
     """The end of the slot starting at `start` if it is offered now; else 409 slot_unavailable."""
-    if availability is None or start.microsecond:
+    if hours is None or start.microsecond:
         raise SlotUnavailable()
     end = slots.offered_end(
-        schedule_of(availability), slots.to_instant(start), slots.to_instant(now)
+        cached_schedule(clinician_id, hours), slots.to_instant(start), slots.to_instant(now)
     )
     if end is None:
         raise SlotUnavailable()
@@ -227,7 +254,7 @@ def _replay(existing: Appointment, body_fingerprint: str) -> Appointment:
 async def book(
     session: AsyncSession,
     *,
-    actor: User,
+    actor: Principal,
     clinician_id: uuid.UUID,
     start: dt.datetime,
     patient: Patient,
@@ -242,48 +269,49 @@ async def book(
         existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
         if existing is not None:
             return _replay(existing, body_fingerprint)
-    found = await repository.clinician_with_availability(session, clinician_id)
+    found = await repository.clinician_hours(session, clinician_id, lock=True)
     if found is None:
         raise NotFound("No such clinician.")
-    end = offered_end(found[1], start, now)
+    end = offered_end(clinician_id, found[1], start, now)
     salt = visits.new_salt()
-    appointment = Appointment(
-        id=uuid.uuid4(),
-        clinician_id=clinician_id,
-        start_at=start,
-        end_at=end,
-        status=Status.BOOKED.value,
-        patient_name=patient.name,
-        patient_email=patient.email,
-        patient_phone=patient.phone,
-        patient_birth_date=patient.birth_date,
-        reason=reason or None,
-        link_salt=salt,
-        link_hash=visits.token_hash(visits.token_for(link_key, salt)),
-        sequence=0,
-        created_by_id=actor.id,
-        idempotency_key=idempotency_key,
-        idempotency_fingerprint=body_fingerprint if idempotency_key else None,
-        created_at=now,
-        updated_at=now,
-    )
+    values: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "clinician_id": clinician_id,
+        "start_at": start,
+        "end_at": end,
+        "status": Status.BOOKED.value,
+        "patient_name": patient.name,
+        "patient_email": patient.email,
+        "patient_phone": patient.phone,
+        "patient_birth_date": patient.birth_date,
+        "reason": reason or None,
+        "link_salt": salt,
+        "link_hash": visits.token_hash(visits.token_for(link_key, salt)),
+        "sequence": 0,
+        "created_by_id": actor.id,
+        "idempotency_key": idempotency_key,
+        "idempotency_fingerprint": body_fingerprint if idempotency_key else None,
+        "created_at": now,
+        "updated_at": now,
+        "cancelled_at": None,
+        "cancel_reason": None,
+    }
     if idempotency_key is None:
-        session.add(appointment)
         try:
-            await session.flush()
+            await repository.insert_appointment(session, values)
         except IntegrityError:
             raise SlotUnavailable() from None
-        return appointment
+        return Appointment(**values)
     try:
         # A savepoint, so a racing request with the same key can be answered from this one.
         async with session.begin_nested():
-            session.add(appointment)
+            await repository.insert_appointment(session, values)
     except IntegrityError:
         existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
         if existing is not None:
             return _replay(existing, body_fingerprint)
         raise SlotUnavailable() from None
-    return appointment
+    return Appointment(**values)
 
 
 async def _move(
@@ -336,10 +364,10 @@ async def cancel(
 async def reschedule(
     session: AsyncSession, appointment: Appointment, *, start: dt.datetime, now: dt.datetime
 ) -> Appointment:
-    found = await repository.clinician_with_availability(session, appointment.clinician_id)
+    found = await repository.clinician_hours(session, appointment.clinician_id, lock=True)
     if found is None:
         raise SlotUnavailable()
-    end = offered_end(found[1], start, now)
+    end = offered_end(appointment.clinician_id, found[1], start, now)
     try:
         return await _move(
             session,
@@ -399,7 +427,7 @@ async def clinician_name(session: AsyncSession, clinician_id: uuid.UUID) -> str:
 async def list_appointments(
     session: AsyncSession,
     *,
-    viewer: User,
+    viewer: Principal,
     clinician_id: uuid.UUID | None,
     start: dt.datetime | None,
     end: dt.datetime | None,

@@ -19,6 +19,7 @@ ISSUER = "televisit"
 class TokenClaims:
     user_id: uuid.UUID
     role: str
+    expires_at: float
 
 
 def signing_key(secret: bytes) -> bytes:
@@ -51,6 +52,10 @@ def verify(token: str, *, key: bytes) -> TokenClaims | None:
             issuer=ISSUER,
             options={"require": ["exp", "iat", "sub", "aud", "iss"]},
         )
-        return TokenClaims(user_id=uuid.UUID(claims["sub"]), role=str(claims["role"]))
+        return TokenClaims(
+            user_id=uuid.UUID(claims["sub"]),
+            role=str(claims["role"]),
+            expires_at=float(claims["exp"]),
+        )
     except (jwt.PyJWTError, KeyError, ValueError):
         return None
