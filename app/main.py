@@ -21,6 +21,7 @@ from app.errors import install_error_handlers
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
 from scheduling import visits
+from scheduling.slot_cache import SlotCache
 
 logger = logging.getLogger("televisit")
 
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jwt_key = tokens.signing_key(secret)
         app.state.tokens = TokenCache(app.state.jwt_key)
         app.state.principals = PrincipalCache()
+        app.state.slot_cache = SlotCache()
         app.state.link_key = visits.link_key(secret)
         app.state.login_throttle = LoginThrottle(
             RedisStore(redis) if redis is not None else MemoryStore()

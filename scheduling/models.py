@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     Date,
     ForeignKey,
@@ -69,6 +70,8 @@ class Availability(Base):
     # [{"date": "2026-12-24", "start": null, "end": null}, ...]
     exceptions: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Raised by triggers on every appointment change of this clinician (migration 0002).
+    bookings_version: Mapped[int] = mapped_column(BigInteger, server_default="0", default=0)
 
 
 class Appointment(Base):

@@ -39,6 +39,7 @@ class Hours:
     weekly: list[dict[str, Any]]
     exceptions: list[dict[str, Any]]
     updated_at: dt.datetime
+    bookings_version: int
 
 
 # Built once: the booking path runs these on every request, and building a statement costs more
@@ -53,6 +54,7 @@ _HOURS = (
         Availability.weekly,
         Availability.exceptions,
         Availability.updated_at,
+        Availability.bookings_version,
     )
     .outerjoin(Availability, Availability.clinician_id == User.id)
     .where(

@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import update
@@ -24,6 +24,7 @@ from app.errors import Conflict, Gone, NotFound, ValidationFailed
 from scheduling import repository, slots, visits
 from scheduling.models import Appointment, Availability, ConsentText, Status
 from scheduling.schemas import AvailabilityBody, Patient
+from scheduling.slot_cache import DAY, RenderedDay, SlotCache
 
 MAX_RANGE = dt.timedelta(days=62)
 DEFAULT_SLOT_MINUTES = 20
@@ -186,7 +187,7 @@ def check_range(start: dt.datetime, end: dt.datetime) -> None:
         raise ValidationFailed("The range may span at most 62 days.")
 
 
-async def free_slots(
+async def free_slots_json(
     session: AsyncSession,
     *,
     viewer: Principal,
@@ -194,8 +195,13 @@ async def free_slots(
     start: dt.datetime,
     end: dt.datetime,
     now: dt.datetime,
-) -> Iterator[tuple[int, int]]:
-    """The clinician's free slots in [start, end), in order; 404 unless the viewer's to see."""
+    cache: SlotCache,
+) -> bytes:
+    """`{"slots": [...]}`: free slots wholly inside [start, end), offered at `now`, in order.
+
+    404 unless the viewer may see this clinician. Days are rendered once per availability and
+    bookings version (see scheduling.slot_cache); notice, horizon and the range apply here.
+    """
     check_range(start, end)
     if not can_manage_clinician(viewer, clinician_id):
         raise NotFound()
@@ -204,15 +210,55 @@ async def free_slots(
         raise NotFound()
     hours = found[1]
     if hours is None or start == end:
-        return iter(())
-    busy = await repository.busy_intervals(session, clinician_id, start, end)
-    return slots.iter_free(
-        cached_schedule(clinician_id, hours),
-        slots.to_instant(start),
-        slots.to_instant(end),
-        slots.to_instant(now),
-        [(b[0], b[1]) for b in busy],
+        return b'{"slots":[]}'
+    schedule = cached_schedule(clinician_id, hours)
+    # Whole seconds inside the range: the start rounded up, the end rounded down.
+    low = slots.to_instant(start) + (1 if start.microsecond else 0)
+    high = slots.to_instant(end)
+    earliest, latest = slots.bounds(schedule, slots.to_instant(now))
+    first_start = max(low, earliest + 1)
+    last_start = high - schedule.step
+    if latest is not None:
+        last_start = min(last_start, latest - 1)
+    if first_start > last_start:
+        return b'{"slots":[]}'
+    first_day, last_day = first_start // DAY, last_start // DAY
+    version = (hours.updated_at, hours.bookings_version)
+    days = cache.get(clinician_id, version, first_day, last_day)
+    if days is None:
+        days = await _render_days(session, clinician_id, schedule, first_day, last_day)
+        cache.put(clinician_id, version, dict(enumerate(days, start=first_day)))
+    parts = [day.between(first_start, last_start) for day in days]
+    return b'{"slots":[' + b",".join(part for part in parts if part) + b"]}"
+
+
+async def _render_days(
+    session: AsyncSession,
+    clinician_id: uuid.UUID,
+    schedule: slots.Schedule,
+    first_day: int,
+    last_day: int,
+) -> list[RenderedDay]:
+    """Every free slot starting on the UTC days [first_day, last_day], rendered per day."""
+    begin = first_day * DAY
+    # Slots starting on the last day may end on the next: look one day (and a slot) further.
+    finish = (last_day + 2) * DAY + schedule.step
+    busy = await repository.busy_intervals(
+        session,
+        clinician_id,
+        dt.datetime.fromtimestamp(begin, dt.UTC),
+        dt.datetime.fromtimestamp(finish, dt.UTC),
     )
+    by_day: dict[int, list[tuple[int, int]]] = {}
+    for slot in slots.iter_free(schedule, begin, finish, None, [(b[0], b[1]) for b in busy]):
+        day = slot[0] // DAY
+        if day > last_day:
+            break
+        by_day.setdefault(day, []).append(slot)
+    formatted: dict[int, str] = {}
+    return [
+        RenderedDay.render(by_day.get(day, ()), formatted) for day in range(first_day, last_day + 1)
+    ]
 
 
 def offered_end(

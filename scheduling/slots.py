@@ -99,20 +99,22 @@ def iter_free(
     schedule: Schedule,
     start: int,
     end: int,
-    now: int,
+    now: int | None,
     busy: Sequence[tuple[int, int]] = (),
 ) -> Iterator[tuple[int, int]]:
     """Offered slots lying wholly inside [start, end) that overlap no busy interval, in order.
 
+    With `now` None, notice and horizon are not applied (the caller applies them later).
     Windows come day after day and slots step forward within each, so one forward pointer over
     the busy intervals (merged, sorted) decides every overlap.
     """
     step = schedule.step
-    earliest, latest = bounds(schedule, now)
-    low = max(start, earliest + 1)
-    high_start = end - step
-    if latest is not None:
-        high_start = min(high_start, latest - 1)
+    low, high_start = start, end - step
+    if now is not None:
+        earliest, latest = bounds(schedule, now)
+        low = max(start, earliest + 1)
+        if latest is not None:
+            high_start = min(high_start, latest - 1)
     merged = _merge(busy)
     count, pointer = len(merged), 0
     for w_start, w_end in _windows(schedule, start, end):
