@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Origins allowed to open the WebSockets besides PUBLIC_URL's own.
     allowed_origins: CommaList = Field(default_factory=list)
     db_pool_size: int = Field(default=20, ge=1, le=200)
+    # The practice's second factor: a patient confirms their date of birth before seeing a visit.
+    visit_birth_date_check: bool = False
 
     _split = field_validator(
         "stun_urls", "turn_urls", "media_ips", "media_peer_allow", "allowed_origins", mode="before"

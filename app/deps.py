@@ -20,6 +20,7 @@ from app.auth.principal import Principal, PrincipalCache
 from app.config import Settings
 from app.db import Database
 from app.errors import AppError, Forbidden, NotAuthenticated
+from app.events import Outbox
 
 F = TypeVar("F", bound=Callable[..., Any])
 _READ_ONLY = "televisit_read_only"
@@ -50,6 +51,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             audit: Audit | None = getattr(request.state, "audit", None)
             if audit is not None:
                 await audit.write(session, "success")
+        outbox: Outbox | None = getattr(request.state, "outbox", None)
+        if outbox is not None and outbox.events:
+            await request.app.state.events.publish(outbox.events)
     except AppError as exc:
         # The change rolled back; the attempt is still recorded, in a transaction of its own.
         failed: Audit | None = getattr(request.state, "audit", None)
@@ -125,3 +129,14 @@ CurrentUser = Annotated[Principal, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 SchedulingStaff = Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.SCHEDULER))]
 AuditDep = Annotated[Audit, Depends(get_audit)]
+
+
+def get_outbox(request: Request) -> Outbox:
+    """Events of this request, published after its transaction commits."""
+    outbox: Outbox | None = getattr(request.state, "outbox", None)
+    if outbox is None:
+        outbox = request.state.outbox = Outbox()
+    return outbox
+
+
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]

@@ -18,6 +18,7 @@ from app.auth.throttle import LoginThrottle, MemoryStore, RedisStore
 from app.config import Settings, get_settings
 from app.db import Database, create_engine
 from app.errors import install_error_handlers
+from app.events import EventBus
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
 from scheduling import visits
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenCache(app.state.jwt_key)
         app.state.principals = PrincipalCache()
         app.state.slot_cache = SlotCache()
+        app.state.events = EventBus()
         app.state.link_key = visits.link_key(secret)
         app.state.login_throttle = LoginThrottle(
             RedisStore(redis) if redis is not None else MemoryStore()

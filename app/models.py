@@ -3,6 +3,21 @@
 from app.audit import AuditEvent
 from app.auth.models import User
 from app.db import Base
-from scheduling.models import Appointment, Availability, ConsentText
+from scheduling.models import (
+    Appointment,
+    Availability,
+    ConsentChain,
+    ConsentRecord,
+    ConsentText,
+)
 
-__all__ = ["Appointment", "AuditEvent", "Availability", "Base", "ConsentText", "User"]
+__all__ = [
+    "Appointment",
+    "AuditEvent",
+    "Availability",
+    "Base",
+    "ConsentChain",
+    "ConsentRecord",
+    "ConsentText",
+    "User",
+]

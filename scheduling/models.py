@@ -112,6 +112,11 @@ class Appointment(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     cancel_reason: Mapped[str | None] = mapped_column(Text)
+    # The visit: check-in (waiting since), the call's start and end, and why it ended.
+    checked_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    call_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    call_ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class ConsentText(Base):
@@ -124,3 +129,44 @@ class ConsentText(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     published_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_by_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id"))
+
+
+class ConsentRecord(Base):
+    """One participant's decision on one appointment's call; append-only and hash-chained.
+
+    `seq` orders every record of the installation; `hash` is SHA-256 over the record's fields
+    and the previous record's hash, so altering, removing or reordering a record breaks the
+    chain (`televisit audit verify`).
+    """
+
+    __tablename__ = "consent_records"
+    __table_args__ = (
+        CheckConstraint("decision IN ('granted', 'declined', 'withdrawn')", name="decision"),
+        Index("ix_consent_records_appointment", "appointment_id", "seq"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    appointment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("appointments.id"))
+    participant: Mapped[str] = mapped_column(String(32))
+    decision: Mapped[str] = mapped_column(String(16))
+    # Space-separated, sorted: "recording video_visit".
+    scopes: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, ForeignKey("consent_texts.version"))
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ConsentChain(Base):
+    """The head of the consent records' hash chain: one row, locked by every append."""
+
+    __tablename__ = "consent_chain"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

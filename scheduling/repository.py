@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Integer, Row, bindparam, cast, func, insert, 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
-from scheduling.models import ACTIVE_STATUSES, Appointment, Availability, ConsentText
+from scheduling.models import ACTIVE_STATUSES, Appointment, Availability
 
 
 async def clinician_with_availability(
@@ -188,10 +188,3 @@ async def conditional_update(
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
-
-
-async def current_consent_text(session: AsyncSession) -> ConsentText:
-    result = await session.execute(
-        select(ConsentText).order_by(ConsentText.version.desc()).limit(1)
-    )
-    return result.scalar_one()

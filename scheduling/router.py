@@ -24,7 +24,6 @@ from scheduling.schemas import (
     PatientOut,
     RescheduleBody,
 )
-from scheduling.visit_schemas import ClinicianName, ConsentOut, VisitOut
 
 router = APIRouter(tags=["scheduling"])
 
@@ -270,29 +269,4 @@ async def appointment_calendar(
         content=body,
         media_type="text/calendar; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="visit-{appointment.id}.ics"'},
-    )
-
-
-# The patient's visit -----------------------------------------------------------------------
-
-
-@router.get("/visits/{token}", response_model=VisitOut, tags=["visits"])
-@read_only
-async def get_visit(token: str, session: SessionDep, settings: SettingsDep) -> VisitOut:
-    """What the patient's page shows. Changes nothing: mail scanners prefetch links."""
-    appointment = await service.open_visit(
-        session, token=token, now=_now(), hours_after=settings.visit_link_hours_after
-    )
-    consent = await service.current_consent(session)
-    clinician = await service.clinician_name(session, appointment.clinician_id)
-    return VisitOut(
-        appointment_id=appointment.id,
-        clinician=ClinicianName(name=clinician),
-        start=appointment.start_at,
-        end=appointment.end_at,
-        status=appointment.status,
-        consent=ConsentOut(
-            version=consent.version, text=consent.text, scopes=["video_visit", "recording"]
-        ),
-        consented=await service.consented(session, appointment.id),
     )

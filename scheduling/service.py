@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
 from app.auth.principal import Principal
-from app.errors import Conflict, Gone, NotFound, ValidationFailed
+from app.errors import Conflict, Gone, NotAuthenticated, NotFound, ValidationFailed
 from scheduling import repository, slots, visits
-from scheduling.models import Appointment, Availability, ConsentText, Status
+from scheduling.models import Appointment, Availability, Status
 from scheduling.schemas import AvailabilityBody, Patient
 from scheduling.slot_cache import DAY, RenderedDay, SlotCache
 
@@ -439,11 +439,16 @@ class VisitClosed(Gone):
     message = "This visit link is closed."
 
 
+class VerificationRequired(NotAuthenticated):
+    code = "verification_required"
+    message = "Confirm the patient's date of birth first."
+
+
 def link_closes_at(appointment: Appointment, hours_after: int) -> dt.datetime:
     return appointment.end_at + dt.timedelta(hours=hours_after)
 
 
-async def open_visit(
+async def find_visit(
     session: AsyncSession, *, token: str, now: dt.datetime, hours_after: int
 ) -> Appointment:
     """The appointment behind an open visit link; 404 unknown, 410 cancelled or expired."""
@@ -457,8 +462,28 @@ async def open_visit(
     return appointment
 
 
-async def current_consent(session: AsyncSession) -> ConsentText:
-    return await repository.current_consent_text(session)
+def needs_verification(appointment: Appointment, *, birth_date_check: bool) -> bool:
+    """With the practice's birth-date check on, a link alone shows nothing."""
+    return birth_date_check and appointment.patient_birth_date is not None
+
+
+async def open_visit(
+    session: AsyncSession,
+    *,
+    token: str,
+    now: dt.datetime,
+    hours_after: int,
+    birth_date_check: bool,
+    link_key: bytes,
+    verification: str | None,
+) -> Appointment:
+    """`find_visit`, and the proof of the second factor when the practice asks for one."""
+    appointment = await find_visit(session, token=token, now=now, hours_after=hours_after)
+    if needs_verification(appointment, birth_date_check=birth_date_check) and not (
+        verification and visits.proof_valid(link_key, appointment.link_hash, verification, now=now)
+    ):
+        raise VerificationRequired()
+    return appointment
 
 
 async def list_clinicians(session: AsyncSession) -> Sequence[User]:
@@ -490,8 +515,3 @@ async def list_appointments(
     return await repository.list_appointments(
         session, clinician_id=clinician_id, start=start, end=end, status=status, limit=limit
     )
-
-
-async def consented(session: AsyncSession, appointment_id: uuid.UUID) -> bool:
-    """Whether the patient's latest `video_visit` decision for this call is a grant."""
-    return False

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 Scope = Literal["video_visit", "recording"]
+Decision = Literal["granted", "declined", "withdrawn"]
 
 
 class ConsentOut(BaseModel):
@@ -27,3 +28,63 @@ class VisitOut(BaseModel):
     status: str
     consent: ConsentOut
     consented: bool
+    consented_recording: bool = False
+    birth_date_check: bool = False
+
+
+class VerifyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    birth_date: dt.date
+
+
+class VerifyOut(BaseModel):
+    verification: str
+    expires_in: int
+
+
+class ConsentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    decision: Decision
+    scopes: list[Scope] = Field(min_length=1, max_length=2)
+
+    @field_validator("scopes")
+    @classmethod
+    def _distinct(cls, scopes: list[Scope]) -> list[Scope]:
+        if len(set(scopes)) != len(scopes):
+            raise ValueError("scopes are listed twice")
+        return scopes
+
+
+class ConsentRecordOut(BaseModel):
+    id: uuid.UUID
+    decision: Decision
+    scopes: list[Scope]
+    version: int
+    recorded_at: dt.datetime
+
+
+class ConsentRecordDetail(ConsentRecordOut):
+    participant: str
+    text_sha256: str
+    ip: str | None
+    user_agent: str | None
+
+
+class ConsentRecordList(BaseModel):
+    items: list[ConsentRecordDetail]
+
+
+class ConsentTextBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=20, max_length=20_000)]
+
+
+class ConsentTextOut(BaseModel):
+    version: int
+    text: str
+    sha256: str
+    published_at: dt.datetime

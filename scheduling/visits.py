@@ -8,6 +8,7 @@ database without the server's secret yields no working link.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -34,3 +35,25 @@ def token_hash(token: str) -> str:
 
 def visit_url(public_base: str, token: str) -> str:
     return f"{public_base}/visit/{token}"
+
+
+# The second factor: a patient who confirmed their birth date gets a proof bound to their link.
+PROOF_SECONDS = 12 * 3600
+
+
+def _proof_mac(key: bytes, link_hash: str, expires: int) -> str:
+    message = f"televisit/visit-proof/v1:{link_hash}:{expires}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def proof_for(key: bytes, link_hash: str, now: dt.datetime) -> str:
+    expires = int(now.timestamp()) + PROOF_SECONDS
+    return f"{expires}.{_proof_mac(key, link_hash, expires)}"
+
+
+def proof_valid(key: bytes, link_hash: str, proof: str, *, now: dt.datetime) -> bool:
+    expires_text, _, mac = proof.partition(".")
+    if not expires_text.isdigit() or int(expires_text) < now.timestamp():
+        return False
+    return hmac.compare_digest(mac, _proof_mac(key, link_hash, int(expires_text)))

@@ -29,10 +29,10 @@ END
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("availabilities") as batch:
-        batch.add_column(
-            sa.Column("bookings_version", sa.BigInteger(), nullable=False, server_default="0")
-        )
+    op.add_column(
+        "availabilities",
+        sa.Column("bookings_version", sa.BigInteger(), nullable=False, server_default="0"),
+    )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             """
@@ -72,5 +72,4 @@ def downgrade() -> None:
     else:
         op.execute("DROP TRIGGER appointments_bump_version_insert")
         op.execute("DROP TRIGGER appointments_bump_version_update")
-    with op.batch_alter_table("availabilities") as batch:
-        batch.drop_column("bookings_version")
+    op.execute("ALTER TABLE availabilities DROP COLUMN bookings_version")

@@ -1,0 +1,225 @@
+"""The patient's visit over HTTP (the link, the second factor, consent) and consent records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Header, Request, status
+
+from app.auth.models import Role
+from app.deps import (
+    AdminUser,
+    AuditDep,
+    CurrentUser,
+    OutboxDep,
+    SessionDep,
+    SettingsDep,
+    client_address,
+    read_only,
+)
+from app.errors import Forbidden, TooManyRequests
+from scheduling import consent, service, visits
+from scheduling.models import Appointment, ConsentRecord
+from scheduling.visit_schemas import (
+    ClinicianName,
+    ConsentBody,
+    ConsentOut,
+    ConsentRecordDetail,
+    ConsentRecordList,
+    ConsentRecordOut,
+    ConsentTextBody,
+    ConsentTextOut,
+    Scope,
+    VerifyBody,
+    VerifyOut,
+    VisitOut,
+)
+
+router = APIRouter()
+Verification = Annotated[str | None, Header(alias="X-Visit-Verification", max_length=200)]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _visit(
+    request: Request, session: SessionDep, token: str, verification: str | None
+) -> Appointment:
+    settings = request.app.state.settings
+    return await service.open_visit(
+        session,
+        token=token,
+        now=_now(),
+        hours_after=settings.visit_link_hours_after,
+        birth_date_check=settings.visit_birth_date_check,
+        link_key=request.app.state.link_key,
+        verification=verification,
+    )
+
+
+@router.get("/visits/{token}", response_model=VisitOut, tags=["visits"])
+@read_only
+async def get_visit(
+    request: Request, token: str, session: SessionDep, verification: Verification = None
+) -> VisitOut:
+    """What the patient's page shows. Changes nothing: mail scanners prefetch links."""
+    appointment = await _visit(request, session, token, verification)
+    text = await consent.current_text(session)
+    standing = await consent.standing(session, appointment.id)
+    return VisitOut(
+        appointment_id=appointment.id,
+        clinician=ClinicianName(
+            name=await service.clinician_name(session, appointment.clinician_id)
+        ),
+        start=appointment.start_at,
+        end=appointment.end_at,
+        status=appointment.status,
+        consent=ConsentOut(version=text.version, text=text.text, scopes=list(consent.SCOPES)),  # type: ignore[arg-type]  # the two scope names
+        consented=standing.video_visit,
+        consented_recording=standing.recording,
+        birth_date_check=service.needs_verification(
+            appointment, birth_date_check=request.app.state.settings.visit_birth_date_check
+        ),
+    )
+
+
+@router.post("/visits/{token}/verify", response_model=VerifyOut, tags=["visits"])
+@read_only
+async def verify_visit(
+    request: Request, token: str, body: VerifyBody, session: SessionDep, settings: SettingsDep
+) -> VerifyOut:
+    """The practice's second factor: the patient's date of birth, throttled per link."""
+    now = _now()
+    appointment = await service.find_visit(
+        session, token=token, now=now, hours_after=settings.visit_link_hours_after
+    )
+    throttle = request.app.state.login_throttle
+    key, address = f"visit:{appointment.link_hash}", client_address(request)
+    wait = await throttle.retry_after(key, address)
+    if wait:
+        raise TooManyRequests(headers={"Retry-After": str(wait)})
+    if (
+        appointment.patient_birth_date is not None
+        and appointment.patient_birth_date != body.birth_date
+    ):
+        await throttle.failed(key, address)
+        raise service.VerificationRequired(
+            "That date of birth does not match.", code="verification_failed"
+        )
+    await throttle.succeeded(key, address)
+    proof = visits.proof_for(request.app.state.link_key, appointment.link_hash, now)
+    return VerifyOut(verification=proof, expires_in=visits.PROOF_SECONDS)
+
+
+@router.post(
+    "/visits/{token}/consent",
+    response_model=ConsentRecordOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["visits"],
+)
+async def record_consent(
+    request: Request,
+    token: str,
+    body: ConsentBody,
+    session: SessionDep,
+    outbox: OutboxDep,
+    verification: Verification = None,
+) -> ConsentRecordOut:
+    """The patient's decision for this appointment's call. A withdrawal takes effect at once."""
+    appointment = await _visit(request, session, token, verification)
+    entry = await consent.record(
+        session,
+        appointment_id=appointment.id,
+        participant=consent.PATIENT,
+        decision=body.decision,
+        scopes=body.scopes,
+        version=body.version,
+        ip=client_address(request),
+        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+        now=_now(),
+    )
+    standing = await consent.standing(session, appointment.id)
+    outbox.add(
+        "consent.recorded",
+        appointment.id,
+        participant=consent.PATIENT,
+        decision=entry.decision,
+        scopes=entry.scopes.split(),
+        video_visit=standing.video_visit,
+        recording=standing.recording,
+    )
+    return _record_out(entry)
+
+
+def _scopes(entry: ConsentRecord) -> list[Scope]:
+    return cast(list[Scope], entry.scopes.split())
+
+
+def _record_out(entry: ConsentRecord) -> ConsentRecordOut:
+    return ConsentRecordOut(
+        id=entry.id,
+        decision=entry.decision,  # type: ignore[arg-type]  # checked by the database
+        scopes=_scopes(entry),
+        version=entry.version,
+        recorded_at=entry.recorded_at,
+    )
+
+
+@router.get(
+    "/appointments/{appointment_id}/consents", response_model=ConsentRecordList, tags=["consent"]
+)
+async def list_consents(
+    appointment_id: uuid.UUID, session: SessionDep, user: CurrentUser, audit: AuditDep
+) -> ConsentRecordList:
+    """Oldest first. Admins and the appointment's clinician; schedulers see no consent records."""
+    audit.expect("consent.list", "appointment", appointment_id)
+    if user.role == Role.SCHEDULER:
+        raise Forbidden()
+    appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
+    records = await consent.records_of(session, appointment.id)
+    return ConsentRecordList(
+        items=[
+            ConsentRecordDetail(
+                id=entry.id,
+                participant=entry.participant,
+                decision=entry.decision,  # type: ignore[arg-type]  # checked by the database
+                scopes=_scopes(entry),
+                version=entry.version,
+                text_sha256=entry.text_sha256,
+                recorded_at=entry.recorded_at,
+                ip=entry.ip,
+                user_agent=entry.user_agent,
+            )
+            for entry in records
+        ]
+    )
+
+
+@router.get("/consent-texts/current", response_model=ConsentTextOut, tags=["consent"])
+@read_only
+async def current_consent_text(session: SessionDep, _user: CurrentUser) -> ConsentTextOut:
+    text = await consent.current_text(session)
+    return ConsentTextOut(
+        version=text.version, text=text.text, sha256=text.sha256, published_at=text.published_at
+    )
+
+
+@router.post(
+    "/consent-texts",
+    response_model=ConsentTextOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["consent"],
+)
+async def publish_consent_text(
+    body: ConsentTextBody, session: SessionDep, admin: AdminUser, audit: AuditDep
+) -> ConsentTextOut:
+    """A new version becomes current; decisions made under earlier versions keep theirs."""
+    event = audit.expect("consent_text.publish", "consent_text")
+    text = await consent.publish_text(session, text=body.text, by=admin.id, now=_now())
+    event.resource_id = str(text.version)
+    return ConsentTextOut(
+        version=text.version, text=text.text, sha256=text.sha256, published_at=text.published_at
+    )
