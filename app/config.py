@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=200)
     # The practice's second factor: a patient confirms their date of birth before seeing a visit.
     visit_birth_date_check: bool = False
+    # How long a dropped patient keeps their place (or their call) to come back with the link.
+    reconnect_grace_seconds: float = Field(default=30.0, ge=0.5, le=600)
 
     _split = field_validator(
         "stun_urls", "turn_urls", "media_ips", "media_peer_allow", "allowed_origins", mode="before"

@@ -74,12 +74,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def _principal(request: Request, user_id: uuid.UUID) -> Principal | None:
-    cache: PrincipalCache = request.app.state.principals
+async def load_principal(state: Any, user_id: uuid.UUID) -> Principal | None:
+    """The active user behind a verified token, from the few-seconds cache or the database."""
+    cache: PrincipalCache = state.principals
     known, principal = cache.get(user_id)
     if known:
         return principal
-    async with get_db(request).session(write=False) as session:
+    db: Database = state.db
+    async with db.session(write=False) as session:
         user = await session.get(User, user_id)
         principal = Principal.of(user) if user is not None and user.is_active else None
     cache.put(user_id, principal)
@@ -96,7 +98,7 @@ async def current_user(
     claims = request.app.state.tokens.verify(credentials.credentials)
     if claims is None:
         raise NotAuthenticated()
-    user = await _principal(request, claims.user_id)
+    user = await load_principal(request.app.state, claims.user_id)
     if user is None:
         raise NotAuthenticated()
     request.state.audit = Audit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,9 @@ from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
 from scheduling import visits
 from scheduling.slot_cache import SlotCache
+from signaling.broker import Broker, Liveness, RedisBroker, RedisLiveness
+from signaling.hub import Signaling
+from signaling.router import router as signaling_router
 
 logger = logging.getLogger("televisit")
 
@@ -44,6 +48,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.principals = PrincipalCache()
         app.state.slot_cache = SlotCache()
         app.state.events = EventBus()
+        process_id = uuid.uuid4().hex
+        if redis is not None:
+            broker: Broker = RedisBroker(redis)
+            liveness: Liveness = RedisLiveness(process_id, redis)
+        else:
+            broker, liveness = Broker(), Liveness(process_id)
+        signaling = Signaling(
+            db=db, settings=settings, broker=broker, liveness=liveness, process_id=process_id
+        )
+        app.state.signaling = signaling
+        app.state.events.subscribe(signaling.on_event)
+        await signaling.start()
         app.state.link_key = visits.link_key(secret)
         app.state.login_throttle = LoginThrottle(
             RedisStore(redis) if redis is not None else MemoryStore()
@@ -54,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await signaling.stop()
             if redis is not None:
                 await redis.aclose()
             await db.dispose()
@@ -70,4 +87,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(ops_router)
     app.include_router(api_router)
+    app.include_router(signaling_router)
     return app

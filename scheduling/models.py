@@ -79,6 +79,10 @@ class Appointment(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUS_LIST})", name="status"),
         CheckConstraint("end_at > start_at", name="positive_duration"),
+        CheckConstraint(
+            "patient_presence IS NULL OR patient_presence IN ('connected', 'reconnecting')",
+            name="presence",
+        ),
         UniqueConstraint("created_by_id", "idempotency_key", name="uq_appointments_idempotency"),
         Index("ix_appointments_clinician_start", "clinician_id", "start_at"),
         ExcludeConstraint(
@@ -117,6 +121,12 @@ class Appointment(Base):
     call_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     call_ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     end_reason: Mapped[str | None] = mapped_column(String(32))
+    # Where the patient's socket is: which process holds it, or until when they may come back.
+    patient_presence: Mapped[str | None] = mapped_column(String(16))
+    patient_process: Mapped[str | None] = mapped_column(String(32))
+    presence_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The process whose relay carries this call's media.
+    call_host: Mapped[str | None] = mapped_column(String(32))
 
 
 class ConsentText(Base):

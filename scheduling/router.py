@@ -8,7 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from pydantic import StringConstraints
 
-from app.deps import AuditDep, CurrentUser, SchedulingStaff, SessionDep, SettingsDep, read_only
+from app.deps import (
+    AuditDep,
+    CurrentUser,
+    OutboxDep,
+    SchedulingStaff,
+    SessionDep,
+    SettingsDep,
+    read_only,
+)
 from app.metrics import BOOKING_SECONDS, BOOKINGS
 from app.validation import UTCInstant
 from scheduling import calendar, service, visits
@@ -219,11 +227,14 @@ async def cancel_appointment(
     session: SessionDep,
     user: SchedulingStaff,
     audit: AuditDep,
+    outbox: OutboxDep,
     body: CancelBody | None = None,
 ) -> AppointmentOut:
     audit.expect("appointment.cancel", "appointment", appointment_id)
     appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
     cancelled = await service.cancel(session, appointment, body.reason if body else None)
+    # A patient in the waiting room is told at once, once the cancellation is committed.
+    outbox.add("appointment.cancelled", cancelled.id, clinician_id=str(cancelled.clinician_id))
     return appointment_out(request, cancelled)
 
 

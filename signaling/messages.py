@@ -1,0 +1,187 @@
+"""Every WebSocket message, validated: pydantic discriminated unions on `"type"`.
+
+Client messages are parsed into these models; anything else (unknown type, missing field, wrong
+shape) is answered with `{"type":"error","code":"invalid_message"}` and dropped. Server messages
+are plain dicts built by the functions at the bottom, one per contract message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+# One WebSocket message may be at most this long (the contract's limit).
+MAX_MESSAGE_BYTES = 64 * 1024
+
+Sdp = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_BYTES)]
+
+
+class _Message(BaseModel):
+    # Extra fields are ignored, not refused: clients may send more than we read.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Candidate(_Message):
+    candidate: str = Field(max_length=2048)
+    sdpMid: str | None = Field(default=None, max_length=64)
+    sdpMLineIndex: int | None = Field(default=None, ge=0, le=64)
+
+
+class Offer(_Message):
+    type: Literal["offer"]
+    sdp: Sdp
+
+
+class Answer(_Message):
+    type: Literal["answer"]
+    sdp: Sdp
+
+
+class CandidateMessage(_Message):
+    type: Literal["candidate"]
+    # None, or an empty `candidate` string, ends the candidates.
+    candidate: Candidate | None = None
+
+
+class Leave(_Message):
+    type: Literal["leave"]
+
+
+class Ping(_Message):
+    type: Literal["ping"]
+
+
+PatientMessage = Annotated[
+    Offer | Answer | CandidateMessage | Leave | Ping, Field(discriminator="type")
+]
+
+
+class _ForCall(_Message):
+    appointment_id: uuid.UUID
+
+
+class Auth(_Message):
+    type: Literal["auth"]
+    token: str = Field(max_length=4096)
+
+
+class Admit(_ForCall):
+    type: Literal["admit"]
+
+
+class End(_ForCall):
+    type: Literal["end"]
+
+
+class NoShow(_ForCall):
+    type: Literal["no_show"]
+
+
+class ClinicOffer(_ForCall):
+    type: Literal["offer"]
+    sdp: Sdp
+
+
+class ClinicAnswer(_ForCall):
+    type: Literal["answer"]
+    sdp: Sdp
+
+
+class ClinicCandidate(_ForCall):
+    type: Literal["candidate"]
+    candidate: Candidate | None = None
+
+
+class ClinicLeave(_ForCall):
+    type: Literal["leave"]
+
+
+class Record(_ForCall):
+    type: Literal["record"]
+    action: Literal["start", "stop"]
+
+
+ClinicMessage = Annotated[
+    Auth
+    | Admit
+    | End
+    | NoShow
+    | ClinicOffer
+    | ClinicAnswer
+    | ClinicCandidate
+    | ClinicLeave
+    | Record
+    | Ping,
+    Field(discriminator="type"),
+]
+
+_patient = TypeAdapter[PatientMessage](PatientMessage)
+_clinic = TypeAdapter[ClinicMessage](ClinicMessage)
+
+
+class InvalidMessage(ValueError):
+    pass
+
+
+def parse_patient(text: str) -> PatientMessage:
+    try:
+        return _patient.validate_json(text)
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from None
+
+
+def parse_clinic(text: str) -> ClinicMessage:
+    try:
+        return _clinic.validate_json(text)
+    except ValidationError as exc:
+        raise InvalidMessage(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+def candidate_dict(candidate: Candidate | None) -> dict[str, Any] | None:
+    return None if candidate is None else candidate.model_dump()
+
+
+# Server -> client --------------------------------------------------------------------------
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+def waiting(position: int | None, estimated_wait_seconds: int | None) -> dict[str, Any]:
+    return {
+        "type": "waiting",
+        "position": position,
+        "estimated_wait_seconds": estimated_wait_seconds,
+    }
+
+
+def admitted(ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "admitted", "ice_servers": ice_servers}
+
+
+def call(appointment_id: uuid.UUID, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "call", "appointment_id": str(appointment_id), "ice_servers": ice_servers}
+
+
+def peer(event: Literal["joined", "left"], role: str) -> dict[str, Any]:
+    return {"type": "peer", "event": event, "role": role}
+
+
+def ended(reason: str, appointment_id: uuid.UUID | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "ended", "reason": reason}
+    if appointment_id is not None:
+        message["appointment_id"] = str(appointment_id)
+    return message
+
+
+def pong() -> dict[str, Any]:
+    return {"type": "pong"}
