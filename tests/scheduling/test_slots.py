@@ -264,7 +264,7 @@ class TestProperties:
         for _ in range(200):
             start = data.draw(st.integers(span[0] // minute, span[1] // minute)) * minute
             end = slots.offered_end(schedule, start, now)
-            if end is not None and end <= span[1]:
+            if end is not None and span[0] <= start and end <= span[1]:
                 assert (start, end) in offered
 
     @PROPERTY
