@@ -39,7 +39,12 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         log_config=config,
         access_log=False,
         proxy_headers=True,
-        ws_max_size=64 * 1024,
+        # Frames up to 1 MiB are read, so the app can answer anything over 64 KiB with an error
+        # message instead of the protocol dropping the socket.
+        ws_max_size=1024 * 1024,
+        # Protocol pings find dead sockets (a laptop closed mid-visit) within ~30 s.
+        ws_ping_interval=15.0,
+        ws_ping_timeout=15.0,
         timeout_graceful_shutdown=10,
     )
 

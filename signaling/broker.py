@@ -89,7 +89,10 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         # A channel nobody uses keeps the connection subscribed, so the reader has work at once.
-        await self._pubsub.subscribe(PREFIX + "hello")
+        # If Redis does not answer yet, the reader keeps trying (readyz reports it meanwhile);
+        # redis-py subscribes every channel again on each new connection.
+        with contextlib.suppress(Exception):
+            await self._pubsub.subscribe(PREFIX + "hello")
         self._reader = asyncio.create_task(self._read(), name="redis-broker")
 
     async def stop(self) -> None:
@@ -109,7 +112,10 @@ class RedisBroker(Broker):
         first = channel not in self._handlers
         subscription = await super().subscribe(channel, handler)
         if first:
-            await self._pubsub.subscribe(PREFIX + channel)
+            try:
+                await self._pubsub.subscribe(PREFIX + channel)
+            except Exception as exc:
+                logger.warning("redis subscribe failed", extra={"error_type": type(exc).__name__})
         return subscription
 
     async def _unsubscribe(self, subscription: Subscription) -> bool:
@@ -130,6 +136,11 @@ class RedisBroker(Broker):
                     "redis pub/sub read failed", extra={"error_type": type(exc).__name__}
                 )
                 await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    if not self._pubsub.subscribed:
+                        await self._pubsub.subscribe(
+                            PREFIX + "hello", *(PREFIX + c for c in self._handlers)
+                        )
                 continue
             if message is None or message.get("type") != "message":
                 continue
@@ -172,7 +183,8 @@ class RedisLiveness(Liveness):
         return f"{PREFIX}process:{process_id}"
 
     async def start(self) -> None:
-        await self._redis.set(self._key(self.process_id), "1", ex=self.TTL_SECONDS)
+        with contextlib.suppress(Exception):
+            await self._redis.set(self._key(self.process_id), "1", ex=self.TTL_SECONDS)
         self._task = asyncio.create_task(self._refresh(), name="liveness")
 
     async def stop(self) -> None:

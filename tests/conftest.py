@@ -11,12 +11,14 @@ import asyncio
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio
+import redis.exceptions
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -133,19 +135,57 @@ async def staff(db: Database) -> Staff:
     return await make_staff(db, secret=TEST_SECRET.encode())
 
 
+ServerFactory = Callable[..., LiveServer]
+
+
 @pytest.fixture
-def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    """`televisit serve` in its own process on a free loopback port, logs captured."""
-    server = start_server(
-        {
-            "TELEVISIT_ENVIRONMENT": "test",
-            "TELEVISIT_DATABASE_URL": settings.database_url,
-            "TELEVISIT_SECRET_KEY": TEST_SECRET,
-            "TELEVISIT_PUBLIC_URL": "http://testserver",
-        },
-        log_path=tmp_path / f"server-{uuid.uuid4().hex[:6]}.log",
-    )
+def live_server_factory(settings: Settings, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start `televisit serve` processes on free loopback ports (extra settings as keywords)."""
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        server = start_server(
+            {
+                "TELEVISIT_ENVIRONMENT": "test",
+                "TELEVISIT_DATABASE_URL": settings.database_url,
+                "TELEVISIT_SECRET_KEY": TEST_SECRET,
+                "TELEVISIT_PUBLIC_URL": "http://testserver",
+                "TELEVISIT_RECONNECT_GRACE_SECONDS": "2",
+                "TELEVISIT_MEDIA_IPS": "127.0.0.1",
+                **{f"TELEVISIT_{key.upper()}": value for key, value in env.items()},
+            },
+            log_path=tmp_path / f"server-{uuid.uuid4().hex[:6]}.log",
+        )
+        servers.append(server)
+        return server
+
     try:
-        yield server
+        yield start
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def live_server(live_server_factory: ServerFactory) -> LiveServer:
+    """`televisit serve` in its own process on a free loopback port, logs captured."""
+    return live_server_factory()
+
+
+async def _redis_answers(url: str) -> str | None:
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, redis.exceptions.RedisError) as exc:
+        return type(exc).__name__
+    finally:
+        await client.aclose()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    why = asyncio.run(_redis_answers(REDIS_URL))
+    if why is not None:
+        unavailable("Redis at " + REDIS_URL.split("@")[-1], why)
+    return REDIS_URL
