@@ -25,6 +25,7 @@ logger = logging.getLogger("televisit.broker")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 PREFIX = "televisit:"
+CONFIRM_SECONDS = 2.0
 
 
 class Subscription:
@@ -83,9 +84,10 @@ class RedisBroker(Broker):
     def __init__(self, redis: Redis) -> None:
         super().__init__()
         self._redis = redis
-        self._pubsub: PubSub = redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub: PubSub = redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        # Redis confirms a SUBSCRIBE asynchronously; until then a PUBLISH can pass it by.
+        self._confirming: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         # A channel nobody uses keeps the connection subscribed, so the reader has work at once.
@@ -112,10 +114,16 @@ class RedisBroker(Broker):
         first = channel not in self._handlers
         subscription = await super().subscribe(channel, handler)
         if first:
+            confirmed = asyncio.get_running_loop().create_future()
+            self._confirming[channel] = confirmed
             try:
                 await self._pubsub.subscribe(PREFIX + channel)
+                # Wait for Redis to confirm, so what is published next reaches this channel.
+                await asyncio.wait_for(asyncio.shield(confirmed), CONFIRM_SECONDS)
             except Exception as exc:
                 logger.warning("redis subscribe failed", extra={"error_type": type(exc).__name__})
+            finally:
+                self._confirming.pop(channel, None)
         return subscription
 
     async def _unsubscribe(self, subscription: Subscription) -> bool:
@@ -142,11 +150,18 @@ class RedisBroker(Broker):
                             PREFIX + "hello", *(PREFIX + c for c in self._handlers)
                         )
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
                 continue
             channel = message["channel"]
             if isinstance(channel, bytes):
                 channel = channel.decode()
+            if message.get("type") == "subscribe":
+                waiting = self._confirming.get(channel.removeprefix(PREFIX))
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(None)
+                continue
+            if message.get("type") != "message":
+                continue
             try:
                 payload = json.loads(message["data"])
             except (ValueError, TypeError):
