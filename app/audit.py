@@ -100,3 +100,35 @@ class Audit:
         if self.pending:
             await session.execute(_INSERT, self.rows(outcome))
             self.pending.clear()
+
+
+async def record_event(
+    session: AsyncSession,
+    *,
+    actor_id: uuid.UUID | None,
+    actor_role: str,
+    action: str,
+    resource_type: str,
+    resource_id: object,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """An event outside any HTTP request (a socket's action, the relay's own decision)."""
+    await session.execute(
+        _INSERT,
+        [
+            {
+                "at": utcnow(),
+                "actor_id": actor_id,
+                "actor_role": actor_role,
+                "action": action,
+                "resource_type": resource_type,
+                "resource_id": str(resource_id),
+                "outcome": outcome,
+                "ip": None,
+                "user_agent": None,
+                "request_id": None,
+                "details": details,
+            }
+        ],
+    )

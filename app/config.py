@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     visit_birth_date_check: bool = False
     # How long a dropped patient keeps their place (or their call) to come back with the link.
     reconnect_grace_seconds: float = Field(default=30.0, ge=0.5, le=600)
+    # Where call recordings are written (WebM files), relative to the working folder.
+    recordings_dir: Path = Path("recordings")
 
     _split = field_validator(
         "stun_urls", "turn_urls", "media_ips", "media_peer_allow", "allowed_origins", mode="before"

@@ -22,10 +22,12 @@ from app.errors import install_error_handlers
 from app.events import EventBus
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
+from media.relay import Relay
 from scheduling import visits
 from scheduling.slot_cache import SlotCache
 from signaling.broker import Broker, Liveness, RedisBroker, RedisLiveness
 from signaling.hub import Signaling
+from signaling.records import CallRecords
 from signaling.router import router as signaling_router
 
 logger = logging.getLogger("televisit")
@@ -58,6 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             db=db, settings=settings, broker=broker, liveness=liveness, process_id=process_id
         )
         app.state.signaling = signaling
+        signaling.media = Relay(
+            settings=settings, emit=signaling.to_participant, recordings=CallRecords(db)
+        )
         app.state.events.subscribe(signaling.on_event)
         await signaling.start()
         app.state.link_key = visits.link_key(secret)

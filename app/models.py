@@ -9,6 +9,7 @@ from scheduling.models import (
     ConsentChain,
     ConsentRecord,
     ConsentText,
+    Recording,
 )
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "ConsentChain",
     "ConsentRecord",
     "ConsentText",
+    "Recording",
     "User",
 ]

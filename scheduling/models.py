@@ -127,6 +127,8 @@ class Appointment(Base):
     presence_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     # The process whose relay carries this call's media.
     call_host: Mapped[str | None] = mapped_column(String(32))
+    # Duration, per-participant quality averages, forwarding or transcoding (media.stats).
+    call_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class ConsentText(Base):
@@ -180,3 +182,19 @@ class ConsentChain(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Recording(Base):
+    """A recording of a call: the relay's forwarded packets in one WebM file."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    appointment_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("appointments.id"), index=True
+    )
+    file_name: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    stop_reason: Mapped[str | None] = mapped_column(String(32))

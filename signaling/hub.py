@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from app.audit import record_event
 from app.config import Settings
 from app.db import Database
 from app.events import Event
@@ -257,7 +258,18 @@ class Signaling:
 
     async def record(self, clinician_id: uuid.UUID, call_id: uuid.UUID, action: str) -> None:
         """Recording starts only when every participant present consented to it."""
-        if action == "start" and not (await self._standing(call_id)).recording:
+        refused = action == "start" and not (await self._standing(call_id)).recording
+        async with self.db.session(write=True) as session:
+            await record_event(
+                session,
+                actor_id=clinician_id,
+                actor_role=CLINICIAN,
+                action=f"recording.{action}",
+                resource_type="appointment",
+                resource_id=call_id,
+                outcome="recording_consent_required" if refused else "success",
+            )
+        if refused:
             raise SignalingError(
                 "recording_consent_required",
                 "Every participant must consent to recording first.",

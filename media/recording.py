@@ -1,0 +1,187 @@
+"""Recording without re-encoding: the forwarded packets, muxed into WebM (or Matroska for H.264).
+
+A `Recorder` listens to the call's publishers and hands their encoded frames to a writer thread
+(the event loop never waits on the disk). The container is opened once every video publisher has
+sent a keyframe (its size is read from it), or after `OPEN_AFTER` seconds with what has arrived;
+frames before that wait in memory. Each stream's timestamps start where its first frame fell
+after the recording began, so the streams stay in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import av
+
+from media.frames import EncodedFrame
+from media.tracks import CLOCK, Publisher
+
+logger = logging.getLogger("televisit.recording")
+
+OPEN_AFTER = 2.0
+MAX_QUEUED = 5_000
+_CODEC_NAMES = {"vp8": "libvpx", "opus": "libopus", "h264": "h264"}
+
+
+class RecordingLog(Protocol):
+    """Where recordings and call summaries are kept (signaling writes them to the database)."""
+
+    async def started(
+        self, call_id: uuid.UUID, recording_id: uuid.UUID, file_name: str
+    ) -> None: ...
+
+    async def stopped(
+        self, call_id: uuid.UUID, recording_id: uuid.UUID, size: int, reason: str
+    ) -> None: ...
+
+    async def summary(self, call_id: uuid.UUID, summary: dict[str, Any]) -> None: ...
+
+
+def vp8_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a VP8 key frame's header (RFC 6386 9.1)."""
+    if len(data) < 10 or data[0] & 0x01 or data[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(data[6:8], "little") & 0x3FFF
+    height = int.from_bytes(data[8:10], "little") & 0x3FFF
+    return width, height
+
+
+class Recorder:
+    def __init__(self, folder: Path, call_id: uuid.UUID, publishers: Iterable[Publisher]) -> None:
+        self.id = uuid.uuid4()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.publishers = list(publishers)
+        video_codecs = {p.codec for p in self.publishers if p.kind == "video" and p.codec}
+        suffix = "mkv" if "h264" in video_codecs else "webm"
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.path = folder / f"{call_id}-{stamp}-{self.id.hex[:8]}.{suffix}"
+        self._format = "matroska" if suffix == "mkv" else "webm"
+        self._started = time.monotonic()
+        self._queue: queue.Queue[tuple[Publisher, str, EncodedFrame] | None] = queue.Queue(
+            MAX_QUEUED
+        )
+        self._listeners: dict[Publisher, Any] = {}
+        for publisher in self.publishers:
+            listener = self._listener(publisher)
+            self._listeners[publisher] = listener
+            publisher.listeners.add(listener)
+        self._thread = threading.Thread(target=self._write, name="recorder", daemon=True)
+        self._thread.start()
+
+    def _listener(self, publisher: Publisher) -> Any:
+        def on_frame(codec: str, frame: EncodedFrame) -> None:
+            with contextlib.suppress(queue.Full):  # a stalled disk drops frames, not the call
+                self._queue.put_nowait((publisher, codec, frame))
+
+        return on_frame
+
+    async def close(self) -> int:
+        """Stop listening, finish the file; its size in bytes."""
+        for publisher, listener in self._listeners.items():
+            publisher.listeners.discard(listener)
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    # The writer thread -------------------------------------------------------------------
+
+    def _write(self) -> None:
+        pending: list[tuple[Publisher, str, EncodedFrame]] = []
+        container: Any = None
+        streams: dict[Publisher, Any] = {}
+        origins: dict[Publisher, tuple[int, int]] = {}  # first source timestamp, first pts
+        last: dict[Publisher, int] = {}
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                if container is None:
+                    pending.append(item)
+                    if not self._ready(pending):
+                        continue
+                    container, streams = self._open(pending)
+                    items, pending = pending, []
+                else:
+                    items = [item]
+                for publisher, _codec, frame in items:
+                    stream = streams.get(publisher)
+                    if stream is None:
+                        continue
+                    self._mux(container, stream, publisher, frame, origins, last)
+            if container is None and pending:
+                container, streams = self._open(pending)
+                for publisher, _codec, frame in pending:
+                    if publisher in streams:
+                        self._mux(container, streams[publisher], publisher, frame, origins, last)
+        except Exception as exc:
+            logger.error("recording failed", extra={"error_type": type(exc).__name__})
+        finally:
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()
+
+    def _ready(self, pending: list[tuple[Publisher, str, EncodedFrame]]) -> bool:
+        if time.monotonic() - self._started >= OPEN_AFTER:
+            return True
+        videos = {p for p in self.publishers if p.kind == "video" and p.source is not None}
+        keyed = {p for p, _c, f in pending if p.kind == "video" and f.keyframe}
+        return bool(videos) and videos <= keyed
+
+    def _open(
+        self, pending: list[tuple[Publisher, str, EncodedFrame]]
+    ) -> tuple[Any, dict[Publisher, Any]]:
+        container = av.open(str(self.path), "w", format=self._format)
+        streams: dict[Publisher, Any] = {}
+        for publisher in self.publishers:
+            frames = [(c, f) for p, c, f in pending if p is publisher]
+            if not frames:
+                continue
+            codec = frames[0][0]
+            if publisher.kind == "video":
+                size = next((vp8_size(f.data) for _c, f in frames if f.keyframe), None)
+                stream: Any = container.add_stream(_CODEC_NAMES.get(codec, codec), rate=30)
+                stream.width, stream.height = size or (640, 480)
+            else:
+                stream = container.add_stream(_CODEC_NAMES.get(codec, codec), rate=48_000)
+            stream.time_base = Fraction(1, CLOCK[publisher.kind])
+            streams[publisher] = stream
+        return container, streams
+
+    def _mux(
+        self,
+        container: Any,
+        stream: Any,
+        publisher: Publisher,
+        frame: EncodedFrame,
+        origins: dict[Publisher, tuple[int, int]],
+        last: dict[Publisher, int],
+    ) -> None:
+        clock = CLOCK[publisher.kind]
+        if publisher not in origins:
+            if publisher.kind == "video" and not frame.keyframe:
+                return  # a video stream starts at a keyframe
+            offset = max(0, int((frame.received - self._started) * clock))
+            origins[publisher] = (frame.timestamp, offset)
+        first_ts, offset = origins[publisher]
+        pts = offset + ((frame.timestamp - first_ts) & 0xFFFFFFFF)
+        if pts <= last.get(publisher, -1):
+            return  # a reconnect restarted the source clock: skip until it passes
+        last[publisher] = pts
+        packet = av.Packet(frame.data)
+        packet.stream = stream
+        packet.pts = packet.dts = pts
+        packet.time_base = Fraction(1, clock)
+        packet.is_keyframe = frame.keyframe
+        container.mux(packet)

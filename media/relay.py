@@ -1,0 +1,614 @@
+"""The media relay: one peer connection per participant, encoded frames forwarded between them.
+
+Each call is a `Room`. A participant's client offers; the relay answers on a peer connection of
+its own whose transceivers prefer the call's codec, so both legs of every path agree and frames
+pass through without being decoded: the receiver's complete encoded frames (media.frames) go to
+the participant's `Publisher`, which pushes them to a `ForwardedTrack` for each subscriber, which
+the subscriber's `RTCRtpSender` packetizes as they are. Only where two legs could not agree on a
+codec is a subscriber fed decoded frames (aiortc then encodes), and the call's stats say so.
+
+Keyframes: a subscriber that joins, reconnects, falls behind or reports loss (PLI/FIR) gets one
+from its publisher within a round trip. Consent: nothing from the patient is forwarded while
+their `video_visit` consent does not stand. Peer connections are owned by a `PeerRegistry`.
+
+Every public method returns at once: work for one participant runs in order on that
+participant's own task, so a slow SDP step never holds up the signaling that called it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from app.config import Settings
+from media import hooks
+from media.frames import FrameAssembler
+from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
+from media.recording import Recorder, RecordingLog
+from media.stats import CallStats, participant_stats
+from media.tracks import ForwardedTrack, Publisher
+from media.transcode import TranscodedTrack
+from signaling.hub import SignalingError
+from signaling.media import Consent, Emit
+
+logger = logging.getLogger("televisit.media")
+
+KINDS = ("audio", "video")
+PATIENT = "patient"
+# The codecs the relay forwards, in order of preference when the call has none yet.
+VIDEO_CODECS = ("vp8", "h264")
+STATS_SECONDS = 3.0
+# A participant whose media stopped for this long, on a connection that claims to be up, is
+# told to negotiate a new one (aiortc notices a dead path only after ~30 s by itself).
+STALL_SECONDS = 3.0
+WATCH_SECONDS = 1.0
+
+Subscription = ForwardedTrack | TranscodedTrack
+
+
+@dataclass(eq=False)
+class Participant:
+    role: str
+    peer: Peer | None = None
+    remote_ufrag: str | None = None
+    sources: list[Any] = field(default_factory=list)  # receivers feeding our publishers
+    # (publisher role, kind) -> the track this participant's sender carries
+    subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
+    relay_offer_pending: bool = False
+    renegotiate: bool = False
+    pending_candidates: list[dict[str, Any] | None] = field(default_factory=list)
+    work: asyncio.Queue[Callable[[], Awaitable[None]]] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+    joined_at: float = field(default_factory=time.monotonic)
+    media_seen: bool = False
+    stalled: bool = False
+
+
+class Room:
+    def __init__(
+        self,
+        call_id: uuid.UUID,
+        *,
+        consent: Consent,
+        ice_servers: list[dict[str, Any]],
+        relay: Relay,
+    ) -> None:
+        self.id = call_id
+        self.consent = consent
+        self.ice_servers = ice_servers
+        self.relay = relay
+        self.participants: dict[str, Participant] = {}
+        self.publishers: dict[tuple[str, str], Publisher] = {}
+        self.video_codec: str | None = None
+        self.stats = CallStats()
+        self.byte_marks: dict[str, tuple[int, float]] = {}
+        self.recorder: Recorder | None = None
+
+    def publisher(self, role: str, kind: str) -> Publisher:
+        key = (role, kind)
+        publisher = self.publishers.get(key)
+        if publisher is None:
+            publisher = self.publishers[key] = Publisher(role, kind)
+            publisher.allowed = role != PATIENT or self.consent.video_visit
+        return publisher
+
+    @property
+    def transcoding(self) -> bool:
+        return any(
+            isinstance(track, TranscodedTrack)
+            for participant in self.participants.values()
+            for track in participant.subscriptions.values()
+        )
+
+
+class Relay:
+    """Implements signaling.media.MediaPlane."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        emit: Emit,
+        recordings: RecordingLog | None = None,
+        registry: PeerRegistry | None = None,
+    ) -> None:
+        hooks.check()
+        hooks.restrict_host_addresses(settings.media_ips or None)
+        self.settings = settings
+        self.emit = emit
+        self.recordings = recordings
+        self.registry = registry or PeerRegistry()
+        self.filter = PeerFilter(settings.media_peer_allow)
+        self.rooms: dict[uuid.UUID, Room] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # MediaPlane ----------------------------------------------------------------------------
+
+    def has_call(self, call_id: uuid.UUID) -> bool:
+        return call_id in self.rooms
+
+    async def open_call(
+        self, call_id: uuid.UUID, *, consent: Consent, ice_servers: list[dict[str, Any]]
+    ) -> None:
+        if call_id not in self.rooms:
+            self.rooms[call_id] = Room(
+                call_id, consent=consent, ice_servers=ice_servers, relay=self
+            )
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="relay-watch")
+
+    async def offer(self, call_id: uuid.UUID, role: str, sdp: str) -> None:
+        room = self._room(call_id)
+        self._enqueue(room, role, lambda: self._on_offer(room, role, sdp))
+
+    async def answer(self, call_id: uuid.UUID, role: str, sdp: str) -> None:
+        room = self._room(call_id)
+        self._enqueue(room, role, lambda: self._on_answer(room, role, sdp))
+
+    async def candidate(
+        self, call_id: uuid.UUID, role: str, candidate: dict[str, Any] | None
+    ) -> None:
+        room = self._room(call_id)
+        self._enqueue(room, role, lambda: self._on_candidate(room, role, candidate))
+
+    async def leave(self, call_id: uuid.UUID, role: str) -> None:
+        room = self._room(call_id)
+        self._enqueue(room, role, lambda: self._drop_connection(room, role))
+
+    async def consent(self, call_id: uuid.UUID, consent: Consent) -> None:
+        """Applied at once: the patient's frames stop before this returns."""
+        room = self.rooms.get(call_id)
+        if room is None:
+            return
+        room.consent = consent
+        for (role, _kind), publisher in room.publishers.items():
+            if role == PATIENT:
+                publisher.allowed = consent.video_visit
+        if room.recorder is not None and not consent.recording:
+            await self._stop_recording(room, reason="consent_withdrawn")
+
+    async def record(self, call_id: uuid.UUID, action: str) -> None:
+        room = self._room(call_id)
+        if action == "start":
+            await self._start_recording(room)
+        else:
+            await self._stop_recording(room, reason="stopped")
+
+    async def close_call(self, call_id: uuid.UUID) -> None:
+        room = self.rooms.pop(call_id, None)
+        if room is None:
+            return
+        if room.recorder is not None:
+            await self._stop_recording(room, reason="ended", announce=False)
+        for participant in room.participants.values():
+            if participant.worker is not None:
+                participant.worker.cancel()
+            self._unsubscribe_all(room, participant)
+        for publisher in room.publishers.values():
+            for track in list(publisher.subscribers):
+                publisher.unsubscribe(track)
+        await self.registry.close_call(call_id)
+        if self.recordings is not None:
+            await self.recordings.summary(call_id, room.stats.summary(transcoding=room.transcoding))
+
+    async def shutdown(self) -> None:
+        for call_id in list(self.rooms):
+            await self.close_call(call_id)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.registry.close_all()
+
+    # Per-participant work ------------------------------------------------------------------
+
+    def _room(self, call_id: uuid.UUID) -> Room:
+        room = self.rooms.get(call_id)
+        if room is None:
+            raise SignalingError("not_in_call", "This call is not under way.")
+        return room
+
+    def _participant(self, room: Room, role: str) -> Participant:
+        participant = room.participants.get(role)
+        if participant is None:
+            participant = room.participants[role] = Participant(role)
+        return participant
+
+    def _enqueue(self, room: Room, role: str, step: Callable[[], Awaitable[None]]) -> None:
+        participant = self._participant(room, role)
+        participant.work.put_nowait(step)
+        if participant.worker is None or participant.worker.done():
+            participant.worker = asyncio.create_task(
+                self._work(room, participant), name=f"relay-{role}"
+            )
+
+    async def _work(self, room: Room, participant: Participant) -> None:
+        while not participant.work.empty():
+            step = participant.work.get_nowait()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "media negotiation failed",
+                    extra={"role": participant.role, "error_type": type(exc).__name__},
+                )
+                await self.emit(
+                    room.id,
+                    participant.role,
+                    {
+                        "type": "error",
+                        "code": "negotiation_failed",
+                        "message": "The relay could not use that description; offer again.",
+                    },
+                )
+
+    # Negotiation ---------------------------------------------------------------------------
+
+    async def _on_offer(self, room: Room, role: str, sdp: str) -> None:
+        participant = self._participant(room, role)
+        ufrag = ice_ufrag(sdp)
+        reuse = (
+            participant.peer is not None
+            and participant.remote_ufrag == ufrag
+            and participant.peer.pc.connectionState not in ("failed", "closed")
+        )
+        if reuse and participant.relay_offer_pending:
+            await self.emit(
+                room.id,
+                role,
+                {
+                    "type": "error",
+                    "code": "negotiation_in_progress",
+                    "message": "Answer the relay's offer first.",
+                },
+            )
+            return
+        if not reuse:
+            await self._drop_connection(room, role)
+            participant.peer = self._new_peer(room, participant)
+            participant.remote_ufrag = ufrag
+            participant.stalled = False
+            participant.media_seen = False
+            participant.joined_at = time.monotonic()
+        assert participant.peer is not None
+        pc = participant.peer.pc
+        self._choose_video_codec(room, sdp)
+        self._prefer_codecs(room, pc)
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=self.filter.filter_sdp(sdp), type="offer")
+        )
+        for candidate in participant.pending_candidates:
+            await self._add_candidate(participant, candidate)
+        participant.pending_candidates.clear()
+        self._subscribe_everyone(room)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.emit(room.id, role, {"type": "answer", "sdp": pc.localDescription.sdp})
+        if room.recorder is not None and not reuse:
+            # Joining a call being recorded: the indicator first, before anything else.
+            await self.emit(room.id, role, {"type": "recording", "state": "on"})
+        await self._renegotiate_waiting(room)
+
+    async def _on_answer(self, room: Room, role: str, sdp: str) -> None:
+        participant = self._participant(room, role)
+        if participant.peer is None or not participant.relay_offer_pending:
+            return
+        await participant.peer.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=self.filter.filter_sdp(sdp), type="answer")
+        )
+        participant.relay_offer_pending = False
+        await self._renegotiate_waiting(room)
+
+    async def _on_candidate(self, room: Room, role: str, candidate: dict[str, Any] | None) -> None:
+        participant = self._participant(room, role)
+        if participant.peer is None or participant.peer.pc.remoteDescription is None:
+            participant.pending_candidates.append(candidate)
+            return
+        await self._add_candidate(participant, candidate)
+
+    async def _add_candidate(
+        self, participant: Participant, candidate: dict[str, Any] | None
+    ) -> None:
+        assert participant.peer is not None
+        line = (candidate or {}).get("candidate") or ""
+        if not line:
+            return  # the end of candidates: aiortc checks what it has
+        if not self.filter.candidate_allowed(line):
+            return
+        parsed = candidate_from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
+        parsed.sdpMid = (candidate or {}).get("sdpMid")
+        parsed.sdpMLineIndex = (candidate or {}).get("sdpMLineIndex")
+        await participant.peer.pc.addIceCandidate(parsed)
+
+    async def _renegotiate_waiting(self, room: Room) -> None:
+        """Send the relay's own offer to whoever needs one and has no offer outstanding."""
+        for participant in room.participants.values():
+            peer = participant.peer
+            if (
+                peer is None
+                or not participant.renegotiate
+                or participant.relay_offer_pending
+                or peer.pc.signalingState != "stable"
+            ):
+                continue
+            participant.renegotiate = False
+            participant.relay_offer_pending = True
+            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+            await self.emit(
+                room.id, participant.role, {"type": "offer", "sdp": peer.pc.localDescription.sdp}
+            )
+
+    def _new_peer(self, room: Room, participant: Participant) -> Peer:
+        peer = self.registry.create(
+            room.id, participant.role, ice_configuration(self._relay_ice(room))
+        )
+        for kind in KINDS:
+            peer.pc.addTransceiver(kind, direction="sendrecv")
+
+        @peer.pc.on("track")
+        def _track(track: Any) -> None:
+            self._publish(room, participant, peer, track)
+
+        return peer
+
+    def _relay_ice(self, room: Room) -> list[dict[str, Any]]:
+        # The relay itself needs STUN at most (to learn its public address), never TURN.
+        return [s for s in room.ice_servers if "username" not in s]
+
+    def _choose_video_codec(self, room: Room, sdp: str) -> None:
+        if room.video_codec is not None:
+            return
+        offered = [c for c in _rtpmap_codecs(sdp) if c in VIDEO_CODECS]
+        preferred = [c for c in VIDEO_CODECS if c in offered]
+        if preferred:
+            room.video_codec = preferred[0]
+
+    def _prefer_codecs(self, room: Room, pc: Any) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind != "video" or transceiver.mid is not None:
+                continue
+            capabilities = RTCRtpSender.getCapabilities("video").codecs
+            first = room.video_codec or VIDEO_CODECS[0]
+            ordered = sorted(
+                capabilities,
+                key=lambda c: (
+                    _codec_name(c.mimeType) not in (first, "rtx"),
+                    _codec_name(c.mimeType) == "rtx",
+                ),
+            )
+            transceiver.setCodecPreferences(ordered)
+
+    # Publishing and subscribing ------------------------------------------------------------
+
+    def _publish(self, room: Room, participant: Participant, peer: Peer, track: Any) -> None:
+        """A participant's incoming track: tap its receiver into their publisher."""
+        transceiver = next(
+            (t for t in peer.pc.getTransceivers() if t.receiver.track is track), None
+        )
+        if transceiver is None or track.kind not in KINDS:
+            return
+        receiver = transceiver.receiver
+        publisher = room.publisher(participant.role, track.kind)
+
+        def sink(codec: Any, frame: Any) -> None:
+            participant.media_seen = True
+            publisher.on_frame(codec.name, frame, receiver)
+
+        hooks.tap_receiver(
+            receiver, FrameAssembler(track.kind, hooks.codec_of(receiver), sink), sink
+        )
+        publisher.attach_source(receiver, lambda: self._spawn(hooks.request_keyframe(receiver)))
+        participant.sources.append(receiver)
+
+    def _subscribe_everyone(self, room: Room) -> None:
+        for subscriber in room.participants.values():
+            if subscriber.peer is None:
+                continue
+            for (role, kind), publisher in room.publishers.items():
+                if role == subscriber.role or (role, kind) in subscriber.subscriptions:
+                    continue
+                self._subscribe(room, subscriber, publisher)
+
+    def _subscribe(self, room: Room, subscriber: Participant, publisher: Publisher) -> None:
+        assert subscriber.peer is not None
+        pc = subscriber.peer.pc
+        transceiver = self._free_transceiver(pc, publisher.kind)
+        if transceiver is None:
+            transceiver = pc.addTransceiver(publisher.kind, direction="sendonly")
+            subscriber.renegotiate = True
+        track: Subscription
+        leg_codec = hooks.negotiated_codec(transceiver)
+        source_codec = self._source_codec(room, publisher)
+        if leg_codec and source_codec and leg_codec != source_codec:
+            track = TranscodedTrack(publisher, source_codec=source_codec)
+        else:
+            track = publisher.subscribe()
+        transceiver.sender.replaceTrack(track)
+        hooks.on_keyframe_request(transceiver.sender, publisher.ask_keyframe)
+        subscriber.subscriptions[(publisher.role, publisher.kind)] = track
+
+    def _free_transceiver(self, pc: Any, kind: str) -> RTCRtpTransceiver | None:
+        transceiver: RTCRtpTransceiver
+        for transceiver in pc.getTransceivers():
+            if (
+                transceiver.kind == kind
+                and _sends_nothing(transceiver.sender)
+                and transceiver.direction in ("sendrecv", "sendonly")
+                and transceiver.mid is not None
+                and not _offer_was_sendonly(transceiver)
+            ):
+                return transceiver
+        return None
+
+    def _source_codec(self, room: Room, publisher: Publisher) -> str | None:
+        participant = room.participants.get(publisher.role)
+        if participant is None or participant.peer is None:
+            return None
+        for transceiver in participant.peer.pc.getTransceivers():
+            if transceiver.kind == publisher.kind and transceiver.receiver in participant.sources:
+                return hooks.negotiated_codec(transceiver)
+        return None
+
+    def _unsubscribe_all(self, room: Room, participant: Participant) -> None:
+        for (role, kind), track in participant.subscriptions.items():
+            publisher = room.publishers.get((role, kind))
+            if isinstance(track, ForwardedTrack) and publisher is not None:
+                publisher.unsubscribe(track)
+            else:
+                track.stop()
+        participant.subscriptions.clear()
+
+    async def _drop_connection(self, room: Room, role: str) -> None:
+        """This participant's media stops: their peer connection closes, the call goes on."""
+        participant = room.participants.get(role)
+        if participant is None or participant.peer is None:
+            return
+        self._unsubscribe_all(room, participant)
+        for receiver in participant.sources:
+            for publisher in room.publishers.values():
+                publisher.detach_source(receiver)
+        participant.sources.clear()
+        participant.pending_candidates.clear()
+        participant.relay_offer_pending = participant.renegotiate = False
+        peer, participant.peer = participant.peer, None
+        await self.registry.close(peer)
+
+    # Recording -----------------------------------------------------------------------------
+
+    async def _start_recording(self, room: Room) -> None:
+        if room.recorder is not None or self.recordings is None:
+            return
+        recorder = Recorder(self.settings.recordings_dir, room.id, room.publishers.values())
+        room.recorder = recorder
+        await self.recordings.started(room.id, recorder.id, recorder.path.name)
+        for publisher in room.publishers.values():
+            publisher.ask_keyframe()
+        await self._announce(room, {"type": "recording", "state": "on"})
+
+    async def _stop_recording(self, room: Room, *, reason: str, announce: bool = True) -> None:
+        recorder, room.recorder = room.recorder, None
+        if recorder is None:
+            return
+        size = await recorder.close()
+        if self.recordings is not None:
+            await self.recordings.stopped(room.id, recorder.id, size, reason)
+        if announce:
+            await self._announce(room, {"type": "recording", "state": "off"})
+
+    async def _announce(self, room: Room, message: dict[str, Any]) -> None:
+        for role in {*room.participants, "clinician", PATIENT}:
+            await self.emit(room.id, role, message)
+
+    # Health: stats every few seconds, stalls within a few ----------------------------------
+
+    async def _watch(self) -> None:
+        last_stats = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            try:
+                now = time.monotonic()
+                for room in list(self.rooms.values()):
+                    await self._check_stalls(room, now)
+                if now - last_stats >= STATS_SECONDS:
+                    last_stats = now
+                    for room in list(self.rooms.values()):
+                        await self._send_stats(room, now)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("relay watch failed", extra={"error_type": type(exc).__name__})
+
+    async def _check_stalls(self, room: Room, now: float) -> None:
+        for participant in list(room.participants.values()):
+            peer = participant.peer
+            if peer is None or participant.stalled:
+                continue
+            state = peer.pc.connectionState
+            last = max(
+                (
+                    p.last_frame_at
+                    for (r, _k), p in room.publishers.items()
+                    if r == participant.role
+                ),
+                default=0.0,
+            )
+            silent = participant.media_seen and now - last > STALL_SECONDS
+            never = not participant.media_seen and now - participant.joined_at > 3 * STALL_SECONDS
+            if state == "failed" or silent or (never and state != "connected"):
+                participant.stalled = True
+                await self._drop_connection(room, participant.role)
+                # Over signaling (if their socket lives): negotiate a new peer connection.
+                await self.emit(
+                    room.id, participant.role, self._negotiate_again(room, participant.role)
+                )
+
+    def _negotiate_again(self, room: Room, role: str) -> dict[str, Any]:
+        """The contract's way to say "negotiate a new peer connection for this call"."""
+        if role == PATIENT:
+            return {"type": "admitted", "ice_servers": room.ice_servers}
+        return {"type": "call", "appointment_id": str(room.id), "ice_servers": room.ice_servers}
+
+    async def _send_stats(self, room: Room, now: float) -> None:
+        rows = []
+        for participant in room.participants.values():
+            if participant.peer is None:
+                continue
+            row = await participant_stats(
+                participant.role, participant.peer.pc, room, room.byte_marks, now
+            )
+            room.stats.add(row)
+            rows.append(row.message())
+        if rows:
+            await self.emit(
+                room.id,
+                "clinician",
+                {
+                    "type": "stats",
+                    "appointment_id": str(room.id),
+                    "participants": rows,
+                    "mode": "transcoding" if room.transcoding else "forwarding",
+                },
+            )
+
+    def _spawn(self, coroutine: Awaitable[None] | None) -> None:
+        if coroutine is None:
+            return
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _codec_name(mime_type: str) -> str:
+    return mime_type.split("/")[-1].lower()
+
+
+def _rtpmap_codecs(sdp: str) -> list[str]:
+    names = []
+    for line in sdp.splitlines():
+        if line.startswith("a=rtpmap:"):
+            names.append(line.split(" ", 1)[1].split("/")[0].lower())
+    return names
+
+
+def _offer_was_sendonly(transceiver: RTCRtpTransceiver) -> bool:
+    """The client sends here but receives nothing: the relay must not send on it."""
+    return (
+        transceiver.currentDirection == "recvonly"
+        or getattr(transceiver, "_offerDirection", None) == "recvonly"
+    )
+
+
+def _sends_nothing(sender: RTCRtpSender) -> bool:
+    track: object = sender.track  # aiortc types it as always set; it is None until given one
+    return track is None

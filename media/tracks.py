@@ -1,0 +1,164 @@
+"""Publishers and the tracks that carry their encoded frames to every subscriber.
+
+A `Publisher` is one participant's audio or video as the relay receives it. It outlives the
+participant's peer connection: when they reconnect, a new receiver feeds the same publisher
+(a new `source`), and every subscriber's `ForwardedTrack` carries on with continuous
+timestamps from the next keyframe.
+
+A `ForwardedTrack` is what an `RTCRtpSender` sends: `recv()` hands out `av.Packet`s, which aiortc
+packetizes without encoding. Its queue is bounded: a subscriber that cannot keep up loses
+frames up to the next keyframe (and one is requested), never accumulating delay or memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.frames import EncodedFrame
+
+CLOCK = {"audio": 48_000, "video": 90_000}
+# A subscriber's backlog: about a second of video at 30 frames a second, or of 20 ms audio.
+MAX_QUEUED = {"audio": 50, "video": 30}
+# Between the last frame of one source and the first of the next (a reconnect).
+SOURCE_GAP = {"audio": 960, "video": 3000}
+# A publisher is asked for a keyframe at most this often.
+KEYFRAME_INTERVAL = 0.3
+
+
+class ForwardedTrack(MediaStreamTrack):
+    def __init__(self, kind: str, *, on_keyframe_needed: Callable[[], None]) -> None:
+        super().__init__()
+        self.kind = kind
+        self._time_base = Fraction(1, CLOCK[kind])
+        self._queue: deque[Any] = deque()  # av.Packet
+        self._ready = asyncio.Event()
+        self._on_keyframe_needed = on_keyframe_needed
+        # A subscriber starts at a keyframe; audio needs none.
+        self._waiting_keyframe = kind == "video"
+        self._source: object | None = None
+        self._last_in = 0
+        self._pts = 0
+        self.frames_dropped = 0
+        self.frames_sent = 0
+
+    def push(self, frame: EncodedFrame, source: object) -> None:
+        if self.readyState != "live":
+            return
+        if self._waiting_keyframe:
+            if not frame.keyframe:
+                self.frames_dropped += 1
+                return
+            self._waiting_keyframe = False
+        if len(self._queue) >= MAX_QUEUED[self.kind]:
+            self.frames_dropped += len(self._queue)
+            self._queue.clear()
+            if self.kind == "video":
+                # Later frames refer to the dropped ones: start again at a keyframe.
+                self._waiting_keyframe = True
+                self._on_keyframe_needed()
+                if not frame.keyframe:
+                    return
+                self._waiting_keyframe = False
+        if source is not self._source:
+            self._pts += SOURCE_GAP[self.kind] if self._source is not None else 0
+            self._source = source
+        else:
+            # 32-bit RTP timestamps, unwrapped; a negative step is a reordered frame.
+            step = (frame.timestamp - self._last_in) & 0xFFFFFFFF
+            self._pts += step - (1 << 32) if step & 0x80000000 else step
+        self._last_in = frame.timestamp
+        packet = av.Packet(frame.data)
+        packet.pts = self._pts
+        packet.time_base = self._time_base
+        self._queue.append(packet)
+        self._ready.set()
+
+    def need_keyframe(self) -> None:
+        """Drop what is queued and resume at the next keyframe (a new source, a reconnect)."""
+        if self.kind == "video":
+            self._queue.clear()
+            self._waiting_keyframe = True
+
+    async def recv(self) -> Any:
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        self.frames_sent += 1
+        return self._queue.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._queue.clear()
+        self._ready.set()
+
+
+FrameListener = Callable[[str, EncodedFrame], None]
+
+
+class Publisher:
+    """One participant's audio or video, fanned out to every subscriber."""
+
+    def __init__(self, role: str, kind: str) -> None:
+        self.role, self.kind = role, kind
+        self.subscribers: set[ForwardedTrack] = set()
+        self.listeners: set[FrameListener] = set()  # recorders: (codec name, frame)
+        self.allowed = True  # the consent gate: nothing is forwarded while False
+        self.source: object | None = None
+        self.codec: str | None = None
+        self.frames = 0
+        self.bytes = 0
+        self.last_frame_at = 0.0
+        self._ask: Callable[[], None] | None = None
+        self._last_asked = 0.0
+
+    def attach_source(self, source: object, ask_keyframe: Callable[[], None]) -> None:
+        """A new receiver feeds this publisher (first join, or a reconnect)."""
+        self.source, self._ask = source, ask_keyframe
+        for track in self.subscribers:
+            track.need_keyframe()
+
+    def detach_source(self, source: object) -> None:
+        if self.source is source:
+            self.source, self._ask = None, None
+
+    def on_frame(self, codec_name: str, frame: EncodedFrame, source: object) -> None:
+        if source is not self.source:
+            return  # a receiver being replaced
+        self.codec = codec_name
+        self.frames += 1
+        self.bytes += len(frame.data)
+        self.last_frame_at = frame.received
+        if not self.allowed:
+            return
+        for track in self.subscribers:
+            track.push(frame, source)
+        for listener in self.listeners:
+            listener(codec_name, frame)
+
+    def ask_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most every KEYFRAME_INTERVAL seconds."""
+        now = time.monotonic()
+        if self.kind != "video" or self._ask is None or now - self._last_asked < KEYFRAME_INTERVAL:
+            return
+        self._last_asked = now
+        self._ask()
+
+    def subscribe(self) -> ForwardedTrack:
+        track = ForwardedTrack(self.kind, on_keyframe_needed=self.ask_keyframe)
+        self.subscribers.add(track)
+        self.ask_keyframe()
+        return track
+
+    def unsubscribe(self, track: ForwardedTrack) -> None:
+        self.subscribers.discard(track)
+        track.stop()
