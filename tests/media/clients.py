@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import fractions
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,13 @@ from tests.signaling.helpers import Socket
 
 VIDEO_RATE = 30
 SAMPLE_RATE = 48_000
+
+
+async def until(condition: Callable[[], bool], within: float, every: float = 0.05) -> None:
+    """Poll a condition on state that decoder callbacks update (no event to wait on)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 (frames arrive in other tasks, unannounced)
+            await asyncio.sleep(every)
 
 
 class ColourCamera(MediaStreamTrack):
@@ -164,7 +172,7 @@ class MediaClient:
     async def _read(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
             while True:
-                frame = await track.recv()
+                frame: Any = await track.recv()
                 if track.kind == "video":
                     rgb = frame.to_ndarray(format="rgb24")
                     self.received.video_frames += 1
@@ -181,21 +189,16 @@ class MediaClient:
                     if len(self.received.audio) > 100:
                         del self.received.audio[:-100]
 
+    def sees(self, colour: tuple[int, int, int]) -> bool:
+        seen = self.received.last_colour
+        return seen is not None and all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
+
     async def wait_for_video(self, colour: tuple[int, int, int], within: float = 15.0) -> None:
         """Until a frame of (nearly) this colour has been decoded."""
-        async with asyncio.timeout(within):
-            while True:
-                seen = self.received.last_colour
-                if seen is not None and all(
-                    abs(a - b) < 25 for a, b in zip(seen, colour, strict=True)
-                ):
-                    return
-                await asyncio.sleep(0.05)
+        await until(lambda: self.sees(colour), within)
 
     async def wait_for_audio(self, frames: int = 60, within: float = 15.0) -> None:
-        async with asyncio.timeout(within):
-            while self.received.audio_frames < frames:
-                await asyncio.sleep(0.05)
+        await until(lambda: self.received.audio_frames >= frames, within)
 
     async def close_pc(self) -> None:
         for reader in self._readers:
