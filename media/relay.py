@@ -342,6 +342,7 @@ class Relay:
                 or peer.pc.signalingState != "stable"
             ):
                 continue
+            self._subscribe_all(room, participant)
             participant.renegotiate = False
             participant.relay_offer_pending = True
             await peer.pc.setLocalDescription(await peer.pc.createOffer())
@@ -403,7 +404,7 @@ class Relay:
 
         def sink(codec: Any, frame: Any) -> None:
             participant.media_seen = True
-            publisher.on_frame(codec.name, frame, receiver)
+            publisher.on_frame(codec.name.lower(), frame, receiver)
 
         hooks.tap_receiver(
             receiver, FrameAssembler(track.kind, hooks.codec_of(receiver), sink), sink
@@ -413,11 +414,14 @@ class Relay:
 
     def _subscribe_everyone(self, room: Room) -> None:
         for subscriber in room.participants.values():
-            if subscriber.peer is None:
-                continue
-            for (role, kind), publisher in room.publishers.items():
-                if role == subscriber.role or (role, kind) in subscriber.subscriptions:
-                    continue
+            self._subscribe_all(room, subscriber)
+
+    def _subscribe_all(self, room: Room, subscriber: Participant) -> None:
+        """Subscribe a participant to every other participant's publishers."""
+        if subscriber.peer is None:
+            return
+        for (role, kind), publisher in list(room.publishers.items()):
+            if role != subscriber.role and (role, kind) not in subscriber.subscriptions:
                 self._subscribe(room, subscriber, publisher)
 
     def _subscribe(self, room: Room, subscriber: Participant, publisher: Publisher) -> None:
@@ -425,8 +429,10 @@ class Relay:
         pc = subscriber.peer.pc
         transceiver = self._free_transceiver(pc, publisher.kind)
         if transceiver is None:
-            transceiver = pc.addTransceiver(publisher.kind, direction="sendonly")
             subscriber.renegotiate = True
+            if pc.signalingState != "stable":
+                return  # answering an offer: the new transceiver comes with our own offer
+            transceiver = pc.addTransceiver(publisher.kind, direction="sendonly")
         track: Subscription
         leg_codec = hooks.negotiated_codec(transceiver)
         source_codec = self._source_codec(room, publisher)

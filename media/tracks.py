@@ -120,6 +120,7 @@ class Publisher:
         self.last_frame_at = 0.0
         self._ask: Callable[[], None] | None = None
         self._last_asked = 0.0
+        self._deferred: asyncio.TimerHandle | None = None
 
     def attach_source(self, source: object, ask_keyframe: Callable[[], None]) -> None:
         """A new receiver feeds this publisher (first join, or a reconnect)."""
@@ -146,12 +147,19 @@ class Publisher:
             listener(codec_name, frame)
 
     def ask_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most every KEYFRAME_INTERVAL seconds."""
-        now = time.monotonic()
-        if self.kind != "video" or self._ask is None or now - self._last_asked < KEYFRAME_INTERVAL:
+        """Ask the publisher for a keyframe; asks within KEYFRAME_INTERVAL make one, at its end."""
+        if self.kind != "video" or self._ask is None:
             return
-        self._last_asked = now
-        self._ask()
+        wait = self._last_asked + KEYFRAME_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._last_asked = time.monotonic()
+            self._ask()
+        elif self._deferred is None:
+            self._deferred = asyncio.get_running_loop().call_later(wait, self._ask_deferred)
+
+    def _ask_deferred(self) -> None:
+        self._deferred = None
+        self.ask_keyframe()
 
     def subscribe(self) -> ForwardedTrack:
         track = ForwardedTrack(self.kind, on_keyframe_needed=self.ask_keyframe)

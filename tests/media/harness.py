@@ -1,0 +1,138 @@
+"""The relay in the test's own process, driven through its MediaPlane methods, with aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from media.relay import Relay
+from signaling.media import Consent
+from tests.media.clients import ColourCamera, Received, ToneMicrophone, rtc_configuration
+
+
+class Log:
+    """media.recording.RecordingLog in memory."""
+
+    def __init__(self) -> None:
+        self.recordings: list[dict[str, Any]] = []
+        self.summaries: dict[uuid.UUID, dict[str, Any]] = {}
+
+    async def started(self, call_id: uuid.UUID, recording_id: uuid.UUID, file_name: str) -> None:
+        self.recordings.append({"call": call_id, "id": recording_id, "file": file_name})
+
+    async def stopped(
+        self, call_id: uuid.UUID, recording_id: uuid.UUID, size: int, reason: str
+    ) -> None:
+        for recording in self.recordings:
+            if recording["id"] == recording_id:
+                recording.update(bytes=size, reason=reason)
+
+    async def summary(self, call_id: uuid.UUID, summary: dict[str, Any]) -> None:
+        self.summaries[call_id] = summary
+
+
+class Outbox:
+    """What the relay emits, per (call, role)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[uuid.UUID, str], asyncio.Queue[dict[str, Any]]] = defaultdict(
+            asyncio.Queue
+        )
+
+    async def emit(self, call_id: uuid.UUID, role: str, message: dict[str, Any]) -> None:
+        await self.queues[(call_id, role)].put(message)
+
+    async def expect(
+        self, call_id: uuid.UUID, role: str, kind: str, within: float = 10.0
+    ) -> dict[str, Any]:
+        queue = self.queues[(call_id, role)]
+        async with asyncio.timeout(within):
+            while True:
+                message = await queue.get()
+                if message.get("type") == kind:
+                    return message
+
+
+class Peer:
+    """A participant's aiortc peer that also answers the relay's own offers."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        outbox: Outbox,
+        call_id: uuid.UUID,
+        role: str,
+        *,
+        colour: tuple[int, int, int],
+        tone: float,
+    ) -> None:
+        self.relay, self.outbox, self.call_id, self.role = relay, outbox, call_id, role
+        self.colour, self.tone = colour, tone
+        self.pc: RTCPeerConnection | None = None
+        self.tracks: list[Received] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def join(self) -> None:
+        pc = RTCPeerConnection(rtc_configuration([]))
+        self.pc = pc
+        pc.addTrack(ToneMicrophone(self.tone))
+        pc.addTrack(ColourCamera(self.colour))
+
+        @pc.on("track")
+        def _on_track(track: Any) -> None:
+            received = Received()
+            self.tracks.append(received)
+            self._tasks.append(asyncio.ensure_future(_read(track, received)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.relay.offer(self.call_id, self.role, self.rewrite(pc.localDescription.sdp))
+        answer = await self.outbox.expect(self.call_id, self.role, "answer")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._tasks.append(asyncio.ensure_future(self._answer_offers()))
+
+    async def _answer_offers(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                offer = await self.outbox.expect(self.call_id, self.role, "offer", within=3600)
+                assert self.pc is not None
+                await self.pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=offer["sdp"], type="offer")
+                )
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+                await self.relay.answer(self.call_id, self.role, self.pc.localDescription.sdp)
+
+    def rewrite(self, sdp: str) -> str:
+        """What the offer says on the wire; a test may make it say more."""
+        return sdp
+
+    def colours(self) -> list[tuple[float, float, float]]:
+        return [r.last_colour for r in self.tracks if r.last_colour is not None]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+
+
+async def _read(track: Any, received: Received) -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+        while True:
+            frame: Any = await track.recv()
+            if track.kind == "video":
+                rgb = frame.to_ndarray(format="rgb24")
+                received.video_frames += 1
+                received.last_colour = tuple(rgb.reshape(-1, 3).mean(axis=0))
+            else:
+                received.audio_frames += 1
+
+
+def consent(video: bool = True, recording: bool = True) -> Consent:
+    return Consent(video_visit=video, recording=recording)
