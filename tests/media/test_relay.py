@@ -20,7 +20,7 @@ from tests.media.harness import Log, Outbox, Peer, consent
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 
 
-def close_to(seen: tuple[float, float, float], colour: tuple[int, int, int]) -> bool:
+def close_to(seen: tuple[float, ...], colour: tuple[int, int, int]) -> bool:
     return all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
 
 
