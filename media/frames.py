@@ -146,6 +146,7 @@ class FrameAssembler:
         """The missing packets will not come: resume after them, at the next frame boundary."""
         self._frame = []
         self._resync = True
+        ask = self._lost()  # before taking what was parked: those frames need a keyframe too
         parked, self._parked = self._parked, {}
         ordered = sorted(parked, key=lambda s: (s - self._expected) & 0xFFFF)  # type: ignore[operator]
         self._expected = ordered[0]
@@ -156,7 +157,7 @@ class FrameAssembler:
                 self._gap_since = now
                 break
             self._take(codec, parked[seq], now)
-        return self._lost()
+        return ask
 
     def _lost(self) -> bool:
         self.frames_dropped += 1
