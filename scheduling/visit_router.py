@@ -7,8 +7,11 @@ import uuid
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Header, Request, status
+from fastapi.responses import FileResponse
+from sqlalchemy import select
 
 from app.auth.models import Role
+from app.auth.principal import Principal
 from app.deps import (
     AdminUser,
     AuditDep,
@@ -19,9 +22,9 @@ from app.deps import (
     client_address,
     read_only,
 )
-from app.errors import Forbidden, TooManyRequests
+from app.errors import Forbidden, NotFound, TooManyRequests
 from scheduling import consent, service, visits
-from scheduling.models import Appointment, ConsentRecord
+from scheduling.models import Appointment, ConsentRecord, Recording
 from scheduling.visit_schemas import (
     ClinicianName,
     ConsentBody,
@@ -31,6 +34,8 @@ from scheduling.visit_schemas import (
     ConsentRecordOut,
     ConsentTextBody,
     ConsentTextOut,
+    RecordingList,
+    RecordingOut,
     Scope,
     VerifyBody,
     VerifyOut,
@@ -223,3 +228,49 @@ async def publish_consent_text(
     return ConsentTextOut(
         version=text.version, text=text.text, sha256=text.sha256, published_at=text.published_at
     )
+
+
+async def _recordings_access(
+    session: SessionDep, user: Principal, appointment_id: uuid.UUID
+) -> Appointment:
+    """Admins and the appointment's clinician; schedulers see no recordings."""
+    if user.role == Role.SCHEDULER:
+        raise Forbidden()
+    return await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
+
+
+@router.get(
+    "/appointments/{appointment_id}/recordings", response_model=RecordingList, tags=["recordings"]
+)
+async def list_recordings(
+    appointment_id: uuid.UUID, session: SessionDep, user: CurrentUser, audit: AuditDep
+) -> RecordingList:
+    audit.expect("recording.list", "appointment", appointment_id)
+    appointment = await _recordings_access(session, user, appointment_id)
+    result = await session.execute(
+        select(Recording)
+        .where(Recording.appointment_id == appointment.id)
+        .order_by(Recording.started_at)
+    )
+    return RecordingList(items=[RecordingOut.model_validate(r) for r in result.scalars()])
+
+
+@router.get("/appointments/{appointment_id}/recordings/{recording_id}/file", tags=["recordings"])
+async def download_recording(
+    appointment_id: uuid.UUID,
+    recording_id: uuid.UUID,
+    session: SessionDep,
+    user: CurrentUser,
+    audit: AuditDep,
+    settings: SettingsDep,
+) -> FileResponse:
+    audit.expect("recording.download", "recording", recording_id)
+    appointment = await _recordings_access(session, user, appointment_id)
+    recording = await session.get(Recording, recording_id)
+    if recording is None or recording.appointment_id != appointment.id:
+        raise NotFound()
+    path = settings.recordings_dir / recording.file_name
+    if recording.ended_at is None or not path.is_file():
+        raise NotFound("The recording is not available.")
+    media_type = "video/webm" if path.suffix == ".webm" else "video/x-matroska"
+    return FileResponse(path, media_type=media_type, filename=path.name)

@@ -88,3 +88,17 @@ class ConsentTextOut(BaseModel):
     text: str
     sha256: str
     published_at: dt.datetime
+
+
+class RecordingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    bytes: int | None
+    stop_reason: str | None = None
+
+
+class RecordingList(BaseModel):
+    items: list[RecordingOut]

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from media import hooks
+from tests.conftest import unavailable
+from tests.live import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +21,56 @@ def loopback_only() -> Iterator[None]:
     hooks.restrict_host_addresses(["127.0.0.1"])
     yield
     hooks.restrict_host_addresses(None)
+
+
+@pytest.fixture
+def turn_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Debian's coturn on loopback, with use-auth-secret; (TURN URL, shared secret)."""
+    binary = shutil.which("turnserver")
+    if binary is None:
+        unavailable("coturn (turnserver)", "not installed: apt-get install coturn")
+    port = free_port()
+    secret = secrets.token_hex(16)
+    log = tmp_path / "turn.log"
+    process = subprocess.Popen(  # noqa: S603 (a fixed binary, our arguments)
+        [
+            str(binary),
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+            "--listening-port",
+            str(port),
+            "--min-port",
+            "49160",
+            "--max-port",
+            "49400",
+            "--use-auth-secret",
+            f"--static-auth-secret={secret}",
+            "--realm",
+            "televisit.test",
+            "--allow-loopback-peers",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--log-file",
+            str(log),
+            "--simple-log",
+            "--pidfile",
+            str(tmp_path / "turn.pid"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"turn:127.0.0.1:{port}", secret
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import av
 import httpx
 
 from app.db import Database
+from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
 from tests.media.clients import MediaClient
 from tests.signaling.helpers import Socket, Visit, console, grant, make_visit, open_socket
 
-RED, BLUE = (220, 30, 30), (30, 30, 220)
+RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 PATIENT_TONE, CLINICIAN_TONE = 440.0, 1000.0
 
 
@@ -68,3 +73,167 @@ class TestCall:
             await call.clinician.wait_for_audio()
             assert abs((call.patient.received.pitch() or 0) - CLINICIAN_TONE) < 30
             assert abs((call.clinician.received.pitch() or 0) - PATIENT_TONE) < 30
+
+
+class TestQualityAndConsent:
+    async def test_the_clinician_gets_call_quality_every_few_seconds(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            stats = await call.desk.expect("stats", within=10)
+            assert stats["appointment_id"] == str(call.visit.appointment_id)
+            assert stats["mode"] == "forwarding"
+            roles = {row["role"]: row for row in stats["participants"]}
+            assert set(roles) == {"patient", "clinician"}
+            later = await call.desk.expect("stats", within=10)
+            patient = {row["role"]: row for row in later["participants"]}["patient"]
+            assert patient["kbps"] is not None
+            assert patient["kbps"] > 0
+            assert set(patient) >= {"role", "rtt_ms", "loss", "jitter_ms", "kbps"}
+
+    async def test_withdrawal_stops_the_patients_media_and_ends_the_call(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            await grant(http, call.visit.token, decision="withdrawn")
+            await call.desk.expect("ended")
+            await asyncio.sleep(0.5)
+            frames = call.clinician.received.video_frames
+            await asyncio.sleep(1.5)
+            assert call.clinician.received.video_frames == frames
+            summary = await http.get(
+                f"/api/v1/appointments/{call.visit.appointment_id}", headers=staff.admin.headers
+            )
+            assert summary.json()["status"] == "completed"
+
+
+class TestReconnectThroughTheServer:
+    async def test_the_patient_comes_back_with_a_new_connection(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            kept = call.clinician.pc
+            await call.patient.close_pc()
+            async with open_socket(
+                f"{live_server.ws_url}/ws/visits/{call.visit.token}"
+            ) as patient_socket:
+                admitted = await patient_socket.expect("admitted")
+                again = MediaClient(patient_socket, colour=GREEN, tone=PATIENT_TONE)
+                try:
+                    await again.connect(admitted["ice_servers"])
+                    await call.clinician.wait_for_video(GREEN)  # from a fresh keyframe
+                    await again.wait_for_video(BLUE)
+                    assert call.clinician.pc is kept
+                finally:
+                    await again.close_pc()
+
+
+class TestRecordingThroughTheServer:
+    async def test_record_list_and_download(
+        self, live_server_factory: ServerFactory, staff: Staff, db: Database, tmp_path: Path
+    ) -> None:
+        folder = tmp_path / "recordings"
+        server = live_server_factory(recordings_dir=str(folder))
+        async with (
+            httpx.AsyncClient(base_url=server.url) as http,
+            admitted_call(server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            key = str(call.visit.appointment_id)
+            await call.desk.send({"type": "record", "appointment_id": key, "action": "start"})
+            assert (await call.patient_socket.expect("recording"))["state"] == "on"
+            assert (await call.desk.expect("recording"))["state"] == "on"
+            await asyncio.sleep(2.5)
+            await call.desk.send({"type": "record", "appointment_id": key, "action": "stop"})
+            assert (await call.patient_socket.expect("recording"))["state"] == "off"
+            url = f"/api/v1/appointments/{key}/recordings"
+            listed = await http.get(url, headers=staff.clinician.headers)
+            assert listed.status_code == 200
+            [item] = listed.json()["items"]
+            assert set(item) >= {"id", "started_at", "ended_at", "bytes"}
+            assert item["bytes"] > 10_000
+            assert (await http.get(url, headers=staff.scheduler.headers)).status_code == 403
+            other = await http.get(url, headers=staff.other_clinician.headers)
+            assert other.status_code == 404
+            download = await http.get(f"{url}/{item['id']}/file", headers=staff.admin.headers)
+            assert download.status_code == 200
+            saved = tmp_path / "download.webm"
+            saved.write_bytes(download.content)
+            with av.open(str(saved)) as container:
+                assert sum(1 for _ in container.decode(video=0)) > 10
+
+    async def test_recording_needs_the_patients_recording_consent(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        async with httpx.AsyncClient(base_url=live_server.url) as http:
+            await grant(http, visit.token)  # video only
+            async with (
+                console(live_server.ws_url, staff.clinician.token) as desk,
+                open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
+            ):
+                await patient.expect("waiting")
+                key = str(visit.appointment_id)
+                await desk.send({"type": "admit", "appointment_id": key})
+                await desk.expect("call")
+                await desk.send({"type": "record", "appointment_id": key, "action": "start"})
+                assert (await desk.expect("error"))["code"] == "recording_consent_required"
+
+
+class TestTurn:
+    async def test_a_call_through_coturn_with_relay_candidates_only(
+        self,
+        live_server_factory: ServerFactory,
+        turn_server: tuple[str, str],
+        staff: Staff,
+        db: Database,
+    ) -> None:
+        url, secret = turn_server
+        server = live_server_factory(turn_urls=url, turn_secret=secret)
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            await grant(http, visit.token)
+            async with (
+                console(server.ws_url, staff.clinician.token) as desk,
+                open_socket(f"{server.ws_url}/ws/visits/{visit.token}") as patient_socket,
+            ):
+                await patient_socket.expect("waiting")
+                await desk.send({"type": "admit", "appointment_id": str(visit.appointment_id)})
+                admitted = await patient_socket.expect("admitted")
+                [turn] = admitted["ice_servers"]
+                assert turn["urls"] == [url]
+                expiry = int(turn["username"].split(":")[0])
+                assert expiry > time.time()
+                call = await desk.expect("call")
+                patient = MediaClient(
+                    patient_socket, colour=RED, tone=PATIENT_TONE, relay_only=True
+                )
+                clinician = MediaClient(
+                    desk, colour=BLUE, tone=CLINICIAN_TONE, appointment_id=str(visit.appointment_id)
+                )
+                try:
+                    await patient.connect(admitted["ice_servers"])
+                    await clinician.connect(call["ice_servers"])
+                    await clinician.wait_for_video(RED, within=20)
+                    await patient.wait_for_video(BLUE, within=20)
+                    assert patient.pc is not None
+                    gatherer = patient.pc.getTransceivers()[
+                        0
+                    ].sender.transport.transport.iceGatherer
+                    kinds = {c.type for c in gatherer.getLocalCandidates()}
+                    assert kinds == {"relay"}  # every packet of the patient went through coturn
+                finally:
+                    await patient.close_pc()
+                    await clinician.close_pc()
