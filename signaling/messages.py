@@ -53,8 +53,16 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+class PeerMessage(_Message):
+    """Delivered to the call's other participants (in-call chat, "camera off", "muted")."""
+
+    type: Literal["message"]
+    # Any JSON object; the socket's 64 KiB limit bounds it.
+    data: dict[str, Any]
+
+
 PatientMessage = Annotated[
-    Offer | Answer | CandidateMessage | Leave | Ping, Field(discriminator="type")
+    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage, Field(discriminator="type")
 ]
 
 
@@ -98,6 +106,11 @@ class ClinicLeave(_ForCall):
     type: Literal["leave"]
 
 
+class ClinicPeerMessage(_ForCall):
+    type: Literal["message"]
+    data: dict[str, Any]
+
+
 class Record(_ForCall):
     type: Literal["record"]
     action: Literal["start", "stop"]
@@ -113,6 +126,7 @@ ClinicMessage = Annotated[
     | ClinicCandidate
     | ClinicLeave
     | Record
+    | ClinicPeerMessage
     | Ping,
     Field(discriminator="type"),
 ]
@@ -181,6 +195,10 @@ def ended(reason: str, appointment_id: uuid.UUID | None = None) -> dict[str, Any
     if appointment_id is not None:
         message["appointment_id"] = str(appointment_id)
     return message
+
+
+def peer_message(sender: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "message", "from": sender, "data": data}
 
 
 def pong() -> dict[str, Any]:

@@ -210,6 +210,11 @@ class PatientSession(Connection):
             return
         if not self.in_call:
             raise SignalingError("not_in_call", "Wait to be admitted before sending media.")
+        if isinstance(message, messages.PeerMessage):
+            await self.signaling.to_participant(
+                call_id, CLINICIAN, messages.peer_message(PATIENT, message.data)
+            )
+            return
         if isinstance(message, messages.Offer | messages.Answer):
             await self.signaling.media_request(call_id, PATIENT, message.type, {"sdp": message.sdp})
         elif isinstance(message, messages.CandidateMessage):
@@ -307,6 +312,11 @@ class ClinicSession(Connection):
         elif isinstance(message, messages.ClinicLeave):
             self._holding(call_id)
             await self.signaling.media_request(call_id, CLINICIAN, "leave", {})
+        elif isinstance(message, messages.ClinicPeerMessage):
+            self._holding(call_id)
+            await self.signaling.to_participant(
+                call_id, PATIENT, messages.peer_message(CLINICIAN, message.data)
+            )
         elif isinstance(message, messages.Record):
             self._holding(call_id)
             await self.signaling.record(self.clinician.id, call_id, message.action)

@@ -477,3 +477,27 @@ class TestHostileInput:
         ) as allowed:
             await allowed.send({"type": "auth", "token": staff.clinician.token})
             await allowed.expect("queue")
+
+
+class TestPeerMessages:
+    async def test_messages_pass_between_the_participants_of_a_call(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await grant(http, visit.token)
+        key = str(visit.appointment_id)
+        async with (
+            console(live_server.ws_url, staff.clinician.token) as desk,
+            open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
+        ):
+            await patient.expect("waiting")
+            await patient.send({"type": "message", "data": {"text": "hello?"}})
+            assert (await patient.expect("error"))["code"] == "not_in_call"
+            await desk.send({"type": "admit", "appointment_id": key})
+            await patient.expect("admitted")
+            await patient.send({"type": "message", "data": {"camera": "off"}})
+            got = await desk.expect("message")
+            assert got == {"type": "message", "from": "patient", "data": {"camera": "off"}}
+            await desk.send({"type": "message", "appointment_id": key, "data": {"text": "Hi"}})
+            got = await patient.expect("message")
+            assert got == {"type": "message", "from": "clinician", "data": {"text": "Hi"}}
