@@ -51,6 +51,9 @@ STATS_SECONDS = 3.0
 # told to negotiate a new one (aiortc notices a dead path only after ~30 s by itself).
 STALL_SECONDS = 3.0
 WATCH_SECONDS = 1.0
+# A device check's peer connection lives this long; at most this many run at once.
+PROBE_SECONDS = 20.0
+MAX_PROBES = 50
 
 Subscription = ForwardedTrack | TranscodedTrack
 
@@ -131,6 +134,7 @@ class Relay:
         self.rooms: dict[uuid.UUID, Room] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._probes: set[Peer] = set()
 
     # MediaPlane ----------------------------------------------------------------------------
 
@@ -200,6 +204,32 @@ class Relay:
         await self.registry.close_call(call_id)
         if self.recordings is not None:
             await self.recordings.summary(call_id, room.stats.summary(transcoding=room.transcoding))
+
+    async def connection_test(self, sdp: str) -> str:
+        """Answer a device check's offer on a short-lived peer connection of its own.
+
+        The page learns whether media can reach this relay directly or only through TURN.
+        """
+        if len(self._probes) >= MAX_PROBES:
+            raise SignalingError("busy", "Too many connection tests at once; try again.")
+        stun = [{"urls": list(self.settings.stun_urls)}] if self.settings.stun_urls else []
+        peer = self.registry.create(uuid.uuid4(), "probe", ice_configuration(stun))
+        self._probes.add(peer)
+        loop = asyncio.get_running_loop()
+        loop.call_later(PROBE_SECONDS, lambda: self._spawn(self._end_probe(peer)))
+        try:
+            await peer.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=self.filter.filter_sdp(sdp), type="offer")
+            )
+            await peer.pc.setLocalDescription(await peer.pc.createAnswer())
+        except Exception:
+            await self._end_probe(peer)
+            raise SignalingError("invalid_offer", "That offer could not be answered.") from None
+        return str(peer.pc.localDescription.sdp)
+
+    async def _end_probe(self, peer: Peer) -> None:
+        self._probes.discard(peer)
+        await self.registry.close(peer)
 
     async def shutdown(self) -> None:
         for call_id in list(self.rooms):

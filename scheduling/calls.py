@@ -264,6 +264,10 @@ async def process_gone(
         return [(row[0], row[1]) for row in result]
 
 
+async def set_connection_check(db: Database, appointment_id: uuid.UUID, verdict: str) -> None:
+    await _update(db, appointment_id, [], {"connection_check": verdict})
+
+
 async def in_progress(db: Database, clinician_id: uuid.UUID) -> list[Appointment]:
     async with db.session(write=False) as session:
         result = await session.execute(
@@ -284,6 +288,7 @@ class QueueRow:
     presence: str | None
     checked_in_at: dt.datetime | None
     call_started_at: dt.datetime | None
+    connection: str | None = None
 
 
 async def queue_rows(db: Database, clinician_id: uuid.UUID) -> list[QueueRow]:
@@ -298,6 +303,7 @@ async def queue_rows(db: Database, clinician_id: uuid.UUID) -> list[QueueRow]:
                 Appointment.patient_presence,
                 Appointment.checked_in_at,
                 Appointment.call_started_at,
+                Appointment.connection_check,
             )
             .where(
                 Appointment.clinician_id == clinician_id,

@@ -127,6 +127,8 @@ class Appointment(Base):
     presence_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     # The process whose relay carries this call's media.
     call_host: Mapped[str | None] = mapped_column(String(32))
+    # The patient's device check: can media reach the relay "direct", only through "turn", ...
+    connection_check: Mapped[str | None] = mapped_column(String(16))
     # Duration, per-participant quality averages, forwarding or transcoding (media.stats).
     call_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

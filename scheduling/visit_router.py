@@ -22,7 +22,7 @@ from app.deps import (
     client_address,
     read_only,
 )
-from app.errors import Forbidden, NotFound, TooManyRequests
+from app.errors import Forbidden, NotFound, ServiceBusy, TooManyRequests, ValidationFailed
 from scheduling import consent, service, visits
 from scheduling.models import Appointment, ConsentRecord, Recording
 from scheduling.visit_schemas import (
@@ -37,10 +37,13 @@ from scheduling.visit_schemas import (
     RecordingList,
     RecordingOut,
     Scope,
+    Sdp,
     VerifyBody,
     VerifyOut,
     VisitOut,
 )
+from signaling.hub import SignalingError
+from signaling.ice import ice_servers
 
 router = APIRouter()
 Verification = Annotated[str | None, Header(alias="X-Visit-Verification", max_length=200)]
@@ -88,7 +91,34 @@ async def get_visit(
         birth_date_check=service.needs_verification(
             appointment, birth_date_check=request.app.state.settings.visit_birth_date_check
         ),
+        ice_servers=ice_servers(
+            request.app.state.settings, visit_end=appointment.end_at, now=_now()
+        ),
     )
+
+
+@router.post("/visits/{token}/connection-test", response_model=Sdp, tags=["visits"])
+@read_only
+async def connection_test(
+    request: Request,
+    token: str,
+    body: Sdp,
+    session: SessionDep,
+    verification: Verification = None,
+) -> Sdp:
+    """The device check: a short-lived peer connection answers, so the page can tell whether
+    media reaches the relay directly or only through TURN."""
+    await _visit(request, session, token, verification)
+    relay = request.app.state.signaling.media
+    if relay is None:
+        raise ServiceBusy("No media relay runs here.")
+    try:
+        answer = await relay.connection_test(body.sdp)
+    except SignalingError as exc:
+        if exc.code == "busy":
+            raise ServiceBusy(exc.message, headers={"Retry-After": "5"}) from None
+        raise ValidationFailed(exc.message, code=exc.code) from None
+    return Sdp(sdp=answer)
 
 
 @router.post("/visits/{token}/verify", response_model=VerifyOut, tags=["visits"])

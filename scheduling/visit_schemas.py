@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -30,6 +30,14 @@ class VisitOut(BaseModel):
     consented: bool
     consented_recording: bool = False
     birth_date_check: bool = False
+    # For the page's connection test (TURN credentials are short-lived and carry no patient data).
+    ice_servers: list[dict[str, Any]] = []
+
+
+class Sdp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sdp: Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)]
 
 
 class VerifyBody(BaseModel):

@@ -253,6 +253,10 @@ class Signaling:
         if dropped is not None:
             await self.queue_changed(appointment.clinician_id)
 
+    async def device_checked(self, appointment: Appointment, verdict: str) -> None:
+        await calls.set_connection_check(self.db, appointment.id, verdict)
+        await self.queue_changed(appointment.clinician_id)
+
     async def calls_in_progress(self, clinician_id: uuid.UUID) -> list[Appointment]:
         return await calls.in_progress(self.db, clinician_id)
 

@@ -53,6 +53,13 @@ class Ping(_Message):
     type: Literal["ping"]
 
 
+class DeviceCheck(_Message):
+    """The verdict of the patient page's connection test, for the clinician's queue."""
+
+    type: Literal["device_check"]
+    verdict: Literal["direct", "turn", "failed", "unknown"]
+
+
 class PeerMessage(_Message):
     """Delivered to the call's other participants (in-call chat, "camera off", "muted")."""
 
@@ -62,7 +69,8 @@ class PeerMessage(_Message):
 
 
 PatientMessage = Annotated[
-    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage, Field(discriminator="type")
+    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage | DeviceCheck,
+    Field(discriminator="type"),
 ]
 
 

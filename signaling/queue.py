@@ -60,6 +60,7 @@ def build(rows: list[QueueRow], *, consult_seconds: int, now: dt.datetime) -> Sn
                 "waiting_since": _rfc3339(row.checked_in_at),
                 "position": place,
                 "estimated_wait_seconds": eta,
+                "connection": row.connection,
             }
         )
     return Snapshot(items, places)

@@ -199,6 +199,9 @@ class PatientSession(Connection):
             self.send(messages.pong())
             return
         call_id = self.appointment.id
+        if isinstance(message, messages.DeviceCheck):
+            await self.signaling.device_checked(self.appointment, message.verdict)
+            return
         if isinstance(message, messages.Leave):
             if self.in_call:
                 await self.signaling.media_request(call_id, PATIENT, "leave", {})

@@ -8,16 +8,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from app.db import Database
 from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
-from tests.media.clients import MediaClient
-from tests.signaling.helpers import Socket, Visit, console, grant, make_visit, open_socket
+from tests.media.clients import MediaClient, rtc_configuration, until
+from tests.signaling.helpers import (
+    Socket,
+    Visit,
+    console,
+    grant,
+    items,
+    make_visit,
+    open_socket,
+)
+
+
+def queue_item(queue: dict[str, Any], key: str) -> dict[str, Any]:
+    item: dict[str, Any] = items(queue).get(key, {})
+    return item
+
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 PATIENT_TONE, CLINICIAN_TONE = 440.0, 1000.0
@@ -237,3 +253,41 @@ class TestTurn:
                 finally:
                     await patient.close_pc()
                     await clinician.close_pc()
+
+
+class TestDeviceCheck:
+    async def test_the_connection_test_connects_and_the_verdict_reaches_the_queue(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        async with httpx.AsyncClient(base_url=live_server.url) as http:
+            shown = (await http.get(f"/api/v1/visits/{visit.token}")).json()
+            assert shown["ice_servers"] == []
+            probe = RTCPeerConnection(rtc_configuration(shown["ice_servers"]))
+            probe.createDataChannel("check")
+            await probe.setLocalDescription(await probe.createOffer())
+            answered = await http.post(
+                f"/api/v1/visits/{visit.token}/connection-test",
+                json={"sdp": probe.localDescription.sdp},
+            )
+            assert answered.status_code == 200, answered.text
+            await probe.setRemoteDescription(
+                RTCSessionDescription(sdp=answered.json()["sdp"], type="answer")
+            )
+            await until(lambda: probe.connectionState == "connected", 15)
+            await probe.close()
+            bad = await http.post(
+                f"/api/v1/visits/{visit.token}/connection-test", json={"sdp": "v=0 nonsense"}
+            )
+            assert bad.status_code == 422
+            await grant(http, visit.token)
+        async with (
+            console(live_server.ws_url, staff.clinician.token) as desk,
+            open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
+        ):
+            await patient.expect("waiting")
+            await patient.send({"type": "device_check", "verdict": "direct"})
+            queue = await desk.expect("queue")
+            key = str(visit.appointment_id)
+            while queue_item(queue, key).get("connection") != "direct":
+                queue = await desk.expect("queue")
