@@ -22,6 +22,7 @@ from app.errors import install_error_handlers
 from app.events import EventBus
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
+from app.pages.router import router as pages_router
 from media.relay import Relay
 from scheduling import visits
 from scheduling.slot_cache import SlotCache
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(api_router)
     app.include_router(signaling_router)
+    app.include_router(pages_router)
     return app

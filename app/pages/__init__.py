@@ -1,0 +1,1 @@
+"""The HTML pages: patient visit, clinician console, scheduler, login."""

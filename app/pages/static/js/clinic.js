@@ -1,0 +1,563 @@
+// /clinic: the clinician's console. The live queue and today's schedule, an audible and
+// visible alert when a patient arrives, and the call (admit, end, no-show, quality, consent).
+//
+// The console socket is authenticated once, by its first message; API calls carry the
+// short-lived bearer token, renewed through an in-page dialog so a call is never interrupted.
+
+import { api, ApiError, clearSession, describe, freshToken, loginUrl, readSession, sessionValid, setReauthenticator, socketUrl } from "./api.js";
+import { announce, byId, confirmDialog, el } from "./dom.js";
+import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
+import { reauthenticate } from "./reauth.js";
+import { MediaLink } from "./rtc.js";
+import { Channel } from "./socket.js";
+import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
+
+const queueList = byId("queue");
+const remoteVideo = byId("remote-video");
+const localVideo = byId("local-video");
+const arrival = byId("arrival");
+const callMessage = byId("call-message");
+
+const state = {
+  me: null,
+  channel: null,
+  socketToken: null,
+  mustReauth: false,
+  queue: [],
+  seen: null, // appointment ids already announced
+  call: null, // {id, name, link, iceServers}
+  media: null,
+  mediaPromise: null,
+  pendingAdmit: null,
+  recording: false,
+  microphoneOn: true,
+  cameraOn: true,
+  todayTimer: null,
+};
+
+const CONNECTION = {
+  direct: ["Connection test: direct", "ok"],
+  turn: ["Connection test: through TURN", "warn"],
+  failed: ["Connection test: failed", "warn"],
+  unknown: ["Connection not tested", ""],
+};
+const STATUS = { waiting: "Waiting", reconnecting: "Reconnecting", in_call: "In call" };
+
+// Start-up ----------------------------------------------------------------------------------
+
+async function start() {
+  if (!readSession()) {
+    location.replace(loginUrl());
+    return;
+  }
+  if (!sessionValid()) {
+    location.replace(loginUrl("expired"));
+    return;
+  }
+  setReauthenticator(reauthenticate);
+  try {
+    state.me = await api("/api/v1/me");
+  } catch (error) {
+    pageProblem(describe(error));
+    return;
+  }
+  if (state.me.role === "scheduler") {
+    location.replace("/schedule");
+    return;
+  }
+  byId("who").textContent = `${state.me.name}`;
+  if (state.me.role !== "clinician") {
+    pageProblem("The consult console is for clinicians. Administrators and schedulers book visits on the schedule page.");
+    byId("page-problem").append(" ", el("a", { href: "/schedule", text: "Go to the schedule" }));
+    return;
+  }
+  connect();
+  loadToday();
+  state.todayTimer = window.setInterval(loadToday, 60_000);
+  window.setInterval(renderWaitingTimes, 5000);
+}
+
+function pageProblem(text) {
+  const problem = byId("page-problem");
+  problem.textContent = text;
+  problem.hidden = false;
+}
+
+byId("sign-out").addEventListener("click", () => {
+  state.channel?.stop();
+  endLocalMedia();
+  clearSession();
+  location.assign("/login?reason=signed_out");
+});
+
+// Sound: browsers play audio only after the person has clicked or pressed a key.
+function renderSound() {
+  const on = audioUnlocked();
+  const button = byId("sound");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Sound alerts on" : "Turn on sound alerts";
+}
+byId("sound").addEventListener("click", () => {
+  unlockAudio();
+  window.setTimeout(() => {
+    renderSound();
+    chime();
+  }, 100);
+});
+for (const kind of ["pointerdown", "keydown"]) {
+  window.addEventListener(kind, () => {
+    unlockAudio();
+    window.setTimeout(renderSound, 100);
+  });
+}
+
+// The console socket ------------------------------------------------------------------------
+
+function connect() {
+  state.channel = new Channel({
+    url: async () => {
+      if (state.mustReauth) {
+        state.mustReauth = false;
+        await reauthenticate();
+      }
+      state.socketToken = await freshToken();
+      return socketUrl("/ws/clinic");
+    },
+    onOpen: () => {
+      state.channel.send({ type: "auth", token: state.socketToken });
+    },
+    onMessage: (message) => onMessage(message).catch((error) => console.warn("message", error?.name)),
+    onStatus: (status) => {
+      byId("socket-banner").hidden = status !== "reconnecting";
+    },
+    retry: (event) => {
+      if (event.code === 4401) {
+        state.mustReauth = true;
+        return true;
+      }
+      if (event.code === 4403) {
+        pageProblem("This account may not run a consult queue.");
+        return false;
+      }
+      return true;
+    },
+  });
+  state.channel.start();
+}
+
+async function onMessage(message) {
+  // The relay's own messages (answer, offer, candidate) may come without appointment_id; this
+  // console holds one call at a time, so they belong to it.
+  const forCall = Boolean(
+    state.call && (message.appointment_id === undefined || message.appointment_id === state.call.id),
+  );
+  switch (message.type) {
+    case "queue":
+      onQueue(message.items || []);
+      break;
+    case "call":
+      await openCall(message.appointment_id, message.ice_servers);
+      break;
+    case "answer":
+    case "offer":
+    case "candidate":
+      if (forCall && state.call.link) await state.call.link.handle(message);
+      break;
+    case "ended":
+      if (forCall) closeCall(message.reason);
+      break;
+    case "stats":
+      if (forCall) renderStats(message);
+      break;
+    case "recording":
+      state.recording = message.state === "on";
+      renderRecording();
+      break;
+    case "message":
+      if (state.call) patientState(message.data || {});
+      break;
+    case "error":
+      onError(message);
+      break;
+    default:
+      break;
+  }
+}
+
+const ERRORS = {
+  recording_consent_required: "The patient has not agreed to recording, so it cannot start.",
+  patient_not_connected: "The patient is reconnecting. Try again in a moment.",
+  invalid_transition: "That is no longer possible: the visit has changed meanwhile.",
+  not_found: "That appointment is no longer in your queue.",
+  media_unavailable: "The video relay did not answer. Try again.",
+};
+
+function onError(message) {
+  if (message.code === "negotiation_failed" && state.call) {
+    startLink();
+    return;
+  }
+  if (["rate_limited", "invalid_message", "already_authenticated"].includes(message.code)) return;
+  if (state.pendingAdmit && !state.call) {
+    state.pendingAdmit = null;
+    endLocalMedia();
+    renderQueue();
+  }
+  callMessage.textContent = ERRORS[message.code] || message.message || "Something went wrong.";
+}
+
+// The queue ---------------------------------------------------------------------------------
+
+function onQueue(items) {
+  state.queue = items;
+  const waiting = items.filter((item) => item.status === "waiting");
+  if (state.seen === null) {
+    state.seen = new Set(items.map((item) => item.appointment_id));
+  } else {
+    const arrived = waiting.filter((item) => !state.seen.has(item.appointment_id));
+    for (const item of items) state.seen.add(item.appointment_id);
+    if (arrived.length) alertArrival(arrived);
+  }
+  document.title = waiting.length ? `(${waiting.length}) Console — Televisit` : "Console — Televisit";
+  renderQueue();
+  if (state.call) renderCallStatus();
+  scheduleTodayRefresh();
+}
+
+function alertArrival(arrived) {
+  const names = arrived.map((item) => item.patient_name).join(", ");
+  arrival.textContent = `${names} ${arrived.length === 1 ? "is" : "are"} waiting.`;
+  arrival.hidden = false;
+  window.clearTimeout(alertArrival.timer);
+  alertArrival.timer = window.setTimeout(() => {
+    arrival.hidden = true;
+  }, 15_000);
+  chime();
+}
+
+function waitedFor(item) {
+  if (!item.waiting_since) return "";
+  return formatDuration((Date.now() - new Date(item.waiting_since)) / 1000);
+}
+
+function renderQueue() {
+  const busy = Boolean(state.call || state.pendingAdmit);
+  queueList.replaceChildren(
+    ...state.queue.map((item) => {
+      const [connectionText, connectionClass] = CONNECTION[item.connection] || CONNECTION.unknown;
+      const admit = el("button", {
+        type: "button",
+        class: "primary",
+        "data-testid": "admit",
+        text: "Admit",
+        disabled: item.status !== "waiting" || busy,
+        "aria-label": `Admit ${item.patient_name}`,
+        onclick: () => admitPatient(item),
+      });
+      const noShow = el("button", {
+        type: "button",
+        "data-testid": "no-show",
+        text: "No-show",
+        disabled: item.status === "in_call",
+        "aria-label": `Mark ${item.patient_name} as a no-show`,
+        onclick: () => markNoShow(item),
+      });
+      const li = el(
+        "li",
+        { class: "queue-item", "data-testid": "queue-item", dataset: { id: item.appointment_id, status: item.status } },
+        el("span", { class: "name", text: item.patient_name }),
+        el(
+          "span",
+          { class: "row" },
+          el("span", { class: `tag ${item.status}`, text: STATUS[item.status] || item.status }),
+          item.position ? el("span", { class: "muted small", text: `#${item.position}` }) : null,
+          el("span", { class: "muted small waited", dataset: { since: item.waiting_since || "" }, text: item.waiting_since ? `waiting ${waitedFor(item)}` : "" }),
+        ),
+        el(
+          "span",
+          { class: "row small" },
+          el("span", { class: `tag ${connectionClass}`, text: connectionText }),
+          el("span", { class: "muted", text: `booked ${formatTime(item.start, state.me.timezone)}` }),
+        ),
+        el("span", { class: "row" }, admit, noShow),
+      );
+      if (!state.shown?.has(item.appointment_id)) li.classList.add("is-new");
+      return li;
+    }),
+  );
+  state.shown = new Set(state.queue.map((item) => item.appointment_id));
+  const count = state.queue.filter((item) => item.status === "waiting").length;
+  byId("queue-count").textContent = String(count);
+  byId("queue-empty").hidden = state.queue.length > 0;
+}
+
+function renderWaitingTimes() {
+  for (const span of queueList.querySelectorAll(".waited")) {
+    if (span.dataset.since) span.textContent = `waiting ${waitedFor({ waiting_since: span.dataset.since })}`;
+  }
+}
+
+async function markNoShow(item) {
+  const sure = await confirmDialog({
+    title: `Mark ${item.patient_name} as a no-show?`,
+    text: "The visit is closed and the patient's link stops working.",
+    confirm: "Mark as no-show",
+    danger: true,
+  });
+  if (sure) state.channel.send({ type: "no_show", appointment_id: item.appointment_id });
+}
+
+// Today's schedule --------------------------------------------------------------------------
+
+function scheduleTodayRefresh() {
+  window.clearTimeout(scheduleTodayRefresh.timer);
+  scheduleTodayRefresh.timer = window.setTimeout(loadToday, 1000);
+}
+
+async function loadToday() {
+  const zone = state.me.timezone;
+  const today = zonedParts(new Date(), zone);
+  const start = zonedTime(today, zone);
+  const end = zonedTime(addDays(today, 1), zone);
+  byId("today-zone").textContent = `Times in ${zone} (${zoneName(start, zone)}).`;
+  let answer;
+  try {
+    const query = new URLSearchParams({ clinician_id: state.me.id, start: start.toISOString(), end: end.toISOString() });
+    answer = await api(`/api/v1/appointments?${query}`);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) byId("today-empty").textContent = describe(error);
+    return;
+  }
+  const items = answer.items.filter((a) => a.status !== "cancelled");
+  byId("today-empty").hidden = items.length > 0;
+  byId("today").replaceChildren(
+    ...items.map((a) =>
+      el(
+        "li",
+        {},
+        el("time", { datetime: a.start, text: formatTime(a.start, zone) }),
+        " ",
+        el("span", { text: a.patient.name }),
+        " ",
+        el("span", { class: `tag ${a.status}`, text: a.status.replace("_", " ") }),
+      ),
+    ),
+  );
+}
+
+// The call ----------------------------------------------------------------------------------
+
+function ensureMedia() {
+  const live = state.media?.stream?.getTracks().some((t) => t.readyState === "live");
+  if (!state.mediaPromise || !live) {
+    state.mediaPromise = openLocalMedia().then((media) => {
+      state.media = media;
+      return media;
+    });
+  }
+  return state.mediaPromise;
+}
+
+function endLocalMedia() {
+  stopStream(state.media?.stream);
+  state.media = null;
+  state.mediaPromise = null;
+  localVideo.srcObject = null;
+}
+
+function admitPatient(item) {
+  unlockAudio();
+  callMessage.textContent = "";
+  state.pendingAdmit = item.appointment_id;
+  renderQueue();
+  // The camera starts while the server admits: both take a moment, neither waits for the other.
+  ensureMedia();
+  state.channel.send({ type: "admit", appointment_id: item.appointment_id });
+}
+
+async function openCall(appointmentId, iceServers) {
+  const item = state.queue.find((i) => i.appointment_id === appointmentId);
+  const name = item?.patient_name || state.call?.name || "the patient";
+  if (!state.call || state.call.id !== appointmentId) {
+    state.call = { id: appointmentId, name, link: null, iceServers };
+    state.recording = false;
+    byId("call-title").textContent = `In call with ${name}`;
+    byId("call-idle").hidden = true;
+    byId("call-view").hidden = false;
+    byId("stats").replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "Waiting for the first figures…" })));
+    byId("stats-mode").textContent = "";
+    renderRecording();
+    loadConsent(appointmentId);
+    announce(arrival, `Call with ${name} started.`);
+  }
+  state.call.iceServers = iceServers;
+  state.pendingAdmit = null;
+  renderQueue();
+  const media = await ensureMedia();
+  renderMedia(media);
+  if (state.call && state.call.id === appointmentId) startLink();
+}
+
+function renderMedia(media) {
+  localVideo.srcObject = media.stream;
+  const note = byId("media-note");
+  const problems = [];
+  if (media.camera !== "ok") problems.push("Your camera is not available: the patient hears you only.");
+  if (media.microphone !== "ok") problems.push("Your microphone is not available: the patient cannot hear you.");
+  note.textContent = problems.join(" ");
+  note.hidden = problems.length === 0;
+  byId("camera").disabled = media.camera !== "ok";
+  byId("mute").disabled = media.microphone !== "ok";
+}
+
+function startLink() {
+  const call = state.call;
+  call.link?.close();
+  const link = new MediaLink({
+    iceServers: call.iceServers,
+    stream: state.media?.stream || null,
+    send: (message) => state.channel.send({ ...message, appointment_id: call.id }),
+    onRemoteTrack: (stream) => {
+      if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
+      remoteVideo.play().catch(() => {});
+    },
+  });
+  call.link = link;
+  link.start().catch((error) => console.warn("offer failed", error?.name));
+}
+
+function renderCallStatus() {
+  const item = state.queue.find((i) => i.appointment_id === state.call.id);
+  const note = byId("remote-note");
+  if (item && item.status === "reconnecting") {
+    note.textContent = `${state.call.name} is reconnecting…`;
+    note.hidden = false;
+  } else if (note.textContent.endsWith("reconnecting…")) {
+    note.hidden = true;
+    note.textContent = "";
+  }
+}
+
+function patientState(data) {
+  const notes = [];
+  if (data.camera === "off") notes.push(`${state.call.name} turned the camera off.`);
+  if (data.microphone === "off") notes.push(`${state.call.name} is muted.`);
+  const note = byId("remote-note");
+  note.textContent = notes.join(" ");
+  note.hidden = notes.length === 0;
+}
+
+async function loadConsent(appointmentId) {
+  const line = byId("call-consent");
+  line.textContent = "Consent: checking…";
+  try {
+    const answer = await api(`/api/v1/appointments/${appointmentId}/consents`);
+    const latest = {};
+    for (const record of answer.items) {
+      if (record.participant !== "patient") continue;
+      for (const scope of record.scopes) latest[scope] = record;
+    }
+    const word = (scope) => {
+      const record = latest[scope];
+      if (!record) return "not asked";
+      const when = formatTime(record.recorded_at, state.me.timezone);
+      return `${record.decision === "granted" ? "agreed" : record.decision} (version ${record.version}, ${when})`;
+    };
+    if (state.call?.id === appointmentId) {
+      line.textContent = `Consent: video visit ${word("video_visit")}; recording ${word("recording")}.`;
+      state.call.recordingConsent = latest.recording?.decision === "granted";
+      renderRecording();
+    }
+  } catch (error) {
+    line.textContent = `Consent: ${describe(error)}`;
+  }
+}
+
+function renderStats(message) {
+  const rows = (message.participants || []).map((p) =>
+    el(
+      "tr",
+      {},
+      el("th", { scope: "row", text: p.role === "patient" ? state.call.name : "You" }),
+      el("td", { text: p.rtt_ms === null || p.rtt_ms === undefined ? "–" : `${Math.round(p.rtt_ms)} ms` }),
+      el("td", { text: p.loss === null || p.loss === undefined ? "–" : `${(p.loss * 100).toFixed(1)} %` }),
+      el("td", { text: p.jitter_ms === null || p.jitter_ms === undefined ? "–" : `${Math.round(p.jitter_ms)} ms` }),
+      el("td", { text: p.kbps === null || p.kbps === undefined ? "–" : `${Math.round(p.kbps)} kbit/s` }),
+    ),
+  );
+  if (rows.length) byId("stats").replaceChildren(...rows);
+  byId("stats-mode").textContent =
+    message.mode === "transcoding"
+      ? "The relay is converting video between formats for this call (uses more server CPU)."
+      : "";
+}
+
+function renderRecording() {
+  const button = byId("record");
+  button.textContent = state.recording ? "Stop recording" : "Start recording";
+  button.setAttribute("aria-pressed", String(state.recording));
+  byId("recording-badge").hidden = !state.recording;
+}
+
+function closeCall(reason) {
+  const call = state.call;
+  if (!call) return;
+  call.link?.close();
+  state.call = null;
+  state.recording = false;
+  state.microphoneOn = state.cameraOn = true;
+  for (const [id, label] of [["mute", "Mute"], ["camera", "Camera off"]]) {
+    byId(id).setAttribute("aria-pressed", "false");
+    byId(id).textContent = label;
+  }
+  remoteVideo.srcObject = null;
+  endLocalMedia();
+  byId("call-view").hidden = true;
+  byId("call-idle").hidden = false;
+  byId("call-title").textContent = "No call in progress";
+  byId("remote-note").hidden = true;
+  const reasons = {
+    ended: "ended",
+    consent_withdrawn: "ended: the patient withdrew consent",
+    patient_left: "ended: the patient did not come back",
+  };
+  callMessage.textContent = `The call with ${call.name} ${reasons[reason] || "ended"}.`;
+  renderQueue();
+  byId("call-title").focus?.();
+}
+
+byId("end-call").addEventListener("click", () => {
+  if (state.call) state.channel.send({ type: "end", appointment_id: state.call.id });
+});
+
+byId("record").addEventListener("click", () => {
+  if (!state.call) return;
+  state.channel.send({ type: "record", appointment_id: state.call.id, action: state.recording ? "stop" : "start" });
+});
+
+function sendState() {
+  if (!state.call) return;
+  state.channel.send({
+    type: "message",
+    appointment_id: state.call.id,
+    data: { camera: state.cameraOn ? "on" : "off", microphone: state.microphoneOn ? "on" : "off" },
+  });
+}
+
+byId("mute").addEventListener("click", (event) => {
+  state.microphoneOn = !state.microphoneOn;
+  for (const track of state.media?.stream?.getAudioTracks() || []) track.enabled = state.microphoneOn;
+  event.currentTarget.setAttribute("aria-pressed", String(!state.microphoneOn));
+  event.currentTarget.textContent = state.microphoneOn ? "Mute" : "Unmute";
+  sendState();
+});
+
+byId("camera").addEventListener("click", (event) => {
+  state.cameraOn = !state.cameraOn;
+  for (const track of state.media?.stream?.getVideoTracks() || []) track.enabled = state.cameraOn;
+  event.currentTarget.setAttribute("aria-pressed", String(!state.cameraOn));
+  event.currentTarget.textContent = state.cameraOn ? "Camera off" : "Camera on";
+  sendState();
+});
+
+start();

@@ -1,0 +1,97 @@
+// Signing in again without leaving the page: staff tokens last at most 15 minutes, and a
+// clinician in a call must not be sent to /login. A modal dialog asks for the password;
+// every API call waiting on it goes on once it succeeds.
+
+import { api, ApiError, clearSession, describe, readSession, saveSession } from "./api.js";
+import { el } from "./dom.js";
+
+let pending = null;
+
+function build() {
+  const heading = el("h2", { id: "reauth-title", text: "Please sign in again" });
+  const note = el("p", {
+    text: "Your session has expired. Sign in again to continue; nothing on this page is lost.",
+  });
+  const email = el("input", {
+    id: "reauth-email",
+    type: "email",
+    autocomplete: "username",
+    required: true,
+  });
+  const password = el("input", {
+    id: "reauth-password",
+    type: "password",
+    autocomplete: "current-password",
+    required: true,
+  });
+  const error = el("p", { class: "form-error", role: "alert" });
+  const submit = el("button", { type: "submit", class: "primary", text: "Sign in" });
+  const leave = el("a", { href: "/login", text: "Sign in as someone else" });
+  const form = el(
+    "form",
+    { method: "dialog", class: "stack" },
+    heading,
+    note,
+    el("label", { for: "reauth-email", text: "Email" }),
+    email,
+    el("label", { for: "reauth-password", text: "Password" }),
+    password,
+    error,
+    el("div", { class: "row" }, submit, leave),
+  );
+  const dialog = el("dialog", { id: "reauth", "aria-labelledby": "reauth-title" }, form);
+  // Escape must not dismiss it: there is no way on without signing in.
+  dialog.addEventListener("cancel", (event) => event.preventDefault());
+  document.body.append(dialog);
+  return { dialog, form, email, password, error, submit };
+}
+
+/** Resolves once the person has signed in again (the same account). */
+export function reauthenticate() {
+  if (pending) return pending;
+  const ui = build();
+  const previous = readSession();
+  ui.email.value = previous?.email || "";
+  pending = new Promise((resolve) => {
+    ui.form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      ui.error.textContent = "";
+      ui.submit.disabled = true;
+      try {
+        const answer = await api("/api/v1/auth/token", {
+          method: "POST",
+          form: { username: ui.email.value.trim(), password: ui.password.value },
+          auth: false,
+        });
+        const session = saveSession({
+          token: answer.access_token,
+          expiresIn: answer.expires_in,
+          email: ui.email.value.trim(),
+          user: previous?.user,
+        });
+        const me = await api("/api/v1/me", { auth: false, headers: { Authorization: `Bearer ${session.token}` } });
+        if (previous?.user && me.id !== previous.user.id) {
+          clearSession();
+          location.assign("/login");
+          return;
+        }
+        saveSession({ token: answer.access_token, expiresIn: answer.expires_in, email: me.email, user: me });
+        ui.dialog.close();
+        ui.dialog.remove();
+        pending = null;
+        resolve();
+      } catch (error) {
+        ui.error.textContent =
+          error instanceof ApiError && error.status === 401
+            ? "That email and password do not match."
+            : describe(error);
+        ui.password.select();
+      } finally {
+        ui.submit.disabled = false;
+      }
+    });
+  });
+  ui.dialog.showModal();
+  (ui.email.value ? ui.password : ui.email).focus();
+  return pending;
+}

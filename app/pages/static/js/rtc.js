@@ -1,0 +1,216 @@
+// WebRTC with the clinic's relay: one peer connection per (re)negotiation, call quality from
+// getStats, and the device check's connection test.
+//
+// The browser always offers first (audio and video m-lines, sendrecv where it has a track,
+// recvonly where it has none), candidates trickle both ways, and the relay may later send an
+// offer of its own (to add a subscriber's track), which is answered. ICE servers are always
+// the ones the server sent: a peer connection never falls back to a default STUN server.
+
+/** Build an RTCPeerConnection configuration from the server's ice_servers. */
+export function rtcConfiguration(iceServers) {
+  return {
+    iceServers: Array.isArray(iceServers) ? iceServers : [],
+    bundlePolicy: "max-bundle",
+    rtcpMuxPolicy: "require",
+  };
+}
+
+export class MediaLink {
+  /**
+   * iceServers: from the server; stream: the local MediaStream (may be null or audio-only);
+   * send(message): negotiation out ({type: offer|answer|candidate, ...});
+   * onRemoteTrack(stream): a track was added to the remote stream;
+   * onState(connectionState).
+   */
+  constructor({ iceServers, stream, send, onRemoteTrack, onState }) {
+    this.send = send;
+    this.onRemoteTrack = onRemoteTrack || (() => {});
+    this.onState = onState || (() => {});
+    this.remote = new MediaStream();
+    this.pendingCandidates = [];
+    this.closed = false;
+    this.previous = null;
+    this.pc = new RTCPeerConnection(rtcConfiguration(iceServers));
+    const pc = this.pc;
+    for (const kind of ["audio", "video"]) {
+      const track = stream ? stream.getTracks().find((t) => t.kind === kind) : null;
+      if (track) pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+      else pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+    pc.ontrack = (event) => {
+      const track = event.track;
+      for (const old of this.remote.getTracks()) {
+        // One track per kind is shown: the newest replaces an earlier one that ended.
+        if (old.kind === track.kind && old.readyState === "ended") this.remote.removeTrack(old);
+      }
+      if (!this.remote.getTracks().includes(track)) this.remote.addTrack(track);
+      this.onRemoteTrack(this.remote, track);
+    };
+    pc.onicecandidate = (event) => {
+      if (this.closed) return;
+      this.send({ type: "candidate", candidate: event.candidate ? event.candidate.toJSON() : null });
+    };
+    pc.onconnectionstatechange = () => {
+      if (!this.closed) this.onState(pc.connectionState);
+    };
+  }
+
+  async start() {
+    const offer = await this.pc.createOffer();
+    await this.pc.setLocalDescription(offer);
+    this.send({ type: "offer", sdp: this.pc.localDescription.sdp });
+  }
+
+  /** A negotiation message from the relay. */
+  async handle(message) {
+    if (this.closed) return;
+    const pc = this.pc;
+    if (message.type === "answer") {
+      if (pc.signalingState !== "have-local-offer") return;
+      await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      await this._flushCandidates();
+    } else if (message.type === "offer") {
+      await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+      await this._flushCandidates();
+      await pc.setLocalDescription(await pc.createAnswer());
+      this.send({ type: "answer", sdp: pc.localDescription.sdp });
+    } else if (message.type === "candidate") {
+      const candidate = message.candidate;
+      if (!candidate || !candidate.candidate) return;
+      if (!pc.remoteDescription) this.pendingCandidates.push(candidate);
+      else await pc.addIceCandidate(candidate).catch(() => {});
+    }
+  }
+
+  async _flushCandidates() {
+    const pending = this.pendingCandidates.splice(0);
+    for (const candidate of pending) await this.pc.addIceCandidate(candidate).catch(() => {});
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.pc.ontrack = this.pc.onicecandidate = this.pc.onconnectionstatechange = null;
+    this.pc.close();
+  }
+
+  /** Round trip, loss and bit rates since the previous sample, and a verdict for people. */
+  async sample() {
+    if (this.closed) return null;
+    const report = await this.pc.getStats();
+    let pairId = null;
+    report.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+    });
+    let rttMs = null;
+    let bytesIn = 0;
+    let bytesOut = 0;
+    let lost = 0;
+    let received = 0;
+    report.forEach((s) => {
+      if (s.type === "candidate-pair" && (s.id === pairId || (!pairId && s.nominated))) {
+        if (typeof s.currentRoundTripTime === "number") rttMs = s.currentRoundTripTime * 1000;
+      } else if (s.type === "inbound-rtp") {
+        bytesIn += s.bytesReceived || 0;
+        lost += Math.max(0, s.packetsLost || 0);
+        received += s.packetsReceived || 0;
+      } else if (s.type === "outbound-rtp") {
+        bytesOut += s.bytesSent || 0;
+      }
+    });
+    const now = performance.now();
+    const previous = this.previous;
+    this.previous = { now, bytesIn, bytesOut, lost, received };
+    if (!previous) return { rttMs, lossPct: null, kbpsIn: null, kbpsOut: null, level: "unknown" };
+    const seconds = Math.max(0.001, (now - previous.now) / 1000);
+    const newLost = lost - previous.lost;
+    const newReceived = received - previous.received;
+    const lossPct = newLost + newReceived > 0 ? (100 * newLost) / (newLost + newReceived) : 0;
+    const kbpsIn = ((bytesIn - previous.bytesIn) * 8) / 1000 / seconds;
+    const kbpsOut = ((bytesOut - previous.bytesOut) * 8) / 1000 / seconds;
+    return { rttMs, lossPct, kbpsIn, kbpsOut, level: qualityLevel(rttMs, lossPct, this.pc.connectionState) };
+  }
+}
+
+/** "good", "fair" or "poor" from round trip (ms) and loss (%). */
+export function qualityLevel(rttMs, lossPct, connectionState = "connected") {
+  if (connectionState !== "connected") return "poor";
+  if ((rttMs ?? 0) > 400 || (lossPct ?? 0) > 8) return "poor";
+  if ((rttMs ?? 0) > 200 || (lossPct ?? 0) > 3) return "fair";
+  return "good";
+}
+
+function waitFor(pc, event, done, timeoutMs) {
+  return new Promise((resolve) => {
+    if (done()) {
+      resolve(true);
+      return;
+    }
+    const timer = window.setTimeout(() => {
+      pc.removeEventListener(event, check);
+      resolve(false);
+    }, timeoutMs);
+    function check() {
+      if (done()) {
+        window.clearTimeout(timer);
+        pc.removeEventListener(event, check);
+        resolve(true);
+      }
+    }
+    pc.addEventListener(event, check);
+  });
+}
+
+/**
+ * Can media reach the relay, and how? Resolves to "direct" (a host or server-reflexive pair
+ * connected), "turn" (only through a TURN relay), "failed" (nothing within the time limit) or
+ * "unknown" (the server offers no test). exchange(offerSdp) resolves to the answer's SDP, or
+ * null when the server has no connection test.
+ */
+export async function connectionTest({ iceServers, exchange, timeoutMs = 10_000 }) {
+  let pc;
+  try {
+    pc = new RTCPeerConnection(rtcConfiguration(iceServers));
+  } catch {
+    return "failed";
+  }
+  try {
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    await pc.setLocalDescription(await pc.createOffer());
+    // The test's offer goes over plain HTTP, so it carries its candidates in the SDP.
+    await waitFor(pc, "icegatheringstatechange", () => pc.iceGatheringState === "complete", 4000);
+    const answer = await exchange(pc.localDescription.sdp);
+    if (answer === null) return "unknown";
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    const connected = await waitFor(
+      pc,
+      "connectionstatechange",
+      () => pc.connectionState === "connected" || pc.connectionState === "failed",
+      timeoutMs,
+    );
+    if (!connected || pc.connectionState !== "connected") return "failed";
+    return await pathKind(pc);
+  } catch (error) {
+    return error && error.unknown ? "unknown" : "failed";
+  } finally {
+    pc.close();
+  }
+}
+
+async function pathKind(pc) {
+  const report = await pc.getStats();
+  let pair = null;
+  report.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+  });
+  if (!pair) {
+    report.forEach((s) => {
+      if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
+    });
+  }
+  if (!pair) return "direct";
+  const local = report.get(pair.localCandidateId);
+  const remote = report.get(pair.remoteCandidateId);
+  const relayed = [local, remote].some((c) => c && c.candidateType === "relay");
+  return relayed ? "turn" : "direct";
+}
