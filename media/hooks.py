@@ -35,6 +35,7 @@ _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__jitter_buffer",
     "_RTCRtpReceiver__decoder_queue",
     "_RTCRtpReceiver__decoder_thread",
+    "_RTCRtpReceiver__rtx_ssrc",
     "_send_rtcp_pli",
     "_handle_rtp_packet",
 )
@@ -125,8 +126,13 @@ def receiver_started(receiver: RTCRtpReceiver) -> bool:
 
 
 def sources(receiver: RTCRtpReceiver) -> list[int]:
-    """The SSRCs this receiver has heard from, newest first."""
-    return [s.source for s in receiver.getSynchronizationSources()]
+    """The media SSRCs this receiver has heard from, newest first.
+
+    Retransmission (RTX) streams are left out: browsers send bandwidth probes on them, so the
+    newest SSRC is often an RTX one, and a PLI naming it is ignored by the sender.
+    """
+    rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+    return [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
 
 
 def request_keyframe(receiver: RTCRtpReceiver) -> Awaitable[None] | None:

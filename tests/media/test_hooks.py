@@ -71,3 +71,20 @@ class TestTap:
         await receiver.close()
         for task in drains:
             task.cancel()
+
+
+class TestKeyframeRequests:
+    def test_a_pli_names_the_media_stream_not_its_retransmission_stream(self) -> None:
+        """Browsers probe bandwidth on the RTX SSRC, so it is often the newest one heard."""
+
+        class Source:
+            def __init__(self, ssrc: int) -> None:
+                self.source = ssrc
+
+        class Receiver:
+            def getSynchronizationSources(self) -> list[Source]:
+                return [Source(2222), Source(1111)]  # newest first: the RTX stream, then media
+
+        receiver = Receiver()
+        setattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {2222: 1111})  # noqa: B010 (aiortc's mangled name)
+        assert hooks.sources(receiver) == [1111]  # type: ignore[arg-type]  # a stand-in receiver
