@@ -1,0 +1,67 @@
+"""Steps the browser tests share: signing in, joining a visit, checking that video plays."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from playwright.async_api import Page, expect
+
+from tests.factories import PASSWORD, Person
+
+# Serious and critical violations fail a page; minor and moderate ones are reported only.
+FAILING_IMPACTS = ("serious", "critical")
+
+
+async def sign_in(page: Page, person: Person, *, lands_on: str) -> None:
+    await page.goto("/login")
+    await page.get_by_test_id("login-email").fill(person.user.email)
+    await page.get_by_test_id("login-password").fill(PASSWORD)
+    await page.get_by_test_id("login-submit").click()
+    await page.wait_for_url(f"**{lands_on}")
+
+
+async def consent_and_join(page: Page, token: str) -> None:
+    await page.goto(f"/visit/{token}")
+    await page.get_by_test_id("consent-accept").click()
+    await expect(page.get_by_test_id("join")).to_be_enabled()
+    await page.get_by_test_id("join").click()
+    await expect(page.get_by_role("heading", name="You are in the waiting room")).to_be_visible()
+
+
+async def video_advances(page: Page, test_id: str = "remote-video") -> None:
+    """The element shows frames (videoWidth > 0) and its clock moves on."""
+    selector = f'[data-testid="{test_id}"]'
+    await page.wait_for_function(
+        "s => { const v = document.querySelector(s); return v && v.videoWidth > 0 && "
+        "v.readyState >= 2 && !v.paused; }",
+        arg=selector,
+    )
+    before = await page.evaluate("s => document.querySelector(s).currentTime", selector)
+    await page.wait_for_function(
+        "([s, t]) => document.querySelector(s).currentTime > t + 0.5", arg=[selector, before]
+    )
+
+
+async def axe_violations(page: Page, axe_source: str) -> list[dict[str, Any]]:
+    """Run axe-core in the page (evaluated, so the page's CSP does not apply to it)."""
+    if not await page.evaluate("() => typeof window.axe === 'object'"):
+        await page.evaluate(axe_source)
+    result: dict[str, Any] = await page.evaluate(
+        """async () => {
+            const r = await axe.run(document, {
+                runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+            });
+            return { violations: r.violations.map(v => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.slice(0, 5).map(n => n.target.join(" ")),
+            })) };
+        }"""
+    )
+    return list(result["violations"])
+
+
+async def assert_accessible(page: Page, axe_source: str, where: str) -> None:
+    violations = await axe_violations(page, axe_source)
+    failing = [v for v in violations if v["impact"] in FAILING_IMPACTS]
+    assert not failing, f"{where}: " + json.dumps(failing, indent=2)
