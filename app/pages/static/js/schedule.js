@@ -1,0 +1,403 @@
+// /schedule: a week of a clinician's free and booked slots, in the clinician's time zone;
+// book, copy the visit link, download the invite, reschedule and cancel.
+
+import { api, ApiError, clearSession, describe, loginUrl, readSession, sessionValid, setReauthenticator } from "./api.js";
+import { byId, copyText, downloadBlob, el, randomId } from "./dom.js";
+import { reauthenticate } from "./reauth.js";
+import {
+  addDays,
+  dateKey,
+  formatDateTime,
+  formatDay,
+  formatTime,
+  rfc3339,
+  weekStart,
+  zonedParts,
+  zonedTime,
+  zoneName,
+} from "./time.js";
+
+const CLINICIAN_KEY = "televisit.schedule.clinician";
+const week = byId("week");
+const message = byId("message");
+const bookDialog = byId("book-dialog");
+const appointmentDialog = byId("appointment-dialog");
+
+const state = {
+  me: null,
+  clinicians: [],
+  clinician: null,
+  monday: null, // {year, month, day} in the clinician's zone
+  slots: [],
+  appointments: [],
+  booking: null, // the free slot being booked
+  attempt: null, // {key, body}: a retried booking with the same body reuses its key
+  rescheduling: null, // the appointment being moved
+  open: null, // the appointment shown in the dialog
+  loadId: 0,
+};
+
+const STATUS = {
+  booked: "Booked",
+  waiting: "Waiting room",
+  in_call: "In call",
+  completed: "Completed",
+  no_show: "No-show",
+  cancelled: "Cancelled",
+};
+
+// Start-up ----------------------------------------------------------------------------------
+
+async function start() {
+  if (!readSession()) {
+    location.replace(loginUrl());
+    return;
+  }
+  if (!sessionValid()) {
+    location.replace(loginUrl("expired"));
+    return;
+  }
+  setReauthenticator(reauthenticate);
+  try {
+    state.me = await api("/api/v1/me");
+    if (state.me.role === "clinician") {
+      location.replace("/clinic");
+      return;
+    }
+    byId("who").textContent = state.me.name;
+    state.clinicians = (await api("/api/v1/clinicians")).items;
+  } catch (error) {
+    problem(describe(error));
+    return;
+  }
+  const select = byId("clinician");
+  select.replaceChildren(...state.clinicians.map((c) => el("option", { value: c.id, text: c.name })));
+  if (!state.clinicians.length) {
+    problem("There are no clinicians yet. An administrator adds them.");
+    return;
+  }
+  const remembered = sessionStorage.getItem(CLINICIAN_KEY);
+  select.value = state.clinicians.some((c) => c.id === remembered) ? remembered : state.clinicians[0].id;
+  chooseClinician(select.value);
+}
+
+function problem(text) {
+  const box = byId("page-problem");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+function say(text, kind = "info") {
+  message.textContent = text;
+  message.dataset.kind = kind;
+  message.hidden = !text;
+}
+
+byId("sign-out").addEventListener("click", () => {
+  clearSession();
+  location.assign("/login?reason=signed_out");
+});
+
+function chooseClinician(id) {
+  state.clinician = state.clinicians.find((c) => c.id === id);
+  sessionStorage.setItem(CLINICIAN_KEY, id);
+  state.monday = weekStart(new Date(), state.clinician.timezone);
+  endRescheduling();
+  loadWeek();
+}
+
+byId("clinician").addEventListener("change", (event) => {
+  say("");
+  chooseClinician(event.target.value);
+});
+byId("previous-week").addEventListener("click", () => moveWeek(-7));
+byId("next-week").addEventListener("click", () => moveWeek(7));
+byId("this-week").addEventListener("click", () => {
+  state.monday = weekStart(new Date(), state.clinician.timezone);
+  loadWeek();
+});
+
+function moveWeek(days) {
+  state.monday = addDays(state.monday, days);
+  loadWeek();
+}
+
+// The week ----------------------------------------------------------------------------------
+
+async function loadWeek() {
+  const zone = state.clinician.timezone;
+  const start = zonedTime(state.monday, zone);
+  const end = zonedTime(addDays(state.monday, 7), zone);
+  const loadId = ++state.loadId;
+  byId("week-title").textContent = `Week of ${formatDay(start, zone)} — ${state.clinician.name}`;
+  byId("week-zone").textContent = `Times are in ${state.clinician.name}'s time zone: ${zone} (${zoneName(start, zone)}).`;
+  byId("week-loading").textContent = "Loading the week…";
+  try {
+    const range = { start: rfc3339(start), end: rfc3339(end) };
+    const [slots, appointments] = await Promise.all([
+      api(`/api/v1/clinicians/${state.clinician.id}/slots?${new URLSearchParams(range)}`),
+      api(`/api/v1/appointments?${new URLSearchParams({ clinician_id: state.clinician.id, ...range })}`),
+    ]);
+    if (loadId !== state.loadId) return; // a newer week was asked for meanwhile
+    state.slots = slots.slots;
+    state.appointments = appointments.items.filter((a) => a.status !== "cancelled");
+    byId("week-loading").textContent = "";
+    renderWeek();
+  } catch (error) {
+    if (loadId === state.loadId) byId("week-loading").textContent = describe(error);
+  }
+}
+
+function renderWeek() {
+  const zone = state.clinician.timezone;
+  const todayKey = dateKey(zonedParts(new Date(), zone));
+  const days = new Map();
+  for (let i = 0; i < 7; i += 1) {
+    const date = addDays(state.monday, i);
+    days.set(dateKey(date), { date, entries: [] });
+  }
+  for (const slot of state.slots) {
+    days.get(dateKey(zonedParts(new Date(slot.start), zone)))?.entries.push({ kind: "free", start: slot.start, slot });
+  }
+  for (const appointment of state.appointments) {
+    days
+      .get(dateKey(zonedParts(new Date(appointment.start), zone)))
+      ?.entries.push({ kind: "booked", start: appointment.start, appointment });
+  }
+  week.replaceChildren(
+    ...[...days.entries()].map(([key, day]) => {
+      const noon = zonedTime({ ...day.date, hour: 12 }, zone);
+      const entries = day.entries.sort((a, b) => new Date(a.start) - new Date(b.start));
+      const headingId = `day-${key}`;
+      return el(
+        "section",
+        { class: `day${key === todayKey ? " today" : ""}`, "aria-labelledby": headingId },
+        el("h3", { id: headingId, text: `${formatDay(noon, zone)}${key === todayKey ? " (today)" : ""}` }),
+        entries.length
+          ? el("ul", {}, ...entries.map((entry) => el("li", {}, entryButton(entry))))
+          : el("p", { class: "empty", text: "No free times" }),
+      );
+    }),
+  );
+}
+
+function entryButton(entry) {
+  const zone = state.clinician.timezone;
+  const time = formatTime(entry.start, zone);
+  const when = formatDateTime(entry.start, zone);
+  if (entry.kind === "free") {
+    return el("button", {
+      type: "button",
+      class: "slot free",
+      "data-testid": "free-slot",
+      "data-start": entry.start,
+      "aria-label": state.rescheduling ? `Move to ${when}` : `Book ${when}`,
+      text: time,
+      onclick: () => (state.rescheduling ? reschedule(entry.slot) : openBooking(entry.slot)),
+    });
+  }
+  const a = entry.appointment;
+  return el(
+    "button",
+    {
+      type: "button",
+      class: `slot booked status-${a.status}`,
+      "data-testid": "appointment",
+      "data-id": a.id,
+      "aria-label": `${when}: ${a.patient.name}, ${STATUS[a.status] || a.status}`,
+      onclick: () => openAppointment(a),
+    },
+    el("strong", { text: time }),
+    el("span", { text: a.patient.name }),
+    a.status === "booked" ? null : el("span", { class: "small", text: STATUS[a.status] || a.status }),
+  );
+}
+
+// Booking -----------------------------------------------------------------------------------
+
+function openBooking(slot) {
+  say("");
+  state.booking = slot;
+  byId("book-error").textContent = "";
+  byId("book-when").textContent = `${formatDateTime(slot.start, state.clinician.timezone)} with ${state.clinician.name}`;
+  bookDialog.showModal();
+  byId("patient-name").focus();
+}
+
+byId("book-close").addEventListener("click", () => bookDialog.close());
+
+function bookingBody() {
+  const value = (id) => byId(id).value.trim();
+  const patient = { name: value("patient-name") };
+  if (value("patient-email")) patient.email = value("patient-email");
+  if (value("patient-phone")) patient.phone = value("patient-phone").replace(/[\s()-]/g, "");
+  if (value("patient-birth-date")) patient.birth_date = value("patient-birth-date");
+  const body = { clinician_id: state.clinician.id, start: state.booking.start, patient };
+  if (value("visit-reason")) body.reason = value("visit-reason");
+  return body;
+}
+
+byId("book-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const error = byId("book-error");
+  error.textContent = "";
+  if (!byId("patient-name").value.trim()) {
+    error.textContent = "Enter the patient's name.";
+    byId("patient-name").focus();
+    return;
+  }
+  const body = bookingBody();
+  const text = JSON.stringify(body);
+  if (!state.attempt || state.attempt.body !== text) state.attempt = { key: randomId(), body: text };
+  const submit = byId("book-submit");
+  submit.disabled = true;
+  try {
+    const appointment = await api("/api/v1/appointments", {
+      method: "POST",
+      json: body,
+      headers: { "Idempotency-Key": state.attempt.key },
+    });
+    state.attempt = null;
+    byId("book-form").reset();
+    bookDialog.close();
+    await loadWeek();
+    openAppointment(appointment, "Booked. Send the patient this link, or the invite.");
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.code === "slot_unavailable") {
+      // The details stay in the form: the next free time picked reopens it as it was.
+      bookDialog.close();
+      say(
+        `Sorry: ${formatDateTime(state.booking.start, state.clinician.timezone)} was booked by someone else a moment ago. The week is up to date again; please choose another time.`,
+        "warning",
+      );
+      await loadWeek();
+    } else {
+      error.textContent = describe(failure);
+    }
+  } finally {
+    submit.disabled = false;
+  }
+});
+
+// One appointment ---------------------------------------------------------------------------
+
+function openAppointment(appointment, note = "") {
+  state.open = appointment;
+  const zone = state.clinician.timezone;
+  byId("appointment-title").textContent = appointment.patient.name;
+  byId("appointment-when").textContent = `${formatDateTime(appointment.start, zone)} with ${state.clinician.name}`;
+  const contact = [appointment.patient.email, appointment.patient.phone].filter(Boolean).join(" · ");
+  byId("appointment-details").textContent = [STATUS[appointment.status] || appointment.status, contact, appointment.reason]
+    .filter(Boolean)
+    .join(" — ");
+  const noteBox = byId("appointment-note");
+  noteBox.textContent = note;
+  noteBox.hidden = !note;
+  byId("visit-link").value = appointment.visit_url;
+  byId("copy-status").textContent = "";
+  byId("appointment-error").textContent = "";
+  byId("cancel-form").hidden = true;
+  const changeable = appointment.status === "booked";
+  byId("reschedule").disabled = !changeable;
+  byId("cancel-open").disabled = !["booked", "waiting"].includes(appointment.status);
+  if (!appointmentDialog.open) appointmentDialog.showModal();
+  byId("copy-link").focus();
+}
+
+byId("appointment-close").addEventListener("click", () => appointmentDialog.close());
+
+byId("copy-link").addEventListener("click", async () => {
+  const input = byId("visit-link");
+  const copied = await copyText(input.value);
+  if (copied) {
+    byId("copy-status").textContent = "Link copied.";
+  } else {
+    input.focus();
+    input.select();
+    byId("copy-status").textContent = "Selected: press Ctrl+C (or ⌘+C) to copy.";
+  }
+});
+
+byId("download-invite").addEventListener("click", async () => {
+  const appointment = state.open;
+  try {
+    const response = await api(`/api/v1/appointments/${appointment.id}/calendar.ics`, { raw: true });
+    const blob = await response.blob();
+    const day = dateKey(zonedParts(new Date(appointment.start), state.clinician.timezone));
+    downloadBlob(new Blob([blob], { type: "text/calendar" }), `visit-${day}.ics`);
+    byId("copy-status").textContent = "Invite downloaded.";
+  } catch (error) {
+    byId("appointment-error").textContent = describe(error);
+  }
+});
+
+byId("cancel-open").addEventListener("click", () => {
+  byId("cancel-form").hidden = false;
+  byId("cancel-reason").focus();
+});
+byId("cancel-back").addEventListener("click", () => {
+  byId("cancel-form").hidden = true;
+  byId("cancel-open").focus();
+});
+
+byId("cancel-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const appointment = state.open;
+  const reason = byId("cancel-reason").value.trim();
+  try {
+    await api(`/api/v1/appointments/${appointment.id}/cancel`, {
+      method: "POST",
+      json: reason ? { reason } : {},
+    });
+    byId("cancel-reason").value = "";
+    appointmentDialog.close();
+    say(`Cancelled ${appointment.patient.name}'s visit on ${formatDateTime(appointment.start, state.clinician.timezone)}. The time is free again and the visit link no longer works.`);
+    await loadWeek();
+  } catch (error) {
+    byId("appointment-error").textContent = describe(error);
+  }
+});
+
+// Rescheduling: pick a new free time in the week grid ----------------------------------------
+
+byId("reschedule").addEventListener("click", () => {
+  state.rescheduling = state.open;
+  appointmentDialog.close();
+  byId("reschedule-text").textContent = `Choose a new time for ${state.open.patient.name} (now ${formatDateTime(state.open.start, state.clinician.timezone)}).`;
+  byId("reschedule-bar").hidden = false;
+  say("");
+  renderWeek();
+  byId("week-title").focus();
+});
+
+byId("reschedule-cancel").addEventListener("click", () => {
+  endRescheduling();
+  renderWeek();
+});
+
+function endRescheduling() {
+  state.rescheduling = null;
+  byId("reschedule-bar").hidden = true;
+}
+
+async function reschedule(slot) {
+  const appointment = state.rescheduling;
+  try {
+    const moved = await api(`/api/v1/appointments/${appointment.id}/reschedule`, {
+      method: "POST",
+      json: { start: slot.start },
+    });
+    endRescheduling();
+    await loadWeek();
+    openAppointment(moved, "Moved. The visit link stays the same; send the patient the new invite.");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "slot_unavailable") {
+      say("Sorry: that time was taken a moment ago. The week is up to date again; please choose another time.", "warning");
+      await loadWeek();
+    } else {
+      say(describe(error), "warning");
+    }
+  }
+}
+
+start();
