@@ -178,9 +178,7 @@ async def static_asset(request: Request, version: str, path: str) -> Response:
         return Response(status_code=404, headers={"X-Content-Type-Options": "nosniff"})
     # An older page asking for an older version gets today's file, but must not keep it.
     cache = (
-        f"public, max-age={YEAR_SECONDS}, immutable"
-        if version == _assets.version
-        else "no-cache"
+        f"public, max-age={YEAR_SECONDS}, immutable" if version == _assets.version else "no-cache"
     )
     headers = {
         "Cache-Control": cache,

@@ -171,4 +171,3 @@ def artifacts() -> Path:
 async def shot(page: Page, folder: Path, name: str) -> None:
     """A screenshot of this step (test-artifacts/e2e/NAME.png)."""
     await page.screenshot(path=str(folder / f"{name}.png"), full_page=False)
-

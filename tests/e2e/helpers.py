@@ -50,7 +50,10 @@ async def axe_violations(page: Page, axe_source: str) -> list[dict[str, Any]]:
     result: dict[str, Any] = await page.evaluate(
         """async () => {
             const r = await axe.run(document, {
-                runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"] },
+                runOnly: {
+                    type: "tag",
+                    values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"],
+                },
             });
             return { violations: r.violations.map(v => ({
                 id: v.id, impact: v.impact, help: v.help,

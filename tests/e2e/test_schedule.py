@@ -3,6 +3,7 @@ cancel, and a slot taken by someone else meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from pathlib import Path
@@ -22,7 +23,9 @@ async def show_week_of(page: Page, day: dt.date) -> None:
     """Pick Dr. Ada Test and step forward to the week holding `day`."""
     await page.get_by_label("Clinician").select_option(label="Dr. Ada Test")
     today = dt.datetime.now(ZoneInfo(ZONE)).date()
-    weeks = ((day - dt.timedelta(days=day.weekday())) - (today - dt.timedelta(days=today.weekday()))).days // 7
+    weeks = (
+        (day - dt.timedelta(days=day.weekday())) - (today - dt.timedelta(days=today.weekday()))
+    ).days // 7
     for _ in range(weeks):
         await page.get_by_role("button", name="Next week →").click()
     await expect(page.locator("#week-title")).to_contain_text(day.strftime("%B"))
@@ -33,9 +36,7 @@ def slot(page: Page, start: dt.datetime) -> str:
 
 
 class TestBookRescheduleCancel:
-    async def test_the_whole_round(
-        self, pages: Pages, staff: Staff, artifacts: Path
-    ) -> None:
+    async def test_the_whole_round(self, pages: Pages, staff: Staff, artifacts: Path) -> None:
         day = next_weekday(days_ahead=8)
         first = local_instant(day, "10:00", ZONE)
         later = local_instant(day, "14:00", ZONE)
@@ -69,7 +70,7 @@ class TestBookRescheduleCancel:
             await details.get_by_role("button", name="Download invite (.ics)").click()
         download = await waiting.value
         assert download.suggested_filename == f"visit-{day.isoformat()}.ics"
-        invite = Path(await download.path()).read_text()
+        invite = await asyncio.to_thread(Path(await download.path()).read_text)
         assert "BEGIN:VEVENT" in invite
         assert link in invite.replace("\r\n ", "")
         await shot(page, artifacts, "15-scheduler-booked")
@@ -125,7 +126,9 @@ class TestSlotTakenMeanwhile:
         await dialog.get_by_role("button", name="Book").click()
         await expect(dialog).to_be_hidden()
         await expect(page.locator("#message")).to_contain_text("was booked by someone else")
-        await expect(page.get_by_test_id("appointment").filter(has_text="Pat First")).to_be_visible()
+        await expect(
+            page.get_by_test_id("appointment").filter(has_text="Pat First")
+        ).to_be_visible()
         await expect(page.locator(slot(page, start))).to_have_count(0)
         await shot(page, artifacts, "17-scheduler-slot-taken")
         # Another time: the form opens with what was typed.

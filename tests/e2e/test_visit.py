@@ -21,7 +21,9 @@ class TestWholeVisit:
         visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Whole")
         patient = await pages.page(viewport=PHONE)
         await patient.goto(f"/visit/{visit.token}")
-        await expect(patient.get_by_role("heading", name=re.compile("Dr. Ada Test"))).to_be_visible()
+        await expect(
+            patient.get_by_role("heading", name=re.compile("Dr. Ada Test"))
+        ).to_be_visible()
         await expect(patient.locator("#network-status")).to_have_text(
             re.compile("works well|relay|could not")
         )
@@ -45,7 +47,9 @@ class TestWholeVisit:
         await shot(clinician, artifacts, "04-clinician-queue")
         await item.get_by_test_id("admit").click()
 
-        await expect(clinician.get_by_role("heading", name="In call with Pat Whole")).to_be_visible()
+        await expect(
+            clinician.get_by_role("heading", name="In call with Pat Whole")
+        ).to_be_visible()
         await expect(patient).to_have_title(re.compile("your turn"))
         await video_advances(patient)
         await video_advances(clinician)
@@ -165,9 +169,12 @@ class TestNetworkDrop:
         await consent_and_join(patient, visit.token)
         clinician = await pages.page()
         await sign_in(clinician, staff.clinician, lands_on="/clinic")
-        await clinician.get_by_test_id("queue-item").filter(has_text="Pat Flaky").get_by_test_id(
-            "admit"
-        ).click()
+        await (
+            clinician.get_by_test_id("queue-item")
+            .filter(has_text="Pat Flaky")
+            .get_by_test_id("admit")
+            .click()
+        )
         await video_advances(patient)
         await video_advances(clinician)
 
