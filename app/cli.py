@@ -46,6 +46,9 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         # Protocol pings find dead sockets (a laptop closed mid-visit) within ~30 s.
         ws_ping_interval=15.0,
         ws_ping_timeout=15.0,
+        # Signaling messages are small; a deflate context costs ~300 KiB per socket and CPU per
+        # message, for nothing (SDP is sent once per negotiation).
+        ws_per_message_deflate=False,
         timeout_graceful_shutdown=10,
     )
 

@@ -307,7 +307,7 @@ class Relay:
             return
         if not reuse:
             await self._drop_connection(room, role)
-            participant.peer = self._new_peer(room, participant)
+            participant.peer = self._new_peer(room, participant, _media_kinds(sdp))
             participant.remote_ufrag = ufrag
             participant.stalled = False
             participant.media_seen = False
@@ -380,11 +380,13 @@ class Relay:
                 room.id, participant.role, {"type": "offer", "sdp": peer.pc.localDescription.sdp}
             )
 
-    def _new_peer(self, room: Room, participant: Participant) -> Peer:
+    def _new_peer(self, room: Room, participant: Participant, kinds: list[str]) -> Peer:
         peer = self.registry.create(
             room.id, participant.role, ice_configuration(self._relay_ice(room))
         )
-        for kind in KINDS:
+        # One transceiver per media section, in the offer's order: the bundled transport is the
+        # first transceiver's, and must be the one of the offer's first section.
+        for kind in kinds:
             peer.pc.addTransceiver(kind, direction="sendrecv")
 
         @peer.pc.on("track")
@@ -623,6 +625,12 @@ class Relay:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _media_kinds(sdp: str) -> list[str]:
+    """The kinds of the offer's audio and video sections, in order."""
+    kinds = [line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")]
+    return [kind for kind in kinds if kind in KINDS]
 
 
 def _codec_name(mime_type: str) -> str:

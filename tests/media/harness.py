@@ -70,8 +70,10 @@ class Peer:
         *,
         colour: tuple[int, int, int],
         tone: float,
+        video_first: bool = False,
     ) -> None:
         self.relay, self.outbox, self.call_id, self.role = relay, outbox, call_id, role
+        self.video_first = video_first
         self.colour, self.tone = colour, tone
         self.pc: RTCPeerConnection | None = None
         self.tracks: list[Received] = []
@@ -80,8 +82,9 @@ class Peer:
     async def join(self) -> None:
         pc = RTCPeerConnection(rtc_configuration([]))
         self.pc = pc
-        pc.addTrack(ToneMicrophone(self.tone))
-        pc.addTrack(ColourCamera(self.colour))
+        tracks = [ToneMicrophone(self.tone), ColourCamera(self.colour)]
+        for track in reversed(tracks) if self.video_first else tracks:
+            pc.addTrack(track)
 
         @pc.on("track")
         def _on_track(track: Any) -> None:

@@ -87,6 +87,21 @@ class TestFanOut:
             await peer.close()
 
 
+class TestOfferOrder:
+    async def test_a_client_that_offers_video_before_audio(
+        self, relay: tuple[Relay, Outbox, Log]
+    ) -> None:
+        plane, outbox, _ = relay
+        call = await open_call(plane)
+        patient = Peer(plane, outbox, call, "patient", colour=RED, tone=440, video_first=True)
+        clinician = Peer(plane, outbox, call, "clinician", colour=BLUE, tone=880)
+        await patient.join()
+        await clinician.join()
+        await until(lambda: sees(clinician, RED) and sees(patient, BLUE), 15)
+        await patient.close()
+        await clinician.close()
+
+
 class TestConsentGate:
     async def test_nothing_of_the_patient_is_forwarded_without_consent(
         self, relay: tuple[Relay, Outbox, Log]

@@ -1,0 +1,230 @@
+"""Media relay figures of issue 4, measured side by side in one run on this machine.
+
+  1. 640x480@30 calls with audio through one relay process, at full frame rate and at most
+     50 ms added delay (p95): relay CPU per call, forwarding vs stock aiortc MediaRelay
+     (target: >= 10x less), and calls per core (target: >= 20)
+  2. recording on versus off: relay CPU (target: at most 10% more)
+  3. admit to first frame both ways, through the whole server on loopback (target: <= 1 s)
+
+The load runs in another process (bench/_relay_load.py) and sends pre-encoded frames, so it
+does not eat the measurement; relay CPU is read from /proc around the measured window.
+
+Run: python bench/relay.py [--forward 4,8,12] [--stock 1,2] [--seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.live import free_port  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RelayProcess:
+    def __init__(self, mode: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "_relay_server.py"),
+                "--port",
+                str(self.port),
+                "--mode",
+                mode,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("relay did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def run_load(
+    relay: RelayProcess, calls: int, seconds: float, record: bool = False
+) -> dict[str, Any]:
+    command = [
+        sys.executable, str(HERE / "_relay_load.py"), "--port", str(relay.port),
+        "--calls", str(calls), "--seconds", str(seconds),
+    ]  # fmt: skip
+    if record:
+        command.append("--record")
+    load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert load.stdout is not None
+    cpu_start = wall_start = 0.0
+    load_cpu_start = 0.0
+    result: dict[str, Any] = {}
+    for line in load.stdout:
+        if line.startswith("MEASURE"):
+            cpu_start, wall_start = cpu_seconds(relay.process.pid), time.monotonic()
+            load_cpu_start = cpu_seconds(load.pid)
+        elif line.startswith("RESULT"):
+            wall = time.monotonic() - wall_start
+            result = json.loads(line.split(" ", 1)[1])
+            result["relay_cores"] = (cpu_seconds(relay.process.pid) - cpu_start) / wall
+            result["load_cores"] = (cpu_seconds(load.pid) - load_cpu_start) / wall
+    load.wait(timeout=60)
+    return result
+
+
+def sustained(result: dict[str, Any]) -> bool:
+    return result["fps_min"] >= 28.5 and (result["delay_p95"] or 1e9) <= 50
+
+
+async def admit_to_first_frame(runs: int) -> list[float]:
+    """Through `televisit serve`: admit sent -> both sides' first decoded video frame (s)."""
+    import httpx
+
+    from app import migrate
+    from app.db import Database, create_engine
+    from bench._common import SECRET, settings_for, temp_folder
+    from media import hooks
+    from tests.factories import make_user
+    from tests.live import start_server
+    from tests.media.clients import MediaClient, until
+    from tests.signaling.helpers import console, grant, make_visit, open_socket
+
+    hooks.restrict_host_addresses(["127.0.0.1"])
+    folder = temp_folder()
+    url = f"sqlite+aiosqlite:///{folder / 'admit.db'}"
+    migrate.upgrade(url)
+    db = Database(create_engine(settings_for(url)))
+    scheduler = await make_user(db, secret=SECRET.encode(), role="scheduler")
+    clinician = await make_user(db, secret=SECRET.encode(), role="clinician")
+    server = start_server(
+        {
+            "TELEVISIT_ENVIRONMENT": "test",
+            "TELEVISIT_DATABASE_URL": url,
+            "TELEVISIT_SECRET_KEY": SECRET,
+            "TELEVISIT_PUBLIC_URL": "http://testserver",
+            "TELEVISIT_MEDIA_IPS": "127.0.0.1",
+            "TELEVISIT_LOG_LEVEL": "WARNING",
+        },
+        log_path=folder / "server.log",
+    )
+    times: list[float] = []
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for _ in range(runs):
+                visit = await make_visit(db, clinician, by=scheduler)
+                await grant(http, visit.token)
+                key = str(visit.appointment_id)
+                async with (
+                    console(server.ws_url, clinician.token) as desk,
+                    open_socket(f"{server.ws_url}/ws/visits/{visit.token}") as patient_socket,
+                ):
+                    await patient_socket.expect("waiting")
+                    await desk.expect("queue")
+                    patient = MediaClient(patient_socket, colour=(200, 30, 30), tone=440)
+                    doctor = MediaClient(desk, colour=(30, 30, 200), tone=880, appointment_id=key)
+                    started = time.monotonic()
+                    await desk.send({"type": "admit", "appointment_id": key})
+                    admitted = await patient_socket.expect("admitted")
+                    call = await desk.expect("call")
+                    await asyncio.gather(
+                        patient.connect(admitted["ice_servers"]),
+                        doctor.connect(call["ice_servers"]),
+                    )
+                    pair = (patient, doctor)
+                    await until(lambda pair=pair: all(c.received.first_video_at for c in pair), 20)
+                    both = max(
+                        patient.received.first_video_at or 0, doctor.received.first_video_at or 0
+                    )
+                    times.append(both - started)
+                    await desk.send({"type": "end", "appointment_id": key})
+                    await patient.close_pc()
+                    await doctor.close_pc()
+    finally:
+        server.stop()
+        await db.dispose()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--forward", default="4,8,12")
+    parser.add_argument("--stock", default="1,2")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    rows: list[str] = []
+    per_call: dict[str, float] = {}
+    for mode, counts in (("forward", args.forward), ("stock", args.stock)):
+        relay = RelayProcess(mode)
+        try:
+            best: float | None = None
+            for calls in (int(c) for c in counts.split(",")):
+                result = run_load(relay, calls, args.seconds)
+                cores = result["relay_cores"]
+                ok = sustained(result)
+                rows.append(
+                    f"| {mode} | {calls} | {result['fps_min']:.1f} / {result['fps_mean']:.1f} "
+                    f"| {result['delay_p50']:.1f} / {result['delay_p95']:.1f} | {cores:.2f} "
+                    f"| {cores / calls:.3f} | {result['load_cores']:.2f} | {'yes' if ok else 'no'} |"
+                )
+                if ok:
+                    best = cores / calls
+            if best is not None:
+                per_call[mode] = best
+        finally:
+            relay.stop()
+    print("| relay | calls | fps min / mean | delay p50 / p95 ms | relay cores | cores per call "
+          "| load cores | sustained |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    print()
+    if "forward" in per_call and "stock" in per_call:
+        print(
+            f"forwarding vs stock MediaRelay, relay CPU per call: {per_call['forward']:.3f} vs "
+            f"{per_call['stock']:.3f} cores: **{per_call['stock'] / per_call['forward']:.1f}x less**"
+        )
+    if "forward" in per_call:
+        print(f"calls per relay core (forwarding): **{1 / per_call['forward']:.0f}**")
+
+    # Recording on versus off, same load, side by side.
+    calls = int(args.forward.split(",")[0])
+    relay = RelayProcess("forward")
+    try:
+        off = run_load(relay, calls, args.seconds)
+        on = run_load(relay, calls, args.seconds, record=True)
+    finally:
+        relay.stop()
+    more = (on["relay_cores"] / off["relay_cores"] - 1) * 100
+    print(
+        f"recording on vs off ({calls} calls): relay {on['relay_cores']:.3f} vs "
+        f"{off['relay_cores']:.3f} cores: **{more:+.0f}%**"
+    )
+
+    times = asyncio.run(admit_to_first_frame(args.runs))
+    print(
+        f"admit to first frame both ways, through the server, {len(times)} runs: median "
+        f"**{statistics.median(times) * 1000:.0f} ms** (all: "
+        f"{', '.join(f'{t * 1000:.0f}' for t in times)} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()
