@@ -19,16 +19,19 @@ from tests.factories import Staff, booking_body, local_instant, next_weekday, rf
 ZONE = "America/New_York"  # Dr. Ada Test's time zone (tests.factories.make_staff)
 
 
-async def show_week_of(page: Page, day: dt.date) -> None:
-    """Pick Dr. Ada Test and step forward to the week holding `day`."""
-    await page.get_by_label("Clinician").select_option(label="Dr. Ada Test")
+async def show_week_of(page: Page, staff: Staff, day: dt.date) -> None:
+    """Pick Dr. Ada Test and step forward to the week holding `day`.
+
+    By id: every test's staff share the session's database, so there are many of that name.
+    """
+    await page.get_by_label("Clinician").select_option(value=str(staff.clinician.id))
     today = dt.datetime.now(ZoneInfo(ZONE)).date()
     weeks = (
         (day - dt.timedelta(days=day.weekday())) - (today - dt.timedelta(days=today.weekday()))
     ).days // 7
     for _ in range(weeks):
         await page.get_by_role("button", name="Next week →").click()
-    await expect(page.locator("#week-title")).to_contain_text(day.strftime("%B"))
+    await expect(page.locator(f"#day-{day.isoformat()}")).to_be_visible()
 
 
 def slot(page: Page, start: dt.datetime) -> str:
@@ -44,7 +47,7 @@ class TestBookRescheduleCancel:
         await context.grant_permissions(["clipboard-read", "clipboard-write"])
         page = await context.new_page()
         await sign_in(page, staff.scheduler, lands_on="/schedule")
-        await show_week_of(page, day)
+        await show_week_of(page, staff, day)
         await expect(page.locator("#week-zone")).to_contain_text(ZONE)
         await shot(page, artifacts, "13-scheduler-week")
 
@@ -110,7 +113,7 @@ class TestSlotTakenMeanwhile:
         start = local_instant(day, "11:00", ZONE)
         page = await pages.page()
         await sign_in(page, staff.scheduler, lands_on="/schedule")
-        await show_week_of(page, day)
+        await show_week_of(page, staff, day)
         await page.locator(slot(page, start)).click()
         dialog = page.locator("#book-dialog")
         await dialog.get_by_label("Patient's name (required)").fill("Pat Second")

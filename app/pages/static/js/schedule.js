@@ -204,12 +204,13 @@ function entryButton(entry) {
       class: `slot booked status-${a.status}`,
       "data-testid": "appointment",
       "data-id": a.id,
-      "aria-label": `${when}: ${a.patient.name}, ${STATUS[a.status] || a.status}`,
       onclick: () => openAppointment(a),
     },
     el("strong", { text: time }),
     el("span", { text: a.patient.name }),
     a.status === "booked" ? null : el("span", { class: "small", text: STATUS[a.status] || a.status }),
+    // The visible text first, then the day for people who hear the button rather than see it.
+    el("span", { class: "visually-hidden", text: `, ${when}, ${STATUS[a.status] || a.status}` }),
   );
 }
 
