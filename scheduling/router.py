@@ -66,6 +66,7 @@ def appointment_out(request: Request, appointment: Appointment) -> AppointmentOu
         reason=appointment.reason,
         visit_url=visits.visit_url(request.app.state.settings.public_base, token),
         cancel_reason=appointment.cancel_reason,
+        call_summary=appointment.call_summary,
         created_at=appointment.created_at,
         updated_at=appointment.updated_at,
     )

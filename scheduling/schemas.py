@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import uuid
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -172,6 +172,8 @@ class AppointmentOut(BaseModel):
     reason: str | None
     visit_url: str
     cancel_reason: str | None = None
+    # After a call: duration, per-participant quality averages, forwarding or transcoding.
+    call_summary: dict[str, Any] | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 

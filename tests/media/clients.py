@@ -47,8 +47,11 @@ class ColourCamera(MediaStreamTrack):
         self._frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
         self._count = 0
         self._start: float | None = None
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def recv(self) -> Any:
+        await self.flowing.wait()  # a test may cut the camera off, as a dead network would
         if self._start is None:
             self._start = time.monotonic()
         self._count += 1
@@ -71,8 +74,11 @@ class ToneMicrophone(MediaStreamTrack):
         self._hz = hz
         self._sample = 0
         self._start: float | None = None
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def recv(self) -> Any:
+        await self.flowing.wait()
         if self._start is None:
             self._start = time.monotonic()
         wait = self._start + self._sample / SAMPLE_RATE - time.monotonic()

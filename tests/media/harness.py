@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from media.relay import Relay
 from signaling.media import Consent
@@ -37,25 +37,27 @@ class Log:
 
 
 class Outbox:
-    """What the relay emits, per (call, role)."""
+    """What the relay emits, per (call, role); each `expect` takes the first of its type."""
 
     def __init__(self) -> None:
-        self.queues: dict[tuple[uuid.UUID, str], asyncio.Queue[dict[str, Any]]] = defaultdict(
-            asyncio.Queue
-        )
+        self.messages: dict[tuple[uuid.UUID, str], list[dict[str, Any]]] = defaultdict(list)
+        self._arrived = asyncio.Condition()
 
     async def emit(self, call_id: uuid.UUID, role: str, message: dict[str, Any]) -> None:
-        await self.queues[(call_id, role)].put(message)
+        async with self._arrived:
+            self.messages[(call_id, role)].append(message)
+            self._arrived.notify_all()
 
     async def expect(
         self, call_id: uuid.UUID, role: str, kind: str, within: float = 10.0
     ) -> dict[str, Any]:
-        queue = self.queues[(call_id, role)]
-        async with asyncio.timeout(within):
+        pending = self.messages[(call_id, role)]
+        async with asyncio.timeout(within), self._arrived:
             while True:
-                message = await queue.get()
-                if message.get("type") == kind:
-                    return message
+                for index, message in enumerate(pending):
+                    if message.get("type") == kind:
+                        return pending.pop(index)
+                await self._arrived.wait()
 
 
 class Peer:
@@ -71,9 +73,12 @@ class Peer:
         colour: tuple[int, int, int],
         tone: float,
         video_first: bool = False,
+        video_codec: str | None = None,
     ) -> None:
         self.relay, self.outbox, self.call_id, self.role = relay, outbox, call_id, role
         self.video_first = video_first
+        self.video_codec = video_codec  # offer only this video codec (e.g. "H264")
+        self.sources: list[ColourCamera | ToneMicrophone] = []
         self.colour, self.tone = colour, tone
         self.pc: RTCPeerConnection | None = None
         self.tracks: list[Received] = []
@@ -82,9 +87,21 @@ class Peer:
     async def join(self) -> None:
         pc = RTCPeerConnection(rtc_configuration([]))
         self.pc = pc
-        tracks = [ToneMicrophone(self.tone), ColourCamera(self.colour)]
+        tracks: list[ColourCamera | ToneMicrophone] = [
+            ToneMicrophone(self.tone),
+            ColourCamera(self.colour),
+        ]
+        self.sources = tracks
         for track in reversed(tracks) if self.video_first else tracks:
             pc.addTrack(track)
+        if self.video_codec is not None:
+            capabilities = RTCRtpSender.getCapabilities("video").codecs
+            only = [
+                c for c in capabilities if c.mimeType.lower() == f"video/{self.video_codec.lower()}"
+            ]
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.setCodecPreferences(only)
 
         @pc.on("track")
         def _on_track(track: Any) -> None:
@@ -108,6 +125,11 @@ class Peer:
                 )
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
                 await self.relay.answer(self.call_id, self.role, self.pc.localDescription.sdp)
+
+    def cut_off(self) -> None:
+        """Stop sending anything, as if the path died (the peer connection stays open)."""
+        for source in self.sources:
+            source.flowing.clear()
 
     def rewrite(self, sdp: str) -> str:
         """What the offer says on the wire; a test may make it say more."""

@@ -111,6 +111,37 @@ class TestQualityAndConsent:
             assert patient["kbps"] > 0
             assert set(patient) >= {"role", "rtt_ms", "loss", "jitter_ms", "kbps"}
 
+    async def test_the_call_summary_is_kept_with_the_appointment(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            await call.desk.expect("stats", within=10)
+            key = str(call.visit.appointment_id)
+            await call.desk.send({"type": "end", "appointment_id": key})
+            await call.desk.expect("ended")
+
+            async def summary() -> dict[str, Any] | None:
+                response = await http.get(
+                    f"/api/v1/appointments/{key}", headers=staff.scheduler.headers
+                )
+                found: dict[str, Any] | None = response.json()["call_summary"]
+                return found
+
+            for _ in range(50):
+                kept = await summary()
+                if kept is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert kept is not None
+            assert kept["mode"] == "forwarding"
+            assert kept["duration_seconds"] > 0
+            assert set(kept["participants"]) == {"patient", "clinician"}
+            assert kept["participants"]["patient"]["samples"] >= 1
+
     async def test_withdrawal_stops_the_patients_media_and_ends_the_call(
         self, live_server: LiveServer, staff: Staff, db: Database
     ) -> None:

@@ -102,6 +102,68 @@ class TestOfferOrder:
         await clinician.close()
 
 
+class TestTranscoding:
+    async def test_legs_that_cannot_agree_are_transcoded_and_say_so(
+        self, relay: tuple[Relay, Outbox, Log]
+    ) -> None:
+        plane, outbox, _ = relay
+        call = await open_call(plane)
+        patient = Peer(plane, outbox, call, "patient", colour=RED, tone=440, video_codec="VP8")
+        clinician = Peer(
+            plane, outbox, call, "clinician", colour=BLUE, tone=880, video_codec="H264"
+        )
+        await patient.join()
+        await clinician.join()
+        await until(lambda: sees(clinician, RED) and sees(patient, BLUE), 20)
+        assert plane.rooms[call].transcoding
+        await patient.close()
+        await clinician.close()
+
+    async def test_agreeing_legs_forward(self, relay: tuple[Relay, Outbox, Log]) -> None:
+        plane, outbox, _ = relay
+        call = await open_call(plane)
+        patient = Peer(plane, outbox, call, "patient", colour=RED, tone=440, video_codec="H264")
+        clinician = Peer(plane, outbox, call, "clinician", colour=BLUE, tone=880)
+        await patient.join()
+        await clinician.join()
+        await until(lambda: sees(clinician, RED) and sees(patient, BLUE), 20)
+        # The call took the first offer's codec (H.264); the relay made the second leg agree.
+        assert plane.rooms[call].video_codec == "h264"
+        assert not plane.rooms[call].transcoding
+        await patient.close()
+        await clinician.close()
+
+
+class TestStall:
+    async def test_a_stalled_participant_is_told_to_reconnect_and_the_other_keeps_its_connection(
+        self, relay: tuple[Relay, Outbox, Log]
+    ) -> None:
+        plane, outbox, _ = relay
+        call = await open_call(plane)
+        patient = Peer(plane, outbox, call, "patient", colour=RED, tone=440)
+        clinician = Peer(plane, outbox, call, "clinician", colour=BLUE, tone=880)
+        await patient.join()
+        await clinician.join()
+        await until(lambda: sees(clinician, RED), 15)
+        kept = clinician.pc
+        patient.cut_off()
+        again = await outbox.expect(call, "patient", "admitted", within=10)
+        assert again["ice_servers"] == []
+        await patient.close()
+        back = Peer(plane, outbox, call, "patient", colour=GREEN, tone=440)
+        await back.join()
+        await until(
+            lambda: (
+                clinician.tracks[-1].last_colour is not None
+                and close_to(clinician.tracks[-1].last_colour, GREEN)
+            ),
+            15,
+        )
+        assert clinician.pc is kept
+        await back.close()
+        await clinician.close()
+
+
 class TestConsentGate:
     async def test_nothing_of_the_patient_is_forwarded_without_consent(
         self, relay: tuple[Relay, Outbox, Log]
