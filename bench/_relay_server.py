@@ -53,8 +53,9 @@ class StockRelay:
     async def offer(self, call_id: uuid.UUID, role: str, sdp: str) -> None:
         call = self.calls.setdefault(call_id, {"pcs": {}, "tracks": {}})
         pc = RTCPeerConnection(ice_configuration([]))
-        for kind in ("audio", "video"):
-            pc.addTransceiver(kind, direction="sendrecv")
+        for line in sdp.splitlines():  # in the offer's order, as the relay does
+            if line.startswith(("m=audio", "m=video")):
+                pc.addTransceiver(line[2:7], direction="sendrecv")
         call["pcs"][role] = pc
 
         @pc.on("track")
