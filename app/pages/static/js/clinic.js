@@ -287,7 +287,7 @@ function renderQueue() {
   );
   state.shown = new Set(state.queue.map((item) => item.appointment_id));
   const count = state.queue.filter((item) => item.status === "waiting").length;
-  byId("queue-count").textContent = String(count);
+  byId("queue-count").textContent = `${count} waiting`;
   byId("queue-empty").hidden = state.queue.length > 0;
 }
 
