@@ -88,6 +88,17 @@ async def load_principal(state: Any, user_id: uuid.UUID) -> Principal | None:
     return principal
 
 
+async def principal_for_token(state: Any, token: str) -> Principal:
+    """The active staff member a bearer token names (HTTP header or socket message); else 401."""
+    claims = state.tokens.verify(token)
+    if claims is None:
+        raise NotAuthenticated()
+    principal = await load_principal(state, claims.user_id)
+    if principal is None:
+        raise NotAuthenticated()
+    return principal
+
+
 async def current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -95,12 +106,7 @@ async def current_user(
     """The active staff member behind the bearer token; 401 for anything else."""
     if credentials is None:
         raise NotAuthenticated()
-    claims = request.app.state.tokens.verify(credentials.credentials)
-    if claims is None:
-        raise NotAuthenticated()
-    user = await load_principal(request.app.state, claims.user_id)
-    if user is None:
-        raise NotAuthenticated()
+    user = await principal_for_token(request.app.state, credentials.credentials)
     request.state.audit = Audit(
         actor_id=user.id,
         actor_role=user.role,

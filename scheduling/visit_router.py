@@ -211,9 +211,7 @@ async def list_consents(
 ) -> ConsentRecordList:
     """Oldest first. Admins and the appointment's clinician; schedulers see no consent records."""
     audit.expect("consent.list", "appointment", appointment_id)
-    if user.role == Role.SCHEDULER:
-        raise Forbidden()
-    appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
+    appointment = await _clinical_access(session, user, appointment_id)
     records = await consent.records_of(session, appointment.id)
     return ConsentRecordList(
         items=[
@@ -260,10 +258,10 @@ async def publish_consent_text(
     )
 
 
-async def _recordings_access(
+async def _clinical_access(
     session: SessionDep, user: Principal, appointment_id: uuid.UUID
 ) -> Appointment:
-    """Admins and the appointment's clinician; schedulers see no recordings."""
+    """Consents and recordings: admins and the appointment's clinician; schedulers never."""
     if user.role == Role.SCHEDULER:
         raise Forbidden()
     return await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
@@ -276,7 +274,7 @@ async def list_recordings(
     appointment_id: uuid.UUID, session: SessionDep, user: CurrentUser, audit: AuditDep
 ) -> RecordingList:
     audit.expect("recording.list", "appointment", appointment_id)
-    appointment = await _recordings_access(session, user, appointment_id)
+    appointment = await _clinical_access(session, user, appointment_id)
     result = await session.execute(
         select(Recording)
         .where(Recording.appointment_id == appointment.id)
@@ -295,7 +293,7 @@ async def download_recording(
     settings: SettingsDep,
 ) -> FileResponse:
     audit.expect("recording.download", "recording", recording_id)
-    appointment = await _recordings_access(session, user, appointment_id)
+    appointment = await _clinical_access(session, user, appointment_id)
     recording = await session.get(Recording, recording_id)
     if recording is None or recording.appointment_id != appointment.id:
         raise NotFound()

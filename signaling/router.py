@@ -12,7 +12,7 @@ from starlette.websockets import WebSocketDisconnect
 from app.auth.models import Role
 from app.auth.principal import Principal
 from app.config import Settings
-from app.deps import load_principal
+from app.deps import principal_for_token
 from app.errors import NotAuthenticated
 from scheduling import calls, consent
 from scheduling import service as scheduling
@@ -100,13 +100,7 @@ async def _authenticate(websocket: WebSocket) -> Principal:
         raise NotAuthenticated('Send {"type": "auth", "token": ...} first.') from None
     if not isinstance(first, messages.Auth):
         raise NotAuthenticated('Send {"type": "auth", "token": ...} first.')
-    claims = websocket.app.state.tokens.verify(first.token)
-    if claims is None:
-        raise NotAuthenticated()
-    principal = await load_principal(websocket.app.state, claims.user_id)
-    if principal is None:
-        raise NotAuthenticated()
-    return principal
+    return await principal_for_token(websocket.app.state, first.token)
 
 
 @router.websocket("/ws/clinic")
