@@ -5,7 +5,7 @@
 // short-lived bearer token, renewed through an in-page dialog so a call is never interrupted.
 
 import { api, ApiError, clearSession, describe, freshToken, loginUrl, readSession, sessionValid, setReauthenticator, socketUrl } from "./api.js";
-import { announce, byId, confirmDialog, el } from "./dom.js";
+import { byId, confirmDialog, el } from "./dom.js";
 import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
@@ -388,7 +388,6 @@ async function openCall(appointmentId, iceServers) {
     byId("stats-mode").textContent = "";
     renderRecording();
     loadConsent(appointmentId);
-    announce(arrival, `Call with ${name} started.`);
   }
   state.call.iceServers = iceServers;
   state.pendingAdmit = null;

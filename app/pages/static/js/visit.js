@@ -213,7 +213,7 @@ async function decide(decision) {
     renderConsent(decision);
     announce(live, decision === "granted" ? "Consent recorded. You can join now." : "You did not agree.");
     if (decision === "granted") byId("join").focus();
-    else byId("declined-info").querySelector("h3").focus?.();
+    else byId("declined-info").querySelector("h3").focus();
   } catch (error) {
     if (error instanceof ApiError && error.code === "consent_version_mismatch") {
       state.visit = await visitRequest("");
