@@ -77,10 +77,19 @@ def axe_source() -> str:
     return AXE.read_text(encoding="utf-8")
 
 
+SERVER_SETTINGS = {"reconnect_grace_seconds": "60", "media_peer_allow": "127.0.0.0/8"}
+
+
 @pytest.fixture
-def server(live_server_factory: ServerFactory) -> LiveServer:
-    """The app on loopback; a dropped patient keeps their place long enough for a slow CI."""
-    return live_server_factory(reconnect_grace_seconds="60", media_peer_allow="127.0.0.0/8")
+def server_settings(tmp_path: Path) -> dict[str, str]:
+    """A dropped patient keeps their place long enough for a slow CI; recordings in tmp."""
+    return {**SERVER_SETTINGS, "recordings_dir": str(tmp_path / "recordings")}
+
+
+@pytest.fixture
+def server(live_server_factory: ServerFactory, server_settings: dict[str, str]) -> LiveServer:
+    """The app on loopback (the relay offers and accepts loopback candidates only)."""
+    return live_server_factory(**server_settings)
 
 
 @pytest.fixture
