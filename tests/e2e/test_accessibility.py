@@ -29,6 +29,9 @@ class TestAxe:
         await patient.get_by_role("button", name="Start the check").click()
         await expect(patient.locator("#mic-row")).to_be_visible()
         await assert_accessible(patient, axe_source, "visit: device check and consent")
+        # Nothing wider than the phone: no sideways scrolling.
+        width = await patient.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= PHONE["width"]
         await patient.get_by_test_id("consent-decline").click()
         await expect(patient.locator("#declined-info")).to_be_visible()
         await assert_accessible(patient, axe_source, "visit: declined")

@@ -119,3 +119,29 @@ class TestBirthDateCheck:
         await patient.get_by_test_id("join").click()
         # The socket took the verification too: the patient is checked in.
         await expect(patient.locator("#waiting-position")).to_have_text("You are next.")
+
+
+class TestConsoleReload:
+    async def test_a_reloaded_console_takes_its_call_back(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Patient")
+        patient = await pages.page(viewport=PHONE)
+        await consent_and_join(patient, visit.token)
+        clinician = await pages.page()
+        await sign_in(clinician, staff.clinician, lands_on="/clinic")
+        await (
+            clinician.get_by_test_id("queue-item")
+            .filter(has_text="Pat Patient")
+            .get_by_test_id("admit")
+            .click()
+        )
+        await video_advances(clinician)
+        await clinician.reload()
+        await expect(
+            clinician.get_by_role("heading", name="In call with Pat Patient")
+        ).to_be_visible()
+        await video_advances(clinician)
+        await video_advances(patient)
+        await clinician.get_by_test_id("end-call").click()
+        await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
