@@ -279,7 +279,13 @@ class ClinicSession(Connection):
             return
         outgoing = message.get("send")
         if isinstance(outgoing, dict):
-            self.send(outgoing)
+            # On the console socket every call's message names its call (the relay's answers,
+            # offers and candidates too): a console may hold several.
+            self.send(
+                outgoing
+                if "appointment_id" in outgoing
+                else {**outgoing, "appointment_id": str(call_id)}
+            )
         if message.get("release"):
             await self._release(call_id)
 

@@ -147,6 +147,7 @@ class MediaClient:
         self.send_video = send_video
         self.pc: RTCPeerConnection | None = None
         self.received = Received()
+        self.last_answer: dict[str, Any] = {}
         self._readers: list[asyncio.Task[None]] = []
 
     def _message(self, **fields: Any) -> dict[str, Any]:
@@ -173,6 +174,7 @@ class MediaClient:
         await pc.setLocalDescription(await pc.createOffer())
         await self.socket.send(self._message(type="offer", sdp=pc.localDescription.sdp))
         answer = await self.socket.expect("answer", within=15)
+        self.last_answer = answer
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
 
     async def _read(self, track: MediaStreamTrack) -> None:

@@ -85,6 +85,8 @@ class TestCall:
         ):
             await call.patient.wait_for_video(BLUE)
             await call.clinician.wait_for_video(RED)
+            assert call.clinician.last_answer["appointment_id"] == str(call.visit.appointment_id)
+            assert "appointment_id" not in call.patient.last_answer
             await call.patient.wait_for_audio()
             await call.clinician.wait_for_audio()
             assert abs((call.patient.received.pitch() or 0) - CLINICIAN_TONE) < 30

@@ -497,7 +497,13 @@ class TestPeerMessages:
             await patient.expect("admitted")
             await patient.send({"type": "message", "data": {"camera": "off"}})
             got = await desk.expect("message")
-            assert got == {"type": "message", "from": "patient", "data": {"camera": "off"}}
+            # On the console socket every call's message names its call.
+            assert got == {
+                "type": "message",
+                "from": "patient",
+                "data": {"camera": "off"},
+                "appointment_id": key,
+            }
             await desk.send({"type": "message", "appointment_id": key, "data": {"text": "Hi"}})
             got = await patient.expect("message")
             assert got == {"type": "message", "from": "clinician", "data": {"text": "Hi"}}
