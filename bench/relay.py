@@ -9,7 +9,8 @@
 The load runs in another process (bench/_relay_load.py) and sends pre-encoded frames, so it
 does not eat the measurement; relay CPU is read from /proc around the measured window.
 
-Run: python bench/relay.py [--forward 4,8,12] [--stock 1,2] [--seconds 8]
+Run: python bench/relay.py [--forward 8,16,20] [--stock 1,2] [--seconds 8] [--runs 5]
+     [--recording-rounds 3]   (the recording figure uses the second --forward count)
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ async def admit_to_first_frame(runs: int) -> list[float]:
     hooks.restrict_host_addresses(["127.0.0.1"])
     folder = temp_folder()
     url = f"sqlite+aiosqlite:///{folder / 'admit.db'}"
-    migrate.upgrade(url)
+    await asyncio.to_thread(migrate.upgrade, url)  # alembic runs its own event loop
     db = Database(create_engine(settings_for(url)))
     scheduler = await make_user(db, secret=SECRET.encode(), role="scheduler")
     clinician = await make_user(db, secret=SECRET.encode(), role="clinician")
@@ -173,10 +174,11 @@ async def admit_to_first_frame(runs: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--forward", default="4,8,12")
+    parser.add_argument("--forward", default="8,16,20")
     parser.add_argument("--stock", default="1,2")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--recording-rounds", type=int, default=3)
     args = parser.parse_args()
     rows: list[str] = []
     per_call: dict[str, float] = {}
@@ -213,18 +215,23 @@ def main() -> None:
     if "forward" in per_call:
         print(f"calls per relay core (forwarding): **{1 / per_call['forward']:.0f}**")
 
-    # Recording on versus off, same load, side by side.
-    calls = int(args.forward.split(",")[0])
+    # Recording on versus off, same load, side by side: alternating rounds, so drift on the
+    # shared machine falls on both alike.
+    calls = int(args.forward.split(",")[1 if "," in args.forward else 0])
     relay = RelayProcess("forward")
+    off: list[float] = []
+    on: list[float] = []
     try:
-        off = run_load(relay, calls, args.seconds)
-        on = run_load(relay, calls, args.seconds, record=True)
+        for _ in range(args.recording_rounds):
+            off.append(run_load(relay, calls, args.seconds)["relay_cores"])
+            on.append(run_load(relay, calls, args.seconds, record=True)["relay_cores"])
     finally:
         relay.stop()
-    more = (on["relay_cores"] / off["relay_cores"] - 1) * 100
+    more = (sum(on) / sum(off) - 1) * 100
     print(
-        f"recording on vs off ({calls} calls): relay {on['relay_cores']:.3f} vs "
-        f"{off['relay_cores']:.3f} cores: **{more:+.0f}%**"
+        f"recording on vs off ({calls} calls, {len(on)} rounds each, alternating): relay "
+        f"{statistics.mean(on):.3f} vs {statistics.mean(off):.3f} cores: **{more:+.0f}%** "
+        f"(rounds: on {', '.join(f'{c:.3f}' for c in on)}; off {', '.join(f'{c:.3f}' for c in off)})"
     )
 
     times = asyncio.run(admit_to_first_frame(args.runs))

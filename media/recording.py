@@ -1,10 +1,12 @@
 """Recording without re-encoding: the forwarded packets, muxed into WebM (or Matroska for H.264).
 
 A `Recorder` listens to the call's publishers and hands their encoded frames to a writer thread
-(the event loop never waits on the disk). The container is opened once every video publisher has
-sent a keyframe (its size is read from it), or after `OPEN_AFTER` seconds with what has arrived;
-frames before that wait in memory. Each stream's timestamps start where its first frame fell
-after the recording began, so the streams stay in step.
+(the event loop never waits on the disk). The hand-over is a plain deque the thread drains a few
+times a second: a lock and a thread wake-up per frame cost more than muxing the frame. The
+container is opened once every video publisher has sent a keyframe (its size is read from it),
+or after `OPEN_AFTER` seconds with what has arrived; frames before that wait in memory. Each
+stream's timestamps start where its first frame fell after the recording began, so the streams
+stay in step.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +33,7 @@ logger = logging.getLogger("televisit.recording")
 
 OPEN_AFTER = 2.0
 MAX_QUEUED = 5_000
+DRAIN_SECONDS = 0.2
 _CODEC_NAMES = {"vp8": "libvpx", "opus": "libopus", "h264": "h264"}
 
 
@@ -68,9 +71,10 @@ class Recorder:
         self.path = folder / f"{call_id}-{stamp}-{self.id.hex[:8]}.{suffix}"
         self._format = "matroska" if suffix == "mkv" else "webm"
         self._started = time.monotonic()
-        self._queue: queue.Queue[tuple[Publisher, str, EncodedFrame] | None] = queue.Queue(
-            MAX_QUEUED
-        )
+        # Appended by the event loop, drained by the writer thread (deque operations are atomic).
+        self._queue: deque[tuple[Publisher, str, EncodedFrame]] = deque()
+        self._closing = threading.Event()
+        self.dropped = 0
         self._listeners: dict[Publisher, Any] = {}
         for publisher in self.publishers:
             listener = self._listener(publisher)
@@ -81,8 +85,10 @@ class Recorder:
 
     def _listener(self, publisher: Publisher) -> Any:
         def on_frame(codec: str, frame: EncodedFrame) -> None:
-            with contextlib.suppress(queue.Full):  # a stalled disk drops frames, not the call
-                self._queue.put_nowait((publisher, codec, frame))
+            if len(self._queue) >= MAX_QUEUED:  # a stalled disk drops frames, not the call
+                self.dropped += 1
+                return
+            self._queue.append((publisher, codec, frame))
 
         return on_frame
 
@@ -90,7 +96,7 @@ class Recorder:
         """Stop listening, finish the file; its size in bytes."""
         for publisher, listener in self._listeners.items():
             publisher.listeners.discard(listener)
-        self._queue.put(None)
+        self._closing.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         return self.path.stat().st_size if self.path.exists() else 0
 
@@ -104,22 +110,23 @@ class Recorder:
         last: dict[Publisher, int] = {}
         try:
             while True:
-                item = self._queue.get()
-                if item is None:
+                closing = self._closing.wait(DRAIN_SECONDS)
+                while self._queue:
+                    item = self._queue.popleft()
+                    if container is None:
+                        pending.append(item)
+                        if not self._ready(pending):
+                            continue
+                        container, streams = self._open(pending)
+                        items, pending = pending, []
+                    else:
+                        items = [item]
+                    for publisher, _codec, frame in items:
+                        stream = streams.get(publisher)
+                        if stream is not None:
+                            self._mux(container, stream, publisher, frame, origins, last)
+                if closing:
                     break
-                if container is None:
-                    pending.append(item)
-                    if not self._ready(pending):
-                        continue
-                    container, streams = self._open(pending)
-                    items, pending = pending, []
-                else:
-                    items = [item]
-                for publisher, _codec, frame in items:
-                    stream = streams.get(publisher)
-                    if stream is None:
-                        continue
-                    self._mux(container, stream, publisher, frame, origins, last)
             if container is None and pending:
                 container, streams = self._open(pending)
                 for publisher, _codec, frame in pending:
