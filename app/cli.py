@@ -37,8 +37,8 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     application = create_app(settings)
     # What is loaded by now (modules, schemas, mappers) lives as long as the process: take it
     # out of the collector's reach, so that a full collection scans only what serving creates.
-    # Without this, full collections of the startup heap stopped the event loop for 80-170 ms
-    # at a time under load (bench/signals.py's arrival figure, docs/benchmarks.md).
+    # Without this, full collections of the start-up heap stopped the event loop for up to
+    # 170 ms at a time under load (bench/signals.py's arrival figure, docs/benchmarks.md).
     gc.collect()
     gc.freeze()
     uvicorn.run(
