@@ -20,6 +20,9 @@ from app.db import Database
 from scheduling.models import Appointment, Availability, Status
 
 CONNECTED, RECONNECTING = "connected", "reconnecting"
+# Presence matters only while the patient is in the waiting room or the call: a finished visit
+# may keep the presence it last had, and must never be taken for a live one.
+_IN_ROOM = Appointment.status.in_([Status.WAITING.value, Status.IN_CALL.value])
 # Consult durations that estimate a wait: the clinician's latest this many calls.
 RECENT_CALLS = 20
 DEFAULT_CONSULT_SECONDS = 15 * 60
@@ -203,6 +206,11 @@ async def expire_grace(db: Database, *, now: dt.datetime) -> list[Expired]:
     """Patients whose grace period ran out: out of the queue, or their call ended."""
     expired: list[Expired] = []
     gone = and_(Appointment.patient_presence == RECONNECTING, Appointment.presence_deadline <= now)
+    # The sweeper asks every second: a read on the indexed deadline first, so that no write
+    # transaction (on SQLite, the process's write lock) is taken when nothing ran out.
+    async with db.session(write=False) as session:
+        if await session.scalar(select(Appointment.id).where(gone).limit(1)) is None:
+            return expired
     async with db.session(write=True) as session:
         waiting = await session.execute(
             update(Appointment)
@@ -241,7 +249,7 @@ async def processes_with_patients(db: Database) -> list[str]:
     async with db.session(write=False) as session:
         result = await session.execute(
             select(Appointment.patient_process)
-            .where(Appointment.patient_presence == CONNECTED)
+            .where(Appointment.patient_presence == CONNECTED, _IN_ROOM)
             .distinct()
         )
         return [process for process in result.scalars() if process]
@@ -257,6 +265,7 @@ async def process_gone(
             .where(
                 Appointment.patient_process == process,
                 Appointment.patient_presence == CONNECTED,
+                _IN_ROOM,
             )
             .values(patient_presence=RECONNECTING, presence_deadline=deadline)
             .returning(Appointment.id, Appointment.clinician_id)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from app.audit import record_event
 from app.config import Settings
-from app.db import Database
+from app.db import Database, utcnow
 from app.events import Event
 from scheduling import calls, consent
 from scheduling.models import Appointment, Status
@@ -52,10 +52,6 @@ class QueueWatcher(Protocol):
 
 
 ParticipantHandler = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class SignalingError(Exception):
@@ -85,7 +81,6 @@ class Signaling:
         self._dirty: set[uuid.UUID] = set()
         self._hosted: dict[uuid.UUID, Subscription] = {}
         self._consult: dict[uuid.UUID, tuple[int, float]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     # Life --------------------------------------------------------------------------------
@@ -105,18 +100,12 @@ class Signaling:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for task in list(self._tasks) + list(self._refreshing.values()):
+        for task in list(self._refreshing.values()):
             task.cancel()
         if self.media is not None:
             await self.media.shutdown()
         await self.liveness.stop()
         await self.broker.stop()
-
-    def spawn(self, coroutine: Awaitable[Any], name: str) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # Queue -------------------------------------------------------------------------------
 
@@ -225,7 +214,7 @@ class Signaling:
             if current is None or current.clinician_id != clinician_id:
                 raise SignalingError("not_found", "No such appointment in your queue.")
             raise SignalingError("invalid_transition", f"The appointment is {current.status}.")
-        await self.finish_call(ended, "ended")
+        await self.finish_call(ended.id, ended.clinician_id, "ended")
 
     async def no_show(self, clinician_id: uuid.UUID, appointment_id: uuid.UUID) -> None:
         marked = await calls.no_show(
@@ -280,14 +269,17 @@ class Signaling:
             )
         await self.media_request(call_id, CLINICIAN, "record", {"action": action})
 
-    async def finish_call(self, appointment: Appointment, reason: str) -> None:
+    async def finish_call(self, call_id: uuid.UUID, clinician_id: uuid.UUID, reason: str) -> None:
         """The call is over (already `completed` in the database): tell everyone, free the relay."""
-        self._consult.pop(appointment.clinician_id, None)
-        await self.media_request(appointment.id, CLINICIAN, "close", {}, reroute=False)
-        await self.close_participant(appointment.id, PATIENT, messages.ended(reason), 1000)
-        await self.to_participant(appointment.id, CLINICIAN, messages.ended(reason, appointment.id))
-        await self.broker.publish(f"participant:{appointment.id}:{CLINICIAN}", {"release": True})
-        await self.queue_changed(appointment.clinician_id)
+        self._consult.pop(clinician_id, None)
+        await self.media_request(call_id, CLINICIAN, "close", {}, reroute=False)
+        await self.close_participant(call_id, PATIENT, messages.ended(reason), 1000)
+        # One message: the console is told, then lets go of the call.
+        await self.broker.publish(
+            f"participant:{call_id}:{CLINICIAN}",
+            {"send": messages.ended(reason, call_id), "release": True},
+        )
+        await self.queue_changed(clinician_id)
 
     # Media routing -------------------------------------------------------------------------
 
@@ -417,7 +409,7 @@ class Signaling:
                 self.db, appointment.id, reason="consent_withdrawn", now=now
             )
             if ended is not None:
-                await self.finish_call(ended, "consent_withdrawn")
+                await self.finish_call(ended.id, ended.clinician_id, "consent_withdrawn")
         elif appointment.status == Status.WAITING:
             left = await calls.leave_queue(self.db, appointment.id, now=now)
             if left is not None:
@@ -445,9 +437,7 @@ class Signaling:
     async def sweep_once(self) -> None:
         for expired in await calls.expire_grace(self.db, now=utcnow()):
             if expired.was_in_call:
-                appointment = await calls.get(self.db, expired.appointment_id)
-                if appointment is not None:
-                    await self.finish_call(appointment, "patient_left")
+                await self.finish_call(expired.appointment_id, expired.clinician_id, "patient_left")
             else:
                 await self.queue_changed(expired.clinician_id)
 

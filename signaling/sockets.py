@@ -208,7 +208,10 @@ class PatientSession(Connection):
             return
         call_id = self.appointment.id
         if isinstance(message, messages.DeviceCheck):
-            await self.signaling.device_checked(self.appointment, message.verdict)
+            # A write and a queue refresh for every clinician's console: only when it changed.
+            if message.verdict != self.appointment.connection_check:
+                await self.signaling.device_checked(self.appointment, message.verdict)
+                self.appointment.connection_check = message.verdict
             return
         if isinstance(message, messages.Leave):
             if self.in_call:
