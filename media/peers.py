@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -23,8 +22,6 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcconfiguration import RTCBundlePolicy
-
-logger = logging.getLogger("televisit.media")
 
 # Never sent to by default: link-local (which holds the cloud metadata service 169.254.169.254),
 # multicast, unspecified, and the other clouds' metadata addresses.
@@ -141,4 +138,4 @@ def ice_ufrag(sdp: str) -> str | None:
     return match.group(1) if match else None
 
 
-__all__ = ["Peer", "PeerFilter", "PeerRegistry", "ice_configuration", "ice_ufrag", "logger"]
+__all__ = ["Peer", "PeerFilter", "PeerRegistry", "ice_configuration", "ice_ufrag"]

@@ -61,12 +61,18 @@ def vp8_size(data: bytes) -> tuple[int, int] | None:
 
 
 class Recorder:
-    def __init__(self, folder: Path, call_id: uuid.UUID, publishers: Iterable[Publisher]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        call_id: uuid.UUID,
+        publishers: Iterable[Publisher],
+        video_codec: str | None,
+    ) -> None:
         self.id = uuid.uuid4()
         folder.mkdir(parents=True, exist_ok=True)
         self.publishers = list(publishers)
-        video_codecs = {p.codec for p in self.publishers if p.kind == "video" and p.codec}
-        suffix = "mkv" if "h264" in video_codecs else "webm"
+        # The call's negotiated codec, known before any frame arrives (WebM cannot hold H.264).
+        suffix = "mkv" if video_codec == "h264" else "webm"
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         self.path = folder / f"{call_id}-{stamp}-{self.id.hex[:8]}.{suffix}"
         self._format = "matroska" if suffix == "mkv" else "webm"
@@ -98,6 +104,8 @@ class Recorder:
             publisher.listeners.discard(listener)
         self._closing.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        if self.dropped:
+            logger.warning("recording dropped frames", extra={"count": self.dropped})
         return self.path.stat().st_size if self.path.exists() else 0
 
     # The writer thread -------------------------------------------------------------------

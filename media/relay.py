@@ -37,6 +37,7 @@ from media.recording import Recorder, RecordingLog
 from media.stats import CallStats, participant_stats
 from media.tracks import ForwardedTrack, Publisher
 from media.transcode import TranscodedTrack
+from signaling import messages
 from signaling.hub import SignalingError
 from signaling.media import Consent, Emit
 
@@ -277,11 +278,10 @@ class Relay:
                 await self.emit(
                     room.id,
                     participant.role,
-                    {
-                        "type": "error",
-                        "code": "negotiation_failed",
-                        "message": "The relay could not use that description; offer again.",
-                    },
+                    messages.error(
+                        "negotiation_failed",
+                        "The relay could not use that description; offer again.",
+                    ),
                 )
 
     # Negotiation ---------------------------------------------------------------------------
@@ -298,11 +298,7 @@ class Relay:
             await self.emit(
                 room.id,
                 role,
-                {
-                    "type": "error",
-                    "code": "negotiation_in_progress",
-                    "message": "Answer the relay's offer first.",
-                },
+                messages.error("negotiation_in_progress", "Answer the relay's offer first."),
             )
             return
         if not reuse:
@@ -499,12 +495,8 @@ class Relay:
         return None
 
     def _unsubscribe_all(self, room: Room, participant: Participant) -> None:
-        for (role, kind), track in participant.subscriptions.items():
-            publisher = room.publishers.get((role, kind))
-            if isinstance(track, ForwardedTrack) and publisher is not None:
-                publisher.unsubscribe(track)
-            else:
-                track.stop()
+        for key, track in participant.subscriptions.items():
+            room.publishers[key].unsubscribe(track)
         participant.subscriptions.clear()
 
     async def _drop_connection(self, room: Room, role: str) -> None:
@@ -527,7 +519,9 @@ class Relay:
     async def _start_recording(self, room: Room) -> None:
         if room.recorder is not None or self.recordings is None:
             return
-        recorder = Recorder(self.settings.recordings_dir, room.id, room.publishers.values())
+        recorder = Recorder(
+            self.settings.recordings_dir, room.id, room.publishers.values(), room.video_codec
+        )
         room.recorder = recorder
         await self.recordings.started(room.id, recorder.id, recorder.path.name)
         for publisher in room.publishers.values():
@@ -594,8 +588,8 @@ class Relay:
     def _negotiate_again(self, room: Room, role: str) -> dict[str, Any]:
         """The contract's way to say "negotiate a new peer connection for this call"."""
         if role == PATIENT:
-            return {"type": "admitted", "ice_servers": room.ice_servers}
-        return {"type": "call", "appointment_id": str(room.id), "ice_servers": room.ice_servers}
+            return messages.admitted(room.ice_servers)
+        return messages.call(room.id, room.ice_servers)
 
     async def _send_stats(self, room: Room, now: float) -> None:
         rows = []

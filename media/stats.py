@@ -35,7 +35,7 @@ async def participant_stats(
 ) -> PeerStats:
     """One participant's quality now; `marks` keeps each role's byte count between calls."""
     report = await pc.getStats()
-    rtts, losses, jitters = [], [], []
+    rtts, jitters = [], []
     received = lost = 0
     for stat in report.values():
         kind = getattr(stat, "type", None)
@@ -46,8 +46,6 @@ async def participant_stats(
             lost += max(0, stat.packetsLost)
             clock = CLOCK.get(stat.kind, 90_000)
             jitters.append(stat.jitter / clock * 1000.0)
-        elif kind == "remote-inbound-rtp" and stat.fractionLost is not None:
-            losses.append(stat.fractionLost / 256.0)
     total_bytes = sum(p.bytes for (r, _k), p in room.publishers.items() if r == role)
     previous = marks.get(role)
     marks[role] = (total_bytes, now)

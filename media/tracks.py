@@ -46,19 +46,15 @@ class ForwardedTrack(MediaStreamTrack):
         self._source: object | None = None
         self._last_in = 0
         self._pts = 0
-        self.frames_dropped = 0
-        self.frames_sent = 0
 
     def push(self, frame: EncodedFrame, source: object) -> None:
         if self.readyState != "live":
             return
         if self._waiting_keyframe:
             if not frame.keyframe:
-                self.frames_dropped += 1
                 return
             self._waiting_keyframe = False
         if len(self._queue) >= MAX_QUEUED[self.kind]:
-            self.frames_dropped += len(self._queue)
             self._queue.clear()
             if self.kind == "video":
                 # Later frames refer to the dropped ones: start again at a keyframe.
@@ -93,7 +89,6 @@ class ForwardedTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        self.frames_sent += 1
         return self._queue.popleft()
 
     def stop(self) -> None:
@@ -167,6 +162,8 @@ class Publisher:
         self.ask_keyframe()
         return track
 
-    def unsubscribe(self, track: ForwardedTrack) -> None:
-        self.subscribers.discard(track)
+    def unsubscribe(self, track: MediaStreamTrack) -> None:
+        """End a subscription: a forwarded track, or a transcoder (which listens, and stops)."""
+        if isinstance(track, ForwardedTrack):
+            self.subscribers.discard(track)
         track.stop()
