@@ -5,7 +5,7 @@
 // short-lived bearer token, renewed through an in-page dialog so a call is never interrupted.
 
 import { api, ApiError, clearSession, describe, freshToken, loginUrl, readSession, sessionValid, setReauthenticator, socketUrl } from "./api.js";
-import { byId, confirmDialog, el } from "./dom.js";
+import { byId, confirmDialog, el, setText } from "./dom.js";
 import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
@@ -293,7 +293,8 @@ function renderQueue() {
 
 function renderWaitingTimes() {
   for (const span of queueList.querySelectorAll(".waited")) {
-    if (span.dataset.since) span.textContent = `waiting ${waitedFor({ waiting_since: span.dataset.since })}`;
+    // Inside a live region: only a text that changed is written (and maybe announced).
+    if (span.dataset.since) setText(span, `waiting ${waitedFor({ waiting_since: span.dataset.since })}`);
   }
 }
 

@@ -27,14 +27,6 @@ export function el(tag, attributes = {}, ...children) {
   return element;
 }
 
-export function show(element, visible = true) {
-  element.hidden = !visible;
-}
-
-export function hide(element) {
-  element.hidden = true;
-}
-
 export function setText(element, text) {
   if (element.textContent !== text) element.textContent = text;
 }

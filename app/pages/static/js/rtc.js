@@ -190,8 +190,8 @@ export async function connectionTest({ iceServers, exchange, timeoutMs = 10_000 
     );
     if (!connected || pc.connectionState !== "connected") return "failed";
     return await pathKind(pc);
-  } catch (error) {
-    return error && error.unknown ? "unknown" : "failed";
+  } catch {
+    return "failed";
   } finally {
     pc.close();
   }

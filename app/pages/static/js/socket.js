@@ -27,7 +27,7 @@ export class Channel {
     this.heartbeat = null;
     this.lastHeard = 0;
     this.stopped = false;
-    this.status = "idle";
+    this.everOpened = false;
     this._online = () => this._networkBack();
     this._offline = () => this._drop("offline");
     window.addEventListener("online", this._online);
@@ -66,12 +66,7 @@ export class Channel {
     return true;
   }
 
-  get open() {
-    return Boolean(this.socket && this.socket.readyState === WebSocket.OPEN);
-  }
-
   _setStatus(status, detail) {
-    this.status = status;
     this.onStatus(status, detail);
   }
 

@@ -69,31 +69,34 @@ export function weekStart(date, timeZone) {
   return addDays(p, -p.weekday);
 }
 
+const FORMATS = {
+  time: { hour: "2-digit", minute: "2-digit" },
+  day: { weekday: "long", day: "numeric", month: "long" },
+  dateTime: { weekday: "long", day: "numeric", month: "long", year: "numeric", hour: "2-digit", minute: "2-digit" },
+};
+const formatters = new Map();
+
+/** One Intl formatter per zone and format: building one costs more than formatting. */
+function formatter(kind, timeZone) {
+  const key = `${kind} ${timeZone}`;
+  let found = formatters.get(key);
+  if (!found) {
+    found = new Intl.DateTimeFormat(undefined, { timeZone, ...FORMATS[kind] });
+    formatters.set(key, found);
+  }
+  return found;
+}
+
 export function formatTime(value, timeZone) {
-  return new Intl.DateTimeFormat(undefined, { timeZone, hour: "2-digit", minute: "2-digit" }).format(
-    new Date(value),
-  );
+  return formatter("time", timeZone).format(new Date(value));
 }
 
 export function formatDay(value, timeZone) {
-  return new Intl.DateTimeFormat(undefined, {
-    timeZone,
-    weekday: "long",
-    day: "numeric",
-    month: "long",
-  }).format(new Date(value));
+  return formatter("day", timeZone).format(new Date(value));
 }
 
 export function formatDateTime(value, timeZone) {
-  return new Intl.DateTimeFormat(undefined, {
-    timeZone,
-    weekday: "long",
-    day: "numeric",
-    month: "long",
-    year: "numeric",
-    hour: "2-digit",
-    minute: "2-digit",
-  }).format(new Date(value));
+  return formatter("dateTime", timeZone).format(new Date(value));
 }
 
 /** The zone's short name at that instant ("EST", "GMT+1"). */

@@ -6,7 +6,7 @@
 // server keeps the patient's place (or call) for a grace period and sends `admitted` again,
 // upon which a new peer connection is negotiated.
 
-import { ApiError, describe, socketUrl } from "./api.js";
+import { api, ApiError, describe, socketUrl } from "./api.js";
 import { announce, byId, showScreen } from "./dom.js";
 import {
   chime,
@@ -59,30 +59,10 @@ const state = {
 
 // HTTP --------------------------------------------------------------------------------------
 
-function visitHeaders(extra = {}) {
-  const headers = { Accept: "application/json", ...extra };
-  if (state.verification) headers["X-Visit-Verification"] = state.verification;
-  return headers;
-}
-
-async function visitRequest(suffix, { method = "GET", json } = {}) {
-  const response = await fetch(`${path}${suffix}`, {
-    method,
-    headers: visitHeaders(json === undefined ? {} : { "Content-Type": "application/json" }),
-    body: json === undefined ? undefined : JSON.stringify(json),
-    credentials: "omit",
-    cache: "no-store",
-  });
-  if (!response.ok) {
-    let error = {};
-    try {
-      error = (await response.json()).error || {};
-    } catch {
-      // Not JSON.
-    }
-    throw new ApiError(response.status, error.code, error.message, error.details);
-  }
-  return response.json();
+/** The visit's API: no staff session, the birth-date proof when the practice asks for one. */
+function visitRequest(suffix, { method = "GET", json } = {}) {
+  const headers = state.verification ? { "X-Visit-Verification": state.verification } : {};
+  return api(`${path}${suffix}`, { method, json, headers, auth: false });
 }
 
 // Loading and the problems a link can have --------------------------------------------------
@@ -437,6 +417,9 @@ function onError(message) {
       leaveCallMedia();
       state.phase = "prepare";
       renderConsent(null);
+      // Back to the device check: the preview (and its level meter) with it.
+      byId("slot-prepare").append(localVideo.parentElement);
+      if (state.media) renderMedia();
       showScreen(screens, "prepare");
       byId("consent-state").textContent = "Please agree to the consent before joining.";
       break;
@@ -470,6 +453,9 @@ function enterWaiting(position, estimate) {
   state.phase = "waiting";
   if (firstTime) {
     document.title = "Waiting room — Televisit";
+    // The level meter belongs to the device check: no analyser running on a hidden screen.
+    state.meter?.stop();
+    state.meter = null;
     byId("slot-waiting").append(localVideo.parentElement);
     showScreen(screens, "waiting");
   }
