@@ -33,6 +33,29 @@ from app.db import Database, create_engine  # noqa: E402
 from tests.factories import access_token, make_user, set_hours  # noqa: E402
 from tests.live import LiveServer, start_server  # noqa: E402
 
+# Readings of a process, from /proc ------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 SECRET = "bench-secret-" + "b" * 40
 POSTGRES_ADMIN = os.environ.get(
     "TELEVISIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -154,8 +177,7 @@ class LoadResult:
         return len(self.statuses) / self.elapsed
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return percentile(self.latencies, q)
 
     @property
     def p50(self) -> float:

@@ -32,9 +32,12 @@ from _common import (
     POSTGRES_ADMIN,
     SECRET,
     Backend,
+    cpu_seconds,
     load,
+    percentile,
     postgres_backend,
     request_bytes,
+    rss_bytes,
     settings_for,
     sqlite_backend,
     temp_folder,
@@ -66,25 +69,6 @@ def serve(url: str, log: Path, **extra: str) -> LiveServer:
         log_path=log,
         timeout=60,
     )
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # Seeding -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import Settings
+from bench._common import rss_bytes
 from media import hooks
 from media.relay import Relay
 from tests.media.clients import until
@@ -31,11 +32,7 @@ from tests.media.harness import Log, Outbox, Peer, consent
 
 
 def rss_mib() -> float:
-    with open(f"/proc/{os.getpid()}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_bytes(os.getpid()) / 2**20
 
 
 async def one_call(relay: Relay, outbox: Outbox) -> None:

@@ -167,8 +167,10 @@ async def pages(browser: Browser, server: LiveServer) -> AsyncIterator[Pages]:
     collected = Pages(browser=browser, server=server, errors=[])
     yield collected
     # Scripts that throw are bugs even when the test's assertions passed.
+    # Console errors (a refused media permission, a failed fetch a test provoked) are shown
+    # beside them, for the diagnosis.
     uncaught = [e for e in collected.errors if e.startswith("pageerror")]
-    assert not uncaught, uncaught
+    assert not uncaught, collected.errors
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,8 @@ def turn_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
+        else:
+            raise RuntimeError(f"coturn did not listen on 127.0.0.1:{port} within 10 s")
         yield f"turn:127.0.0.1:{port}", secret
     finally:
         process.terminate()

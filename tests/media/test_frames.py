@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+
+from media import frames
 from media.frames import EncodedFrame, FrameAssembler, is_keyframe
 
 
@@ -63,14 +66,16 @@ class TestVideo:
         feed(target, [first[0], first[2], first[1], *second])
         assert [f.data for f in out] == [KEY + b"12", DELTA + b"3"]
 
-    def test_a_lost_packet_drops_frames_until_a_keyframe_and_asks_for_one(self) -> None:
+    def test_a_lost_packet_drops_frames_until_a_keyframe_and_asks_for_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # No patience: the first packet after the gap gives up on it (as GAP_PATIENCE would).
+        monkeypatch.setattr(frames, "GAP_PATIENCE", 0.0)
         target, out = assembler()
         feed(target, frame_packets(10, 1, [KEY]))
         lost = frame_packets(11, 2, [DELTA, b"lost", b"c"])
         later = frame_packets(14, 3, [DELTA, b"d"]) + frame_packets(16, 4, [DELTA])
         asks = feed(target, [lost[0], lost[2], *later])
-        # More than GAP_PATIENCE of packets: simulate the wait by giving up explicitly.
-        asks += [target._give_up_gap(Codec("VP8"), 0.0)]
         keyframe = frame_packets(17, 5, [KEY, b"k"])
         feed(target, keyframe)
         assert [f.data for f in out] == [KEY, KEY + b"k"]
