@@ -5,6 +5,13 @@ for a socket, or schedules work); one process has one Redis pub/sub connection h
 sockets it serves, subscribing a channel when its first local subscriber arrives and
 unsubscribing when its last leaves.
 
+Two ways to publish: `publish` waits for Redis to say how many processes received the message
+(the media routing needs that count), `post` does not wait. Posting is the hot path (every
+message between a call's participants, every queue change): it goes out on a connection of its
+own on which Redis sends no replies (`CLIENT REPLY OFF`), so a message costs one write and no
+round trip. Redis handles one connection's commands in order, so posts to a channel arrive in
+the order they were made.
+
 Processes also announce that they live (`Liveness`): a key with a short expiry, refreshed by
 each live process, so the others can take over the rooms of one that died.
 """
@@ -20,12 +27,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger("televisit.broker")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 PREFIX = "televisit:"
 CONFIRM_SECONDS = 2.0
+WRITE_TIMEOUT_SECONDS = 5.0
+# How the posting connection shows in Redis's CLIENT LIST.
+POSTER_NAME = "televisit-poster"
 
 
 class Subscription:
@@ -51,6 +63,10 @@ class Broker:
     async def publish(self, channel: str, message: dict[str, Any]) -> int:
         """Deliver to every subscriber of the channel; the number of receivers."""
         return await self._dispatch(channel, message)
+
+    async def post(self, channel: str, message: dict[str, Any]) -> None:
+        """Deliver to every subscriber of the channel, without learning how many there were."""
+        await self._dispatch(channel, message)
 
     async def subscribe(self, channel: str, handler: Handler) -> Subscription:
         subscription = Subscription(self, channel, handler)
@@ -86,6 +102,7 @@ class RedisBroker(Broker):
         self._redis = redis
         self._pubsub: PubSub = redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
+        self._poster = _Poster(redis)
         # Redis confirms a SUBSCRIBE asynchronously; until then a PUBLISH can pass it by.
         self._confirming: dict[str, asyncio.Future[None]] = {}
 
@@ -104,11 +121,15 @@ class RedisBroker(Broker):
                 await self._reader
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        await self._poster.close()
         await super().stop()
 
     async def publish(self, channel: str, message: dict[str, Any]) -> int:
         receivers = await self._redis.publish(PREFIX + channel, json.dumps(message))
         return int(receivers)
+
+    async def post(self, channel: str, message: dict[str, Any]) -> None:
+        await self._poster.publish(PREFIX + channel, json.dumps(message))
 
     async def subscribe(self, channel: str, handler: Handler) -> Subscription:
         first = channel not in self._handlers
@@ -167,6 +188,87 @@ class RedisBroker(Broker):
             except (ValueError, TypeError):
                 continue
             await self._dispatch(channel.removeprefix(PREFIX), payload)
+
+
+class _Poster:
+    """PUBLISH without a round trip: one connection on which Redis sends no replies.
+
+    Nothing arrives on that connection, so a read on it returns only when it closes: a watcher
+    notices and the next post opens a new one. A post that fails to write is tried once more on a
+    new connection, and then raises. What was written just before Redis went away can be lost
+    unnoticed; pub/sub delivers at most once anyway (a subscriber reconnecting misses what was
+    published meanwhile), and every client reconnects and starts its negotiation again.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._pool = redis.connection_pool
+        self._connection: AbstractConnection | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()
+
+    async def publish(self, channel: str, data: str) -> None:
+        connection = await self._open()
+        try:
+            await self._send(connection, channel, data)
+        except (RedisConnectionError, OSError):
+            if self._connection is connection:
+                await self._drop()
+            await self._send(await self._open(), channel, data)
+
+    @staticmethod
+    async def _send(connection: AbstractConnection, channel: str, data: str) -> None:
+        if not connection.is_connected:
+            # redis-py would connect it again, without replies turned off.
+            raise RedisConnectionError("the posting connection closed")
+        # The write waits only when Redis stops reading; then it gives up, as a command would.
+        async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+            await connection.send_packed_command(
+                connection.pack_command("PUBLISH", channel, data), check_health=False
+            )
+
+    async def _open(self) -> AbstractConnection:
+        connection = self._connection
+        if connection is not None and connection.is_connected:
+            return connection
+        async with self._opening:
+            connection = self._connection
+            if connection is not None and connection.is_connected:
+                return connection
+            await self._drop()
+            # No socket timeout on this connection: its watcher's read must wait for ever, and a
+            # write bounded by redis-py's timeout would cost a task each (asyncio.wait_for).
+            pool = self._pool
+            connection = pool.connection_class(
+                **{**pool.connection_kwargs, "socket_timeout": None, "client_name": POSTER_NAME}
+            )
+            await connection.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
+            self._connection = connection
+            self._watcher = asyncio.create_task(self._watch(connection), name="redis-poster")
+            return connection
+
+    async def _watch(self, connection: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            await connection.read_response(disconnect_on_error=True)
+        # Closed by Redis (or something arrived that should not have): start afresh next time.
+        if self._connection is connection:
+            self._connection = None
+        with contextlib.suppress(Exception):
+            await connection.disconnect(nowait=True)
+
+    async def _drop(self) -> None:
+        watcher, connection = self._watcher, self._connection
+        self._watcher = self._connection = None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+
+    async def close(self) -> None:
+        await self._drop()
 
 
 class Liveness:

@@ -128,7 +128,7 @@ class Signaling:
                 await subscription.cancel()
 
     async def queue_changed(self, clinician_id: uuid.UUID) -> None:
-        await self.broker.publish(f"queue:{clinician_id}", {"changed": str(clinician_id)})
+        await self.broker.post(f"queue:{clinician_id}", {"changed": str(clinician_id)})
 
     async def snapshot(self, clinician_id: uuid.UUID) -> Snapshot:
         rows = await calls.queue_rows(self.db, clinician_id)
@@ -166,19 +166,19 @@ class Signaling:
     # Participants --------------------------------------------------------------------------
 
     async def to_participant(self, call_id: uuid.UUID, role: str, message: dict[str, Any]) -> None:
-        await self.broker.publish(f"participant:{call_id}:{role}", {"send": message})
+        await self.broker.post(f"participant:{call_id}:{role}", {"send": message})
 
     async def close_participant(
         self, call_id: uuid.UUID, role: str, message: dict[str, Any], code: int
     ) -> None:
-        await self.broker.publish(f"participant:{call_id}:{role}", {"send": message, "close": code})
+        await self.broker.post(f"participant:{call_id}:{role}", {"send": message, "close": code})
 
     async def join_participant(
         self, call_id: uuid.UUID, role: str, socket_id: str, handler: ParticipantHandler
     ) -> Subscription:
         """Subscribe a socket as this participant, after telling any earlier socket to go."""
         channel = f"participant:{call_id}:{role}"
-        await self.broker.publish(channel, {"takeover": socket_id})
+        await self.broker.post(channel, {"takeover": socket_id})
         return await self.broker.subscribe(channel, handler)
 
     def ice_servers(self, appointment: Appointment) -> list[dict[str, Any]]:
@@ -275,7 +275,7 @@ class Signaling:
         await self.media_request(call_id, CLINICIAN, "close", {}, reroute=False)
         await self.close_participant(call_id, PATIENT, messages.ended(reason), 1000)
         # One message: the console is told, then lets go of the call.
-        await self.broker.publish(
+        await self.broker.post(
             f"participant:{call_id}:{CLINICIAN}",
             {"send": messages.ended(reason, call_id), "release": True},
         )

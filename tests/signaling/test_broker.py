@@ -1,0 +1,140 @@
+"""The fan-out: in one process, and across processes through a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from signaling.broker import POSTER_NAME, PREFIX, Broker, RedisBroker
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self.changed.set()
+
+    async def until(self, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(5):
+            while len(self.messages) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.messages
+
+
+async def test_in_memory_post_and_publish_reach_every_subscriber_in_order() -> None:
+    broker = Broker()
+    first, second = Inbox(), Inbox()
+    await broker.subscribe("c", first)
+    subscription = await broker.subscribe("c", second)
+    for i in range(5):
+        await broker.post("c", {"i": i})
+    assert await broker.publish("c", {"i": 5}) == 2
+    await subscription.cancel()
+    assert await broker.publish("c", {"i": 6}) == 1
+    assert [m["i"] for m in first.messages] == [0, 1, 2, 3, 4, 5, 6]
+    assert [m["i"] for m in second.messages] == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def brokers(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
+    """Two processes' brokers (their own Redis clients), as two servers have."""
+    clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
+    pair = (RedisBroker(clients[0]), RedisBroker(clients[1]))
+    for broker in pair:
+        await broker.start()
+    yield pair
+    for broker in pair:
+        await broker.stop()
+    for client in clients:
+        await client.aclose()
+
+
+async def test_posts_cross_processes_in_order(brokers: tuple[RedisBroker, RedisBroker]) -> None:
+    here, there = brokers
+    channel = f"test:{uuid.uuid4().hex}"
+    inbox = Inbox()
+    await there.subscribe(channel, inbox)
+    for i in range(300):
+        await here.post(channel, {"i": i})
+    received = await inbox.until(300)
+    assert [m["i"] for m in received] == list(range(300))
+
+
+async def test_publish_counts_the_processes_that_received(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    here, there = brokers
+    channel = f"test:{uuid.uuid4().hex}"
+    assert await here.publish(channel, {"n": 0}) == 0
+    inbox_here, inbox_there = Inbox(), Inbox()
+    await here.subscribe(channel, inbox_here)
+    await there.subscribe(channel, inbox_there)
+    assert await here.publish(channel, {"n": 1}) == 2
+    assert (await inbox_there.until(1))[0] == {"n": 1}
+    assert (await inbox_here.until(1))[0] == {"n": 1}
+
+
+async def test_posting_recovers_when_redis_drops_its_connection(
+    brokers: tuple[RedisBroker, RedisBroker], redis: Redis
+) -> None:
+    here, there = brokers
+
+    async def posters() -> set[str]:
+        return {c["id"] for c in await redis.client_list() if c.get("name") == POSTER_NAME}
+
+    elsewhere = await posters()  # other servers' on the same Redis, if any
+    channel = f"test:{uuid.uuid4().hex}"
+    inbox = Inbox()
+    await there.subscribe(channel, inbox)
+    await here.post(channel, {"i": -1})
+    await inbox.until(1)
+    # The broker posts on a connection of its own (on which Redis sends no replies).
+    killed = await posters() - elsewhere
+    assert len(killed) == 1
+    await redis.client_kill_filter(_id=next(iter(killed)))
+
+    # Posting goes on without raising: once the broker has noticed, on a new connection.
+    async with asyncio.timeout(5):
+        while not any(m.get("after") for m in inbox.messages):
+            await here.post(channel, {"after": True})
+            await asyncio.sleep(0.05)
+    assert len(await posters() - elsewhere - killed) == 1
+    start = len(inbox.messages)
+    for i in range(50):
+        await here.post(channel, {"i": i})
+    received = await inbox.until(start + 50)
+    assert [m["i"] for m in received[start:]] == list(range(50))
+
+
+async def test_post_channels_carry_the_prefix(
+    brokers: tuple[RedisBroker, RedisBroker], redis: Redis
+) -> None:
+    """Other tenants of the Redis see Televisit's channels under its prefix."""
+    here, _there = brokers
+    channel = f"test:{uuid.uuid4().hex}"
+    outside = redis.pubsub()
+    await outside.subscribe(PREFIX + channel)
+    assert (await outside.get_message(timeout=2))["type"] == "subscribe"
+    await here.post(channel, {"x": 1})
+    message = None
+    async with asyncio.timeout(5):
+        while message is None:
+            message = await outside.get_message(timeout=1)
+    assert message["data"] == b'{"x": 1}'
+    await outside.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
