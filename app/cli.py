@@ -44,7 +44,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
     # Full collections scan every object serving keeps (60-120 ms each with ~1,000 sockets
     # open): one after every 100 middle-generation collections instead of 10. Young and middle
     # collections stay small (under 5 ms). Through bench/signals.py's one-process figures, full
-    # collections after start-up went from 6 (16-121 ms) to none (docs/benchmarks.md).
+    # collections after start-up went from 3 (15-121 ms) to none (docs/benchmarks.md).
     gc.set_threshold(700, 10, 100)
     uvicorn.run(
         application,

@@ -215,19 +215,32 @@ HOLD_SECONDS = 20.0
 # 2. Relayed messages ---------------------------------------------------------------------------
 
 
+async def console(base: str, clinician: str) -> ClientConnection:
+    desk = await open_ws(f"{base}/ws/clinic")
+    await desk.send(json.dumps({"type": "auth", "token": clinician}))
+    await until_type(desk, "queue")
+    return desk
+
+
+async def admitted(
+    desk: ClientConnection, patient_base: str, token: str, appointment_id: uuid.UUID
+) -> ClientConnection:
+    """The patient checks in and the console admits them; the patient's socket."""
+    patient = await open_ws(f"{patient_base}/ws/visits/{token}")
+    await until_type(patient, "waiting")
+    await desk.send(json.dumps({"type": "admit", "appointment_id": str(appointment_id)}))
+    await until_type(patient, "admitted")
+    # A console that holds several calls hears of each.
+    while (await until_type(desk, "call"))["appointment_id"] != str(appointment_id):
+        pass
+    return patient
+
+
 async def in_call(
     patient_base: str, clinic_base: str, token: str, appointment_id: uuid.UUID, clinician: str
 ) -> tuple[ClientConnection, ClientConnection]:
-    desk = await open_ws(f"{clinic_base}/ws/clinic")
-    await desk.send(json.dumps({"type": "auth", "token": clinician}))
-    await until_type(desk, "queue")
-    patient = await open_ws(f"{patient_base}/ws/visits/{token}")
-    await until_type(patient, "waiting")
-    await asyncio.sleep(0.3)
-    await desk.send(json.dumps({"type": "admit", "appointment_id": str(appointment_id)}))
-    await until_type(patient, "admitted")
-    await until_type(desk, "call")
-    return patient, desk
+    desk = await console(clinic_base, clinician)
+    return await admitted(desk, patient_base, token, appointment_id), desk
 
 
 async def relay_messages(
@@ -315,19 +328,12 @@ async def back_to_back(
     patients: list[ClientConnection] = []
 
     async def open_calls(clinician_id: uuid.UUID, clinician: str) -> None:
-        desk = await open_ws(f"{server.ws_url}/ws/clinic")
-        await desk.send(json.dumps({"type": "auth", "token": clinician}))
-        await until_type(desk, "queue")
+        desk = await console(server.ws_url, clinician)
         arrivals: dict[str, asyncio.Queue[None]] = {}
         held = []
         for row in rows:
             appointment_id, token = data["links"][clinician_id][row]
-            patient = await open_ws(f"{server.ws_url}/ws/visits/{token}")
-            await until_type(patient, "waiting")
-            await desk.send(json.dumps({"type": "admit", "appointment_id": str(appointment_id)}))
-            await until_type(patient, "admitted")
-            while (await until_type(desk, "call"))["appointment_id"] != str(appointment_id):
-                pass
+            patient = await admitted(desk, server.ws_url, token, appointment_id)
             arrivals[str(appointment_id)] = asyncio.Queue()
             calls.append((patient, arrivals[str(appointment_id)]))
             patients.append(patient)
@@ -359,10 +365,10 @@ async def back_to_back(
     cpu = cpu_seconds(server.process.pid) - before
     for task in readers:
         task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
     for desk, held in desks:
         for appointment_id in held:
-            await desk.send(json.dumps({"type": "end", "appointment_id": str(appointment_id)}))
-    await asyncio.sleep(1)
+            await end_call(desk, appointment_id)
     for ws in [*patients, *(desk for desk, _held in desks)]:
         await ws.close()
     return cpu / (per_worker * in_flight)
@@ -451,29 +457,24 @@ async def arrival_latency(server: LiveServer, data: dict[str, Any], arrivals: in
 
 
 async def post_cost(redis_url: str, count: int = 20000) -> tuple[float, float]:
-    """CPU of this process per message: redis-py's PUBLISH (a round trip) vs the broker's post."""
+    """CPU of this process per message sent through the Redis broker: `publish` (redis-py's
+    PUBLISH, a round trip) vs `post`."""
     from redis.asyncio import Redis
 
-    from signaling.broker import _Poster
-
-    def used() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+    from signaling.broker import RedisBroker
 
     redis = Redis.from_url(redis_url)
-    poster = _Poster(redis)
-    data = json.dumps({"send": {"type": "message", "from": "patient", "data": {"t": 1.0}}})
+    broker = RedisBroker(redis)
+    message = {"send": {"type": "message", "from": "patient", "data": {"t": 1.0}}}
     costs: dict[str, list[float]] = {"publish": [], "post": []}
     for _round in range(2):
         for kind in costs:
-            started = used()
+            send = broker.post if kind == "post" else broker.publish
+            started = cpu_seconds(os.getpid())
             for _ in range(count):
-                if kind == "post":
-                    await poster.publish("televisit:bench", data)
-                else:
-                    await redis.publish("televisit:bench", data)
-            costs[kind].append((used() - started) / count)
-    await poster.close()
+                await send("bench", message)
+            costs[kind].append((cpu_seconds(os.getpid()) - started) / count)
+    await broker.stop()
     await redis.aclose()
     return min(costs["publish"]), min(costs["post"])
 
