@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from app.db import Database
+from signaling.sockets import MAX_DROPPED, RATE_BURST
 from tests.conftest import TEST_SECRET
 from tests.factories import Staff, make_user
 from tests.live import LiveServer
@@ -460,6 +463,27 @@ class TestHostileInput:
             await asyncio.gather(*(patient.send({"type": "ping"}) for _ in range(150)))
             assert (await patient.expect("error"))["code"] == "rate_limited"
             await asyncio.sleep(1.5)
+            await patient.send({"type": "ping"})
+            await patient.expect("pong")
+
+    async def test_a_flood_that_goes_on_is_closed(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await grant(http, visit.token)
+        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
+            await patient.expect("waiting")
+            # The burst is answered; past it, every message is refused, and after MAX_DROPPED
+            # refusals the socket is closed as a policy violation.
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(int(RATE_BURST) + MAX_DROPPED + 100):
+                    await patient.send({"type": "ping"})
+            assert await patient.expect_close(within=10) == 1008
+            refusals = [m for m in patient.received if m.get("code") == "rate_limited"]
+            assert len(refusals) > MAX_DROPPED
+        # The server goes on: the same link connects again and keeps the patient's place.
+        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
+            await patient.expect("waiting")
             await patient.send({"type": "ping"})
             await patient.expect("pong")
 
