@@ -147,6 +147,13 @@ async def until_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
             raise RuntimeError(message)
 
 
+async def checked_in(base: str, token: str) -> ClientConnection:
+    """A patient opens their link and is in the waiting room: their socket."""
+    ws = await open_ws(f"{base}/ws/visits/{token}")
+    await asyncio.wait_for(until_type(ws, "waiting"), 60)
+    return ws
+
+
 # 1. Sockets ------------------------------------------------------------------------------------
 
 
@@ -172,8 +179,7 @@ async def hold_sockets(server: LiveServer, data: dict[str, Any], count: int) -> 
         nonlocal errors
         async with gate:
             try:
-                ws = await open_ws(f"{server.ws_url}/ws/visits/{token}")
-                await asyncio.wait_for(until_type(ws, "waiting"), 60)
+                ws = await checked_in(server.ws_url, token)
             except (RuntimeError, TimeoutError, OSError) as exc:
                 errors += 1
                 print(f"socket failed: {type(exc).__name__}", file=sys.stderr, flush=True)
@@ -227,8 +233,7 @@ async def admitted(
     desk: ClientConnection, patient_base: str, token: str, appointment_id: uuid.UUID
 ) -> ClientConnection:
     """The patient checks in and the console admits them; the patient's socket."""
-    patient = await open_ws(f"{patient_base}/ws/visits/{token}")
-    await until_type(patient, "waiting")
+    patient = await checked_in(patient_base, token)
     await desk.send(json.dumps({"type": "admit", "appointment_id": str(appointment_id)}))
     await until_type(patient, "admitted")
     # A console that holds several calls hears of each.
@@ -430,8 +435,7 @@ async def arrival_latency(server: LiveServer, data: dict[str, Any], arrivals: in
         consoles[clinician_id] = desk
         rows = data["links"][clinician_id]
         for _appointment_id, link in rows[:10]:
-            ws = await open_ws(f"{server.ws_url}/ws/visits/{link}")
-            await until_type(ws, "waiting")
+            ws = await checked_in(server.ws_url, link)
             waiting.append(ws)
         newcomers += [(clinician_id, a, t) for a, t in rows[10:12]]
     await asyncio.sleep(2)
