@@ -1,9 +1,11 @@
 """Fan-out between the sockets of one process, or of many processes through Redis.
 
-Channels carry small JSON objects. A subscriber's handler must be quick (it queues a message
+Channels carry small JSON objects. A subscriber's handler should be quick (it queues a message
 for a socket, or schedules work); one process has one Redis pub/sub connection however many
 sockets it serves, subscribing a channel when its first local subscriber arrives and
-unsubscribing when its last leaves.
+unsubscribing when its last leaves. A handler that may wait (the relay tearing a call down)
+is subscribed with `may_wait`: across processes it runs on a task of its channel's own, in the
+channel's order, so the one task that reads pub/sub for the whole process never waits for it.
 
 Two ways to publish: `publish` waits for Redis to say how many processes received the message
 (the media routing needs that count), `post` does not wait. Posting is the hot path (every
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,8 +44,11 @@ POSTER_NAME = "televisit-poster"
 
 
 class Subscription:
-    def __init__(self, broker: Broker, channel: str, handler: Handler) -> None:
+    def __init__(
+        self, broker: Broker, channel: str, handler: Handler, *, may_wait: bool = False
+    ) -> None:
         self.broker, self.channel, self.handler = broker, channel, handler
+        self.may_wait = may_wait
 
     async def cancel(self) -> None:
         await self.broker._unsubscribe(self)
@@ -68,8 +74,14 @@ class Broker:
         """Deliver to every subscriber of the channel, without learning how many there were."""
         await self._dispatch(channel, message)
 
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
-        subscription = Subscription(self, channel, handler)
+    async def subscribe(
+        self, channel: str, handler: Handler, *, may_wait: bool = False
+    ) -> Subscription:
+        """Call `handler` with every message published to the channel from now on.
+
+        In one process, `publish` and `post` wait for every handler, `may_wait` or not.
+        """
+        subscription = Subscription(self, channel, handler, may_wait=may_wait)
         self._handlers.setdefault(channel, []).append(subscription)
         return subscription
 
@@ -87,11 +99,15 @@ class Broker:
     async def _dispatch(self, channel: str, message: dict[str, Any]) -> int:
         handlers = list(self._handlers.get(channel, ()))
         for subscription in handlers:
-            try:
-                await subscription.handler(message)
-            except Exception as exc:
-                logger.exception("subscriber failed", extra={"error_type": type(exc).__name__})
+            await _deliver(subscription, message)
         return len(handlers)
+
+
+async def _deliver(subscription: Subscription, message: dict[str, Any]) -> None:
+    try:
+        await subscription.handler(message)
+    except Exception as exc:
+        logger.exception("subscriber failed", extra={"error_type": type(exc).__name__})
 
 
 class RedisBroker(Broker):
@@ -105,6 +121,9 @@ class RedisBroker(Broker):
         self._poster = _Poster(redis)
         # Redis confirms a SUBSCRIBE asynchronously; until then a PUBLISH can pass it by.
         self._confirming: dict[str, asyncio.Future[None]] = {}
+        # Messages for handlers that may wait, per channel, and the task working through each.
+        self._backlogs: dict[str, deque[tuple[Subscription, dict[str, Any]]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         # A channel nobody uses keeps the connection subscribed, so the reader has work at once.
@@ -115,10 +134,11 @@ class RedisBroker(Broker):
         self._reader = asyncio.create_task(self._read(), name="redis-broker")
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in [self._reader, *self._workers.values()]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         await self._poster.close()
@@ -131,9 +151,11 @@ class RedisBroker(Broker):
     async def post(self, channel: str, message: dict[str, Any]) -> None:
         await self._poster.publish(PREFIX + channel, json.dumps(message))
 
-    async def subscribe(self, channel: str, handler: Handler) -> Subscription:
+    async def subscribe(
+        self, channel: str, handler: Handler, *, may_wait: bool = False
+    ) -> Subscription:
         first = channel not in self._handlers
-        subscription = await super().subscribe(channel, handler)
+        subscription = await super().subscribe(channel, handler, may_wait=may_wait)
         if first:
             confirmed = asyncio.get_running_loop().create_future()
             self._confirming[channel] = confirmed
@@ -187,7 +209,31 @@ class RedisBroker(Broker):
                 payload = json.loads(message["data"])
             except (ValueError, TypeError):
                 continue
-            await self._dispatch(channel.removeprefix(PREFIX), payload)
+            await self._hand_over(channel.removeprefix(PREFIX), payload)
+
+    async def _hand_over(self, channel: str, message: dict[str, Any]) -> None:
+        for subscription in list(self._handlers.get(channel, ())):
+            if not subscription.may_wait:
+                await _deliver(subscription, message)
+                continue
+            self._backlogs.setdefault(channel, deque()).append((subscription, message))
+            if channel not in self._workers:
+                self._workers[channel] = asyncio.create_task(
+                    self._work_through(channel), name="redis-broker-channel"
+                )
+
+    async def _work_through(self, channel: str) -> None:
+        backlog = self._backlogs[channel]
+        try:
+            while backlog:
+                subscription, message = backlog.popleft()
+                # Gone meanwhile (a call's relay closed): what followed is not for it.
+                if subscription in self._handlers.get(channel, ()):
+                    await _deliver(subscription, message)
+        finally:
+            del self._workers[channel]
+            if not backlog:
+                del self._backlogs[channel]
 
 
 class _Poster:

@@ -292,8 +292,11 @@ class Signaling:
             await self.media.open_call(
                 appointment.id, consent=standing, ice_servers=self.ice_servers(appointment)
             )
+        # Tearing the relay down or starting a recording takes milliseconds: off the reader.
         self._hosted[appointment.id] = await self.broker.subscribe(
-            f"media:{appointment.id}", lambda message: self._on_media(appointment.id, message)
+            f"media:{appointment.id}",
+            lambda message: self._on_media(appointment.id, message),
+            may_wait=True,
         )
 
     async def _unhost(self, call_id: uuid.UUID) -> None:

@@ -138,3 +138,59 @@ async def test_post_channels_carry_the_prefix(
             message = await outside.get_message(timeout=1)
     assert message["data"] == b'{"x": 1}'
     await outside.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+
+async def test_a_handler_that_waits_holds_up_only_its_own_channel(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    """A relay tearing a call down must not stall every other message of its process."""
+    here, there = brokers
+    slow_channel, fast_channel = f"test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
+    release, finished = asyncio.Event(), asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(message: dict[str, Any]) -> None:
+        seen.append(message["i"])
+        if message["i"] == 0:
+            await release.wait()
+        if message["i"] == 2:
+            finished.set()
+
+    fast = Inbox()
+    await there.subscribe(slow_channel, slow, may_wait=True)
+    await there.subscribe(fast_channel, fast)
+    for i in range(3):
+        await here.post(slow_channel, {"i": i})
+    await here.post(fast_channel, {"n": 1})
+    # Posted after the slow channel's three, read after them, delivered while the first waits.
+    assert await fast.until(1) == [{"n": 1}]
+    assert seen == [0]
+    release.set()
+    await asyncio.wait_for(finished.wait(), 5)
+    assert seen == [0, 1, 2]
+
+
+async def test_what_waits_for_a_handler_that_left_is_dropped(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    here, there = brokers
+    channel, marker = f"test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(message: dict[str, Any]) -> None:
+        seen.append(message["i"])
+        if message["i"] == 0:
+            await release.wait()
+
+    subscription = await there.subscribe(channel, slow, may_wait=True)
+    marks = Inbox()
+    await there.subscribe(marker, marks)
+    for i in range(3):
+        await here.post(channel, {"i": i})
+    await here.post(marker, {})
+    await marks.until(1)  # 1 and 2 are waiting behind 0
+    await subscription.cancel()  # as a call's relay unsubscribes when the call closes
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*there._workers.values()), 5)
+    assert seen == [0]
