@@ -22,6 +22,7 @@ import contextlib
 import gc
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import time
@@ -167,7 +168,7 @@ def main() -> None:
     if backend is None:
         raise SystemExit(f"PostgreSQL at {POSTGRES_ADMIN} is not answering")
     folder = temp_folder()
-    redis_url = "redis://127.0.0.1:6379/0"
+    redis_url = os.environ.get("TELEVISIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     data = asyncio.run(seed(backend.url, 50, args.patients // 50 + 1))
     servers = [serve(backend.url, folder / "a.log", REDIS_URL=redis_url)]
     try:
