@@ -28,10 +28,13 @@ import statistics
 import time
 from typing import Any
 
-from _common import POSTGRES_ADMIN, percentile, postgres_backend, temp_folder
+from _common import POSTGRES_ADMIN, percentile, postgres_backend, settings_for, temp_folder
 from signals import checked_in, console, harness_gc_paused, seed, serve, until_type
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+
+from signaling.broker import RedisLiveness
+from signaling.hub import ORPHAN_CHECK_SECONDS
 
 PROBE_EVERY = 0.03
 QUIET_SECONDS = 5.0
@@ -181,6 +184,7 @@ def main() -> None:
         if backend.cleanup:
             backend.cleanup()
     quiet_p99 = percentile(result["quiet"], 0.99)
+    grace = settings_for(backend.url).reconnect_grace_seconds
     print("| figure | measured | result |")
     print("|---|---|---|")
     print(
@@ -189,7 +193,8 @@ def main() -> None:
     )
     print(
         f"| A killed: B's console shows its patients reconnecting | after "
-        f"{result['seen_after']:.1f} s (liveness key expiry 6 s, orphan check every 3 s) | |"
+        f"{result['seen_after']:.1f} s (liveness key expiry {RedisLiveness.TTL_SECONDS} s, "
+        f"orphan check every {ORPHAN_CHECK_SECONDS:.0f} s) | |"
     )
     print(summary("quiet, before the kill", result["quiet"], quiet_p99))
     print(summary("while B takes A's patients over", result["takeover"], quiet_p99))
@@ -199,7 +204,7 @@ def main() -> None:
         f"| {result['back']} in {result['rejoin_seconds']:.1f} s "
         f"({result['back'] / result['rejoin_seconds']:.0f} a second), {result['failed_rejoin']} "
         f"failed; the last {result['rejoin_ends_after_kill']:.1f} s after the kill "
-        f"| grace period 30 s from the takeover |"
+        f"| grace period {grace:.0f} s from the takeover |"
     )
 
 

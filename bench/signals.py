@@ -626,12 +626,12 @@ def main() -> None:
         postgres_backend() if args.backend == "postgresql" else sqlite_backend(temp_folder())
         for _ in range(3)
     ]
-    sockets, timing, pair = backends
-    if sockets is None or timing is None or pair is None:
+    holding, timing, pair = backends
+    if holding is None or timing is None or pair is None:
         raise SystemExit(f"PostgreSQL at {POSTGRES_ADMIN} is not answering")
     print("| backend | figure | measured | result |")
     print("|---|---|---|---|")
-    for line in run(sockets, timing, pair, args.sockets):
+    for line in run(holding, timing, pair, args.sockets):
         print(line, flush=True)
 
 

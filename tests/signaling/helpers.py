@@ -85,6 +85,15 @@ async def grant(
     return response
 
 
+async def consented_visit(
+    db: Database, http: httpx.AsyncClient, clinician: Person, *, by: Person, **details: Any
+) -> Visit:
+    """A booked visit whose patient has granted the video visit (`make_visit`, then `grant`)."""
+    visit = await make_visit(db, clinician, by=by, **details)
+    await grant(http, visit.token)
+    return visit
+
+
 @dataclass
 class Socket:
     """A WebSocket client that reads messages in the background, by type, with timeouts."""
@@ -165,6 +174,14 @@ async def open_socket(url: str, **headers: str) -> AsyncIterator[Socket]:
         finally:
             await connection.close()
             await reader
+
+
+@asynccontextmanager
+async def checked_in(base_ws: str, visit: Visit) -> AsyncIterator[Socket]:
+    """The patient's socket, once the waiting room has said `waiting`."""
+    async with open_socket(f"{base_ws}/ws/visits/{visit.token}") as patient:
+        await patient.expect("waiting")
+        yield patient
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from app.db import Database
 from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
-from tests.signaling.helpers import console, grant, items, make_visit, open_socket
+from tests.signaling.helpers import consented_visit, console, grant, items, make_visit, open_socket
 
 
 @pytest.fixture
@@ -35,8 +35,7 @@ class TestTwoProcesses:
         http: httpx.AsyncClient,
     ) -> None:
         a, b = pair
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         key = str(visit.appointment_id)
         async with console(b.ws_url, staff.clinician.token) as desk:
             await desk.expect("queue")
@@ -87,8 +86,7 @@ class TestTwoProcesses:
         http: httpx.AsyncClient,
     ) -> None:
         a, b = pair
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         key = str(visit.appointment_id)
         async with console(b.ws_url, staff.clinician.token) as desk:
             async with open_socket(f"{a.ws_url}/ws/visits/{visit.token}") as patient:

@@ -16,7 +16,16 @@ from signaling.sockets import MAX_DROPPED, RATE_BURST
 from tests.conftest import TEST_SECRET
 from tests.factories import Staff, make_user
 from tests.live import LiveServer
-from tests.signaling.helpers import Visit, console, grant, items, make_visit, open_socket
+from tests.signaling.helpers import (
+    Visit,
+    checked_in,
+    consented_visit,
+    console,
+    grant,
+    items,
+    make_visit,
+    open_socket,
+)
 
 
 async def status_of(http: httpx.AsyncClient, staff: Staff, visit: Visit) -> str:
@@ -47,8 +56,7 @@ class TestConsentGate:
     async def test_a_declined_or_withdrawn_consent_does_not_stand(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         await grant(http, visit.token, decision="withdrawn")
         async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
             assert (await patient.expect("error"))["code"] == "consent_required"
@@ -116,13 +124,13 @@ class TestQueue:
     async def test_console_gets_the_queue_at_once_and_on_every_arrival(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Ada Arrives")
-        await grant(http, visit.token)
+        visit = await consented_visit(
+            db, http, staff.clinician, by=staff.scheduler, name="Ada Arrives"
+        )
         async with console(live_server.ws_url, staff.clinician.token) as desk:
             initial = await desk.expect("queue")
             assert str(visit.appointment_id) not in items(initial)
-            async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-                await patient.expect("waiting")
+            async with checked_in(live_server.ws_url, visit):
                 queue = await desk.expect("queue", within=1.0)
                 item = items(queue)[str(visit.appointment_id)]
                 assert item["patient_name"] == "Ada Arrives"
@@ -138,8 +146,7 @@ class TestQueue:
     async def test_another_clinicians_patients_are_not_in_the_queue(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.other_clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.other_clinician, by=staff.scheduler)
         async with (
             console(live_server.ws_url, staff.clinician.token) as desk,
             open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
@@ -153,8 +160,7 @@ class TestCall:
     async def test_admit_then_end(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         async with (
             console(live_server.ws_url, staff.clinician.token) as desk,
             open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
@@ -186,8 +192,7 @@ class TestCall:
     async def test_no_show(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         async with (
             console(live_server.ws_url, staff.clinician.token) as desk,
             open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
@@ -203,8 +208,7 @@ class TestCall:
     async def test_another_clinician_cannot_admit(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         async with (
             console(live_server.ws_url, staff.other_clinician.token) as intruder,
             open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
@@ -221,10 +225,8 @@ class TestCall:
     async def test_media_before_admission_is_refused(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with checked_in(live_server.ws_url, visit) as patient:
             await patient.send({"type": "offer", "sdp": "v=0"})
             assert (await patient.expect("error"))["code"] == "not_in_call"
 
@@ -264,8 +266,7 @@ class TestReconnect:
     async def test_after_the_grace_period_the_patient_leaves_the_queue(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         async with console(live_server.ws_url, staff.clinician.token) as desk:
             async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
                 await patient.expect("waiting")
@@ -281,8 +282,7 @@ class TestReconnect:
     async def test_a_patient_back_in_a_call_is_admitted_again(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         ws = live_server.ws_url
         async with console(ws, staff.clinician.token) as desk:
             async with open_socket(f"{ws}/ws/visits/{visit.token}") as patient:
@@ -296,8 +296,7 @@ class TestReconnect:
     async def test_a_call_ends_when_the_patient_stays_away(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         ws = live_server.ws_url
         async with console(ws, staff.clinician.token) as desk:
             async with open_socket(f"{ws}/ws/visits/{visit.token}") as patient:
@@ -315,8 +314,7 @@ class TestReconnect:
     async def test_a_console_back_gets_its_calls_again(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         ws = live_server.ws_url
         async with open_socket(f"{ws}/ws/visits/{visit.token}") as patient:
             async with console(ws, staff.clinician.token) as desk:
@@ -333,8 +331,7 @@ class TestReconnect:
     async def test_the_same_link_in_a_second_window_replaces_the_first(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         ws = live_server.ws_url
         async with open_socket(f"{ws}/ws/visits/{visit.token}") as first:
             await first.expect("waiting")
@@ -348,8 +345,7 @@ class TestWithdrawal:
     async def test_withdrawal_during_a_call_ends_it_for_everyone(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         ws = live_server.ws_url
         async with (
             console(ws, staff.clinician.token) as desk,
@@ -367,10 +363,8 @@ class TestWithdrawal:
     async def test_withdrawal_while_waiting_leaves_the_queue(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with checked_in(live_server.ws_url, visit) as patient:
             await grant(http, visit.token, decision="withdrawn")
             assert (await patient.expect("ended"))["reason"] == "consent_withdrawn"
             assert await patient.expect_close() == 4403
@@ -379,10 +373,8 @@ class TestWithdrawal:
     async def test_cancellation_while_waiting_tells_the_patient(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with checked_in(live_server.ws_url, visit) as patient:
             await http.post(
                 f"/api/v1/appointments/{visit.appointment_id}/cancel",
                 headers=staff.scheduler.headers,
@@ -428,8 +420,7 @@ class TestHostileInput:
     async def test_bad_messages_get_errors_and_the_socket_goes_on(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         async with (
             console(live_server.ws_url, staff.clinician.token) as desk,
             open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient,
@@ -456,10 +447,8 @@ class TestHostileInput:
     async def test_a_flood_is_rate_limited(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with checked_in(live_server.ws_url, visit) as patient:
             await asyncio.gather(*(patient.send({"type": "ping"}) for _ in range(150)))
             assert (await patient.expect("error"))["code"] == "rate_limited"
             await asyncio.sleep(1.5)
@@ -469,10 +458,8 @@ class TestHostileInput:
     async def test_a_flood_that_goes_on_is_closed(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with checked_in(live_server.ws_url, visit) as patient:
             # The burst is answered; past it, every message is refused, and after MAX_DROPPED
             # refusals the socket is closed as a policy violation.
             with contextlib.suppress(ConnectionClosed):
@@ -482,8 +469,7 @@ class TestHostileInput:
             refusals = [m for m in patient.received if m.get("code") == "rate_limited"]
             assert len(refusals) > MAX_DROPPED
         # The server goes on: the same link connects again and keeps the patient's place.
-        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
-            await patient.expect("waiting")
+        async with checked_in(live_server.ws_url, visit) as patient:
             await patient.send({"type": "ping"})
             await patient.expect("pong")
 
@@ -507,8 +493,7 @@ class TestPeerMessages:
     async def test_messages_pass_between_the_participants_of_a_call(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
-        await grant(http, visit.token)
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
         key = str(visit.appointment_id)
         async with (
             console(live_server.ws_url, staff.clinician.token) as desk,
