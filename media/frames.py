@@ -84,6 +84,11 @@ class FrameAssembler:
         self.frames_dropped = 0
 
     @property
+    def waiting_keyframe(self) -> bool:
+        """Frames are being dropped until the next keyframe (a packet was lost)."""
+        return self._need_keyframe
+
+    @property
     def capacity(self) -> int:  # aiortc reads this off its own buffer
         return 1 << 16
 

@@ -7,8 +7,13 @@ aiortc decodes every received frame and encodes every sent one. The relay forwar
   last packet arrives (aiortc's buffer waits for the next frame, and four for audio) and nothing
   is decoded. The receiver's own thread idles until the receiver stops.
 - The sender needs no hook to send: given an `av.Packet`, `RTCRtpSender` packetizes it without
-  encoding. `on_keyframe_request` lets the relay hear a subscriber's PLI/FIR, which aiortc would
-  otherwise only turn into an encoder flag, and `request_keyframe` sends a PLI to a publisher.
+  encoding. `on_feedback` lets the relay hear a subscriber's PLI/FIR, REMB and receiver reports,
+  which aiortc would otherwise only hand to an encoder it does not have; `request_keyframe`
+  sends a PLI to a publisher.
+- Bandwidth (media.bandwidth): `pace_transport` puts a subscriber's pacer in front of their
+  DTLS transport, `gate_retransmissions` lets the pacer refuse NACKs that cannot help,
+  `cap_remb` lowers the REMB aiortc sends a publisher to what its subscribers can take and
+  `send_remb` sends one of the relay's own.
 - `restrict_host_addresses` limits the addresses aioice offers as host candidates.
 
 These reach into private, name-mangled attributes, so the aiortc version is pinned in
@@ -19,14 +24,26 @@ upgrade moved any of them.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aioice.ice
 import aiortc
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
 
 AIORTC_VERSION = "1.16.0"
 
@@ -36,10 +53,16 @@ _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__decoder_queue",
     "_RTCRtpReceiver__decoder_thread",
     "_RTCRtpReceiver__rtx_ssrc",
+    "_RTCRtpReceiver__rtcp_ssrc",
     "_send_rtcp_pli",
+    "_send_rtcp",
     "_handle_rtp_packet",
 )
-_SENDER_ATTRIBUTES = ("_handle_rtcp_packet",)
+_SENDER_ATTRIBUTES = (
+    "_handle_rtcp_packet",
+    "_retransmit",
+    "_RTCRtpSender__rtp_header_extensions_map",
+)
 
 
 class HookError(RuntimeError):
@@ -60,7 +83,13 @@ def check() -> None:
         for name in _RECEIVER_ATTRIBUTES
         if not hasattr(RTCRtpReceiver, name) and name not in _init_attributes(RTCRtpReceiver)
     ]
-    missing += [name for name in _SENDER_ATTRIBUTES if not hasattr(RTCRtpSender, name)]
+    missing += [
+        name
+        for name in _SENDER_ATTRIBUTES
+        if not hasattr(RTCRtpSender, name) and name not in _init_attributes(RTCRtpSender)
+    ]
+    if not hasattr(RTCDtlsTransport, "_send_rtp"):
+        missing.append("RTCDtlsTransport._send_rtp")
     if missing:
         raise HookError(f"aiortc internals the relay needs are gone: {', '.join(missing)}")
 
@@ -143,16 +172,157 @@ def request_keyframe(receiver: RTCRtpReceiver) -> Awaitable[None] | None:
     return receiver._send_rtcp_pli(ssrcs[0])
 
 
-def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call `callback` whenever the subscriber behind this sender asks for a keyframe."""
+def on_feedback(
+    sender: RTCRtpSender,
+    *,
+    keyframe: Callable[[], None],
+    remb: Callable[[int], None] | None = None,
+    loss: Callable[[int], None] | None = None,
+) -> None:
+    """Hear what the subscriber behind this sender says about what it gets.
+
+    `keyframe()` on a PLI/FIR, `remb(bps)` on a REMB naming this sender's SSRC (browsers send it
+    with media SSRC 0; aiortc routes it by the SSRCs inside), `loss(fraction_lost)` (0-255) on
+    each receiver report block about this sender. Called again for the same sender (it carries
+    a new track), the new callbacks replace the old ones.
+    """
+    if not _set_first(sender, "_televisit_feedback", _Feedback(keyframe, remb, loss)):
+        return
     original = sender._handle_rtcp_packet
 
     async def handle(packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            callback()
+        now: _Feedback = sender._televisit_feedback  # type: ignore[attr-defined]
+        if isinstance(packet, RtcpPsfbPacket):
+            if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                now.keyframe()
+            elif packet.fmt == RTCP_PSFB_APP and now.remb is not None:
+                try:
+                    bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    pass
+                else:
+                    if sender._ssrc in ssrcs:
+                        now.remb(bitrate)
+        elif isinstance(packet, RtcpRrPacket | RtcpSrPacket) and now.loss is not None:
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    now.loss(report.fraction_lost)
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]  # per-instance hook
+
+
+def _set_first(target: object, name: str, value: object) -> bool:
+    """Keep `value` on `target`; True the first time (the hook reading it is to be installed)."""
+    first = not hasattr(target, name)
+    setattr(target, name, value)
+    return first
+
+
+@dataclass(frozen=True, slots=True)
+class _Feedback:
+    keyframe: Callable[[], None]
+    remb: Callable[[int], None] | None
+    loss: Callable[[int], None] | None
+
+
+class Paced(Protocol):
+    video_ssrcs: set[int]
+
+    async def send(self, data: bytes, original: Callable[[bytes], Awaitable[None]]) -> None: ...
+
+    def may_retransmit(self, ssrc: int, sequence_number: int) -> bool: ...
+
+
+def pace_transport(transport: RTCDtlsTransport, pacer: Paced) -> None:
+    """Every RTP and RTCP packet this transport sends goes through `pacer.send` first.
+
+    Idempotent; a transport already paced by another pacer is taken over by this one.
+    """
+    if getattr(transport, "_televisit_pacer", None) is pacer:
+        return
+    original = RTCDtlsTransport._send_rtp.__get__(transport)
+
+    async def send(data: bytes) -> None:
+        await pacer.send(data, original)
+
+    transport._send_rtp = send  # type: ignore[method-assign]  # per-instance hook
+    transport._televisit_pacer = pacer  # type: ignore[attr-defined]
+
+
+def gate_retransmissions(sender: RTCRtpSender, pacer: Paced) -> None:
+    """Answer a NACK only when `pacer.may_retransmit` says the packet can still help."""
+    if not _set_first(sender, "_televisit_pacer", pacer):
+        return
+    original = sender._retransmit
+
+    async def retransmit(sequence_number: int) -> None:
+        current: Paced = sender._televisit_pacer  # type: ignore[attr-defined]
+        if current.may_retransmit(sender._ssrc, sequence_number):
+            await original(sequence_number)
+
+    sender._retransmit = retransmit  # type: ignore[method-assign]  # per-instance hook
+
+
+def abs_send_time_id(sender: RTCRtpSender) -> int | None:
+    """The header extension id the sender stamps abs-send-time with, once negotiated."""
+    extensions = getattr(sender, "_RTCRtpSender__rtp_header_extensions_map", None)
+    ids = getattr(extensions, "_HeaderExtensionsMap__ids", None)
+    value = getattr(ids, "abs_send_time", None)
+    return int(value) if value else None
+
+
+def rtx_ssrc(sender: RTCRtpSender) -> int | None:
+    value = getattr(sender, "_rtx_ssrc", None)
+    return int(value) if value else None
+
+
+_original_send_rtcp: weakref.WeakKeyDictionary[RTCRtpReceiver, Callable[[Any], Awaitable[None]]]
+_original_send_rtcp = weakref.WeakKeyDictionary()
+
+
+def cap_remb(
+    receiver: RTCRtpReceiver,
+    *,
+    cap: Callable[[], float | None],
+    heard: Callable[[int], None],
+) -> None:
+    """The REMB aiortc sends the publisher says no more than `cap()`.
+
+    aiortc estimates the publisher's own leg from abs-send-time and sends REMB; `heard(bps)`
+    gets that estimate, and the publisher is told the lower of the two.
+    """
+    original = receiver._send_rtcp
+    _original_send_rtcp[receiver] = original
+
+    async def send(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                bitrate, ssrcs = 0, []
+            if ssrcs:
+                heard(bitrate)
+                limit = cap()
+                if limit is not None and limit < bitrate:
+                    packet = _remb(packet.ssrc, int(limit), ssrcs)
+        await original(packet)
+
+    receiver._send_rtcp = send  # type: ignore[method-assign]  # per-instance hook
+
+
+def send_remb(receiver: RTCRtpReceiver, bps: float) -> Awaitable[None] | None:
+    """Send the publisher behind this receiver a REMB of `bps` for its media SSRCs."""
+    rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+    ssrcs = sources(receiver)
+    if rtcp_ssrc is None or not ssrcs:
+        return None
+    send = _original_send_rtcp.get(receiver, receiver._send_rtcp)
+    return send(_remb(rtcp_ssrc, int(bps), ssrcs))
+
+
+def _remb(ssrc: int, bps: int, ssrcs: list[int]) -> RtcpPsfbPacket:
+    return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=ssrc, media_ssrc=0, fci=pack_remb_fci(bps, ssrcs))
 
 
 _allowed_host_addresses: list[str] | None = None

@@ -8,8 +8,16 @@ the subscriber's `RTCRtpSender` packetizes as they are. Only where two legs coul
 codec is a subscriber fed decoded frames (aiortc then encodes), and the call's stats say so.
 
 Keyframes: a subscriber that joins, reconnects, falls behind or reports loss (PLI/FIR) gets one
-from its publisher within a round trip. Consent: nothing from the patient is forwarded while
-their `video_visit` consent does not stand. Peer connections are owned by a `PeerRegistry`.
+from its publisher within a round trip, asked again while it has not come. Consent: nothing from
+the patient is forwarded while their `video_visit` consent does not stand. Peer connections are
+owned by a `PeerRegistry`.
+
+Bandwidth, sound first (media.bandwidth): each participant's `Downlink` estimates what the
+relay can send them, their `Pacer` sends their audio at once and their video at that pace, and
+every CONTROL_SECONDS the relay pauses or resumes video to them (telling everyone with a `video`
+message) and tells each publisher, by REMB, to send no more than the least its active
+subscribers can take, never more than its own leg carries. A participant may ask for sound only
+(`video`): nothing video goes to them, and theirs goes to nobody.
 
 Every public method returns at once: work for one participant runs in order on that
 participant's own task, so a slow SDP step never holds up the signaling that called it.
@@ -31,6 +39,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from app.config import Settings
 from media import hooks
+from media.bandwidth import MIN_BPS, Downlink, Pacer
 from media.frames import FrameAssembler
 from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
 from media.recording import Recorder, RecordingLog
@@ -52,6 +61,12 @@ STATS_SECONDS = 3.0
 # told to negotiate a new one (aiortc notices a dead path only after ~30 s by itself).
 STALL_SECONDS = 3.0
 WATCH_SECONDS = 1.0
+# Bandwidth control: how often downlinks are looked at, how often a publisher hears its cap.
+CONTROL_SECONDS = 0.25
+REMB_SECONDS = 0.5
+# While every subscriber of a publisher's video is paused, it is asked for this (enough for a
+# try to resume).
+PAUSED_CAP_BPS = 120_000
 # A device check's peer connection lives this long; at most this many run at once.
 PROBE_SECONDS = 20.0
 MAX_PROBES = 50
@@ -75,6 +90,10 @@ class Participant:
     joined_at: float = field(default_factory=time.monotonic)
     media_seen: bool = False
     stalled: bool = False
+    sound_only: bool = False  # asked for: no video to them, theirs to nobody
+    downlink: Downlink = field(default_factory=Downlink)
+    pacer: Pacer | None = None
+    senders: dict[tuple[str, str], RTCRtpSender] = field(default_factory=dict)
 
 
 class Room:
@@ -182,6 +201,36 @@ class Relay:
         if room.recorder is not None and not consent.recording:
             await self._stop_recording(room, reason="consent_withdrawn")
 
+    async def video(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
+        """`role` asks for sound only (False) or for video again (True); everyone is told."""
+        room = self._room(call_id)
+        participant = self._participant(room, role)
+        if participant.sound_only == (not enabled):
+            return
+        participant.sound_only = not enabled
+        self._set_incoming_video(room, participant)
+        publisher = room.publishers.get((role, "video"))
+        if publisher is not None:
+            publisher.forwarding = enabled
+            if enabled:
+                for track in publisher.subscribers:
+                    track.need_keyframe()
+                publisher.ask_keyframe()
+        message = messages.video(room.id, role, "resumed" if enabled else "paused", "requested")
+        await self._announce(room, message)
+
+    def _set_incoming_video(self, room: Room, participant: Participant) -> None:
+        """Pause or resume every video going to this participant, as their state says."""
+        off = participant.sound_only or participant.downlink.paused
+        for (role, kind), track in participant.subscriptions.items():
+            if kind != "video" or not isinstance(track, ForwardedTrack) or track.paused == off:
+                continue
+            if off:
+                track.pause()
+            else:
+                track.resume()
+                room.publishers[(role, kind)].ask_keyframe()
+
     async def record(self, call_id: uuid.UUID, action: str) -> None:
         room = self._room(call_id)
         if action == "start":
@@ -270,6 +319,8 @@ class Relay:
                 await step()
             except asyncio.CancelledError:
                 raise
+            except SignalingError as exc:
+                await self.emit(room.id, participant.role, messages.error(exc.code, exc.message))
             except Exception as exc:
                 logger.warning(
                     "media negotiation failed",
@@ -380,6 +431,9 @@ class Relay:
         peer = self.registry.create(
             room.id, participant.role, ice_configuration(self._relay_ice(room))
         )
+        participant.downlink = Downlink()  # a new connection: what it carries is learnt anew
+        participant.pacer = Pacer(participant.downlink)
+        participant.senders.clear()
         # One transceiver per media section, in the offer's order: the bundled transport is the
         # first transceiver's, and must be the one of the offer's first section.
         for kind in kinds:
@@ -434,10 +488,16 @@ class Relay:
             participant.media_seen = True
             publisher.on_frame(codec.name.lower(), frame, receiver)
 
-        hooks.tap_receiver(
-            receiver, FrameAssembler(track.kind, hooks.codec_of(receiver), sink), sink
+        assembler = FrameAssembler(track.kind, hooks.codec_of(receiver), sink)
+        hooks.tap_receiver(receiver, assembler, sink)
+        publisher.attach_source(
+            receiver,
+            lambda: self._spawn(hooks.request_keyframe(receiver)),
+            waiting=lambda: assembler.waiting_keyframe,
         )
-        publisher.attach_source(receiver, lambda: self._spawn(hooks.request_keyframe(receiver)))
+        if track.kind == "video":
+            publisher.leg_bps = None
+            hooks.cap_remb(receiver, cap=lambda: publisher.remb_cap, heard=publisher.heard_leg)
         participant.sources.append(receiver)
 
     def _subscribe_everyone(self, room: Room) -> None:
@@ -468,9 +528,28 @@ class Relay:
             track = TranscodedTrack(publisher, source_codec=source_codec)
         else:
             track = publisher.subscribe()
-        transceiver.sender.replaceTrack(track)
-        hooks.on_keyframe_request(transceiver.sender, publisher.ask_keyframe)
+        sender = transceiver.sender
+        sender.replaceTrack(track)
+        downlink = subscriber.downlink
+        if publisher.kind == "video":
+            hooks.on_feedback(
+                sender,
+                keyframe=publisher.ask_keyframe,
+                remb=downlink.on_remb,
+                loss=downlink.on_loss,
+            )
+            if isinstance(track, ForwardedTrack) and (subscriber.sound_only or downlink.paused):
+                track.pause()
+        else:
+            # Loss on the audio speaks for the link only while no video goes that way.
+            hooks.on_feedback(
+                sender,
+                keyframe=publisher.ask_keyframe,
+                loss=lambda fraction: downlink.on_loss(fraction) if downlink.paused else None,
+            )
         subscriber.subscriptions[(publisher.role, publisher.kind)] = track
+        subscriber.senders[(publisher.role, publisher.kind)] = sender
+        self._pace(subscriber)
 
     def _free_transceiver(self, pc: Any, kind: str) -> RTCRtpTransceiver | None:
         transceiver: RTCRtpTransceiver
@@ -498,6 +577,27 @@ class Relay:
         for key, track in participant.subscriptions.items():
             room.publishers[key].unsubscribe(track)
         participant.subscriptions.clear()
+        participant.senders.clear()
+
+    def _pace(self, participant: Participant) -> None:
+        """Put the participant's pacer in front of what the relay sends them (idempotent)."""
+        pacer = participant.pacer
+        if pacer is None:
+            return
+        for (_role, kind), sender in participant.senders.items():
+            ssrcs = pacer.video_ssrcs if kind == "video" else pacer.audio_ssrcs
+            ssrcs.add(sender._ssrc)
+            if kind == "video":
+                rtx = hooks.rtx_ssrc(sender)
+                if rtx is not None:
+                    pacer.rtx_ssrcs.add(rtx)
+                ext_id = hooks.abs_send_time_id(sender)
+                if ext_id is not None:
+                    pacer.abs_send_time_ids[sender._ssrc] = ext_id
+                hooks.gate_retransmissions(sender, pacer)
+            transport = sender.transport
+            if transport is not None:
+                hooks.pace_transport(transport, pacer)
 
     async def _drop_connection(self, room: Room, role: str) -> None:
         """This participant's media stops: their peer connection closes, the call goes on."""
@@ -545,11 +645,16 @@ class Relay:
     # Health: stats every few seconds, stalls within a few ----------------------------------
 
     async def _watch(self) -> None:
-        last_stats = time.monotonic()
+        last_stats = last_watch = time.monotonic()
         while True:
-            await asyncio.sleep(WATCH_SECONDS)
+            await asyncio.sleep(CONTROL_SECONDS)
             try:
                 now = time.monotonic()
+                for room in list(self.rooms.values()):
+                    await self._control(room, now)
+                if now - last_watch < WATCH_SECONDS:
+                    continue
+                last_watch = now
                 for room in list(self.rooms.values()):
                     await self._check_stalls(room, now)
                 if now - last_stats >= STATS_SECONDS:
@@ -560,6 +665,50 @@ class Relay:
                 raise
             except Exception as exc:
                 logger.warning("relay watch failed", extra={"error_type": type(exc).__name__})
+
+    async def _control(self, room: Room, now: float) -> None:
+        """Bandwidth: pause or resume video to each participant, cap each publisher."""
+        for participant in list(room.participants.values()):
+            if participant.peer is None:
+                continue
+            self._pace(participant)  # senders negotiated since: their SSRCs and extensions
+            change = participant.downlink.tick(now)
+            if change is None:
+                continue
+            self._set_incoming_video(room, participant)
+            if not participant.sound_only:
+                message = messages.video(room.id, participant.role, change, "bandwidth")
+                await self._announce(room, message)
+        for (role, kind), publisher in room.publishers.items():
+            if kind != "video":
+                continue
+            publisher.repeat_keyframe_request(now)
+            publisher.remb_cap = self._publisher_cap(room, role)
+            if publisher.remb_cap is None or now - publisher.remb_sent_at < REMB_SECONDS:
+                continue
+            receiver = publisher.source
+            if receiver is not None:
+                publisher.remb_sent_at = now
+                bps = min(publisher.remb_cap, publisher.leg_bps or publisher.remb_cap)
+                self._spawn(hooks.send_remb(receiver, bps))  # type: ignore[arg-type]
+
+    def _publisher_cap(self, room: Room, role: str) -> float | None:
+        """What `role`'s video may be: the least its receiving subscribers can take."""
+        subscribers = [
+            p
+            for p in room.participants.values()
+            if p.role != role and p.peer is not None and (role, "video") in p.subscriptions
+        ]
+        if not subscribers:
+            return None
+        budgets = [
+            p.downlink.video_budget_bps
+            for p in subscribers
+            if not (p.sound_only or p.downlink.paused)
+        ]
+        if not budgets:
+            return PAUSED_CAP_BPS
+        return max(MIN_BPS, min(budgets))
 
     async def _check_stalls(self, room: Room, now: float) -> None:
         for participant in list(room.participants.values()):
@@ -597,7 +746,12 @@ class Relay:
             if participant.peer is None:
                 continue
             row = await participant_stats(
-                participant.role, participant.peer.pc, room, room.byte_marks, now
+                participant.role,
+                participant.peer.pc,
+                room,
+                room.byte_marks,
+                now,
+                available_kbps=participant.downlink.available_kbps,
             )
             room.stats.add(row)
             rows.append(row.message())

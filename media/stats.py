@@ -19,6 +19,7 @@ class PeerStats:
     loss: float | None  # fraction 0..1 of the participant's packets lost on the way in
     jitter_ms: float | None
     kbps: float | None  # what the participant sends the relay
+    available_kbps: float | None = None  # what the relay estimates it can send them
 
     def message(self) -> dict[str, Any]:
         return {
@@ -27,11 +28,18 @@ class PeerStats:
             "loss": self.loss,
             "jitter_ms": self.jitter_ms,
             "kbps": self.kbps,
+            "available_kbps": self.available_kbps,
         }
 
 
 async def participant_stats(
-    role: str, pc: Any, room: Room, marks: dict[str, tuple[int, float]], now: float
+    role: str,
+    pc: Any,
+    room: Room,
+    marks: dict[str, tuple[int, float]],
+    now: float,
+    *,
+    available_kbps: float | None = None,
 ) -> PeerStats:
     """One participant's quality now; `marks` keeps each role's byte count between calls."""
     report = await pc.getStats()
@@ -59,6 +67,7 @@ async def participant_stats(
         loss=loss,
         jitter_ms=round(max(jitters), 1) if jitters else None,
         kbps=kbps,
+        available_kbps=available_kbps,
     )
 
 
@@ -84,6 +93,7 @@ class CallStats:
                     "loss": mean([r.loss for r in rows]),
                     "jitter_ms": mean([r.jitter_ms for r in rows]),
                     "kbps": mean([r.kbps for r in rows]),
+                    "available_kbps": mean([r.available_kbps for r in rows]),
                     "samples": len(rows),
                 }
                 for role, rows in self.samples.items()

@@ -6,8 +6,16 @@ participant's peer connection: when they reconnect, a new receiver feeds the sam
 timestamps from the next keyframe.
 
 A `ForwardedTrack` is what an `RTCRtpSender` sends: `recv()` hands out `av.Packet`s, which aiortc
-packetizes without encoding. Its queue is bounded: a subscriber that cannot keep up loses
-frames up to the next keyframe (and one is requested), never accumulating delay or memory.
+packetizes without encoding. Its queue is bounded in count and in age: video frames that wait
+longer than SHED_AFTER (the subscriber's pacer cannot carry them: media.bandwidth) are shed,
+whole, up to the next keyframe (and one is requested), never accumulating delay or memory.
+Audio has its own track and is never held back by video. A paused track (the subscriber's link
+cannot carry video, or they asked for sound only) forwards nothing until resumed, then starts
+at a keyframe.
+
+A publisher asks its source for a keyframe again while a subscriber still waits for one (a PLI
+lost on a poor link is never answered), every KEYFRAME_REPEAT seconds, at most KEYFRAME_ASKS
+times in a row.
 """
 
 from __future__ import annotations
@@ -31,6 +39,12 @@ MAX_QUEUED = {"audio": 50, "video": 30}
 SOURCE_GAP = {"audio": 960, "video": 3000}
 # A publisher is asked for a keyframe at most this often.
 KEYFRAME_INTERVAL = 0.3
+# Asked again this often while someone still waits, this many times before giving up until
+# the next loss.
+KEYFRAME_REPEAT = 0.6
+KEYFRAME_ASKS = 10
+# A video frame queued this long is late: shed it and what follows, up to a keyframe.
+SHED_AFTER = 0.4
 
 
 class ForwardedTrack(MediaStreamTrack):
@@ -38,7 +52,7 @@ class ForwardedTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._time_base = Fraction(1, CLOCK[kind])
-        self._queue: deque[Any] = deque()  # av.Packet
+        self._queue: deque[tuple[Any, float]] = deque()  # (av.Packet, when queued)
         self._ready = asyncio.Event()
         self._on_keyframe_needed = on_keyframe_needed
         # A subscriber starts at a keyframe; audio needs none.
@@ -46,15 +60,35 @@ class ForwardedTrack(MediaStreamTrack):
         self._source: object | None = None
         self._last_in = 0
         self._pts = 0
+        self.paused = False
+        self.frames_shed = 0
+
+    @property
+    def waiting_keyframe(self) -> bool:
+        return self._waiting_keyframe and not self.paused and self.readyState == "live"
+
+    def pause(self) -> None:
+        """Forward nothing until `resume`."""
+        self.paused = True
+        self._queue.clear()
+
+    def resume(self) -> None:
+        """Forward again, from the next keyframe (the caller asks the publisher for one)."""
+        self.paused = False
+        self.need_keyframe()
 
     def push(self, frame: EncodedFrame, source: object) -> None:
-        if self.readyState != "live":
+        if self.readyState != "live" or self.paused:
             return
         if self._waiting_keyframe:
             if not frame.keyframe:
                 return
             self._waiting_keyframe = False
-        if len(self._queue) >= MAX_QUEUED[self.kind]:
+        late = (
+            self.kind == "video" and self._queue and frame.received - self._queue[0][1] > SHED_AFTER
+        )
+        if late or len(self._queue) >= MAX_QUEUED[self.kind]:
+            self.frames_shed += len(self._queue)
             self._queue.clear()
             if self.kind == "video":
                 # Later frames refer to the dropped ones: start again at a keyframe.
@@ -74,7 +108,7 @@ class ForwardedTrack(MediaStreamTrack):
         packet = av.Packet(frame.data)
         packet.pts = self._pts
         packet.time_base = self._time_base
-        self._queue.append(packet)
+        self._queue.append((packet, frame.received))
         self._ready.set()
 
     def need_keyframe(self) -> None:
@@ -89,7 +123,7 @@ class ForwardedTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        return self._queue.popleft()
+        return self._queue.popleft()[0]
 
     def stop(self) -> None:
         super().stop()
@@ -108,18 +142,36 @@ class Publisher:
         self.subscribers: set[ForwardedTrack] = set()
         self.listeners: set[FrameListener] = set()  # recorders: (codec name, frame)
         self.allowed = True  # the consent gate: nothing is forwarded while False
+        self.forwarding = True  # False while this participant asked for sound only
+        # Bandwidth (media.relay): what its subscribers can take, what its own leg carries.
+        self.remb_cap: float | None = None
+        self.leg_bps: float | None = None
+        self.remb_sent_at = 0.0
         self.source: object | None = None
         self.codec: str | None = None
         self.frames = 0
         self.bytes = 0
         self.last_frame_at = 0.0
         self._ask: Callable[[], None] | None = None
+        self._source_waits: Callable[[], bool] = lambda: False
         self._last_asked = 0.0
+        self._asks = 0  # since the last keyframe
         self._deferred: asyncio.TimerHandle | None = None
+        self.keyframe_asks = 0
 
-    def attach_source(self, source: object, ask_keyframe: Callable[[], None]) -> None:
-        """A new receiver feeds this publisher (first join, or a reconnect)."""
+    def attach_source(
+        self,
+        source: object,
+        ask_keyframe: Callable[[], None],
+        waiting: Callable[[], bool] | None = None,
+    ) -> None:
+        """A new receiver feeds this publisher (first join, or a reconnect).
+
+        `waiting()` says whether the source itself drops frames until a keyframe (a loss).
+        """
         self.source, self._ask = source, ask_keyframe
+        self._source_waits = waiting or (lambda: False)
+        self._asks = 0
         for track in self.subscribers:
             track.need_keyframe()
 
@@ -130,11 +182,13 @@ class Publisher:
     def on_frame(self, codec_name: str, frame: EncodedFrame, source: object) -> None:
         if source is not self.source:
             return  # a receiver being replaced
+        if frame.keyframe:
+            self._asks = 0
         self.codec = codec_name
         self.frames += 1
         self.bytes += len(frame.data)
         self.last_frame_at = frame.received
-        if not self.allowed:
+        if not (self.allowed and self.forwarding):
             return
         for track in self.subscribers:
             track.push(frame, source)
@@ -148,9 +202,31 @@ class Publisher:
         wait = self._last_asked + KEYFRAME_INTERVAL - time.monotonic()
         if wait <= 0:
             self._last_asked = time.monotonic()
+            self._asks += 1
+            self.keyframe_asks += 1
             self._ask()
         elif self._deferred is None:
             self._deferred = asyncio.get_running_loop().call_later(wait, self._ask_deferred)
+
+    def heard_leg(self, bps: int) -> None:
+        """What the relay's receiver estimates the publisher's own leg carries (its REMB)."""
+        self.leg_bps = float(bps)
+
+    def someone_waits(self) -> bool:
+        """A subscriber or the source itself is dropping frames until the next keyframe."""
+        return any(track.waiting_keyframe for track in self.subscribers) or self._source_waits()
+
+    def repeat_keyframe_request(self, now: float) -> None:
+        """Ask again if someone still waits for the keyframe asked for (the ask may be lost)."""
+        if (
+            self.kind == "video"
+            and self._ask is not None
+            and self.allowed
+            and self._asks < KEYFRAME_ASKS
+            and now - self._last_asked >= KEYFRAME_REPEAT
+            and self.someone_waits()
+        ):
+            self.ask_keyframe()
 
     def _ask_deferred(self) -> None:
         self._deferred = None

@@ -365,6 +365,8 @@ class Signaling:
                 )
             elif op == "record":
                 await self.media.record(call_id, str(request.get("action")))
+            elif op == "video":
+                await self.media.video(call_id, role, enabled=bool(request.get("enabled")))
         except SignalingError as exc:
             await self.to_participant(call_id, role, messages.error(exc.code, exc.message))
         except Exception as exc:

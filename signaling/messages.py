@@ -60,6 +60,13 @@ class DeviceCheck(_Message):
     verdict: Literal["direct", "turn", "failed", "unknown"]
 
 
+class VideoRequest(_Message):
+    """Sound only (`enabled` false): no video goes to this participant, theirs goes to nobody."""
+
+    type: Literal["video"]
+    enabled: bool
+
+
 class PeerMessage(_Message):
     """Delivered to the call's other participants (in-call chat, "camera off", "muted")."""
 
@@ -69,7 +76,7 @@ class PeerMessage(_Message):
 
 
 PatientMessage = Annotated[
-    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage | DeviceCheck,
+    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage | DeviceCheck | VideoRequest,
     Field(discriminator="type"),
 ]
 
@@ -119,6 +126,11 @@ class ClinicPeerMessage(_ForCall):
     data: dict[str, Any]
 
 
+class ClinicVideo(_ForCall):
+    type: Literal["video"]
+    enabled: bool
+
+
 class Record(_ForCall):
     type: Literal["record"]
     action: Literal["start", "stop"]
@@ -134,6 +146,7 @@ ClinicMessage = Annotated[
     | ClinicCandidate
     | ClinicLeave
     | Record
+    | ClinicVideo
     | ClinicPeerMessage
     | Ping,
     Field(discriminator="type"),
@@ -207,6 +220,22 @@ def ended(reason: str, appointment_id: uuid.UUID | None = None) -> dict[str, Any
 
 def peer_message(sender: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "message", "from": sender, "data": data}
+
+
+def video(
+    appointment_id: uuid.UUID,
+    role: str,
+    state: Literal["paused", "resumed"],
+    reason: Literal["bandwidth", "requested"],
+) -> dict[str, Any]:
+    """`role`'s incoming video stopped or came back (for "requested": theirs both ways)."""
+    return {
+        "type": "video",
+        "appointment_id": str(appointment_id),
+        "role": role,
+        "state": state,
+        "reason": reason,
+    }
 
 
 def pong() -> dict[str, Any]:

@@ -229,7 +229,11 @@ class PatientSession(Connection):
                 call_id, CLINICIAN, messages.peer_message(PATIENT, message.data)
             )
             return
-        if isinstance(message, messages.Offer | messages.Answer):
+        if isinstance(message, messages.VideoRequest):
+            await self.signaling.media_request(
+                call_id, PATIENT, "video", {"enabled": message.enabled}
+            )
+        elif isinstance(message, messages.Offer | messages.Answer):
             await self.signaling.media_request(call_id, PATIENT, message.type, {"sdp": message.sdp})
         elif isinstance(message, messages.CandidateMessage):
             await self.signaling.media_request(
@@ -336,6 +340,11 @@ class ClinicSession(Connection):
             self._holding(call_id)
             await self.signaling.to_participant(
                 call_id, PATIENT, messages.peer_message(CLINICIAN, message.data)
+            )
+        elif isinstance(message, messages.ClinicVideo):
+            self._holding(call_id)
+            await self.signaling.media_request(
+                call_id, CLINICIAN, "video", {"enabled": message.enabled}
             )
         elif isinstance(message, messages.Record):
             self._holding(call_id)

@@ -1,0 +1,300 @@
+"""What the relay can send each subscriber, and sending it at that pace, sound first.
+
+Each subscriber has a `Downlink`: the relay's estimate of what their link carries, from two
+signals their browser sends anyway:
+
+- REMB (receiver estimated maximum bitrate): the browser's delay-based estimate of the video
+  that reaches it (abs-send-time is negotiated on video only). It reads the relay's
+  abs-send-time stamps, so the `Pacer` re-stamps every packet it holds back: a packet's stamp is
+  the moment it really left, and pacing is not mistaken for a queue.
+- Receiver reports: the fraction of packets lost. Above 10 % the estimate of the whole link
+  falls to what was being sent, less half the loss; under 2 % it climbs back 8 % a report (the
+  loss-based half of Google's congestion control, draft-ietf-rmcat-gcc-02 section 6).
+
+Audio is sent at once, always. Video gets the REMB, and no more than the loss-based estimate
+leaves after the audio measured in the last second; it is paced at PACING_FACTOR times that
+(bursts such as keyframes spread out, not held back for long), and frames that still wait too
+long are shed by the track (media.tracks). A receiver's REMB follows what it gets when the
+video is small, so a low budget alone says nothing: video to a subscriber pauses only when the
+budget stays under PAUSE_BPS for PAUSE_AFTER seconds while the link shows congestion (loss over
+2 %, or a REMB under what is being sent). It is tried again after a back-off that doubles each
+time a try fails (the link is probed by the video itself, a keyframe first).
+
+The publisher is then asked, by REMB, for no more than its subscribers can take (media.relay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiortc import clock
+
+# Bits on the wire per packet beyond the RTP packet: IPv4 20, UDP 8, SRTP auth tag 10.
+PACKET_OVERHEAD_BYTES = 38
+# Before the first REMB: what a browser starts at, roughly (libwebrtc starts at 300 kbit/s).
+START_BPS = 600_000
+MAX_BPS = 4_000_000
+MIN_BPS = 30_000
+PACING_FACTOR = 1.5
+MIN_PACING_BPS = 80_000
+# Congestion seen this recently counts.
+CONGESTION_MEMORY = 3.0
+# A REMB under this share of the video being sent says the receiver cannot take it all.
+OVERUSE_SHARE = 0.8
+# Loss-based control.
+HIGH_LOSS = 0.10
+LOW_LOSS = 0.02
+LOSS_GROWTH = 1.08
+# Video pauses when what is left for it stays under this long enough; it is tried again after
+# a back-off that doubles on each failed try.
+PAUSE_BPS = 35_000
+PAUSE_AFTER = 2.0
+RESUME_BACKOFF = 4.0
+# What video tries again at (a REMB will say within a second what the link takes).
+RESUME_BPS = 80_000
+MAX_RESUME_BACKOFF = 40.0
+# A resumed video that holds this long resets the back-off.
+TRIAL_SECONDS = 10.0
+# Video may leave this far ahead of its pace (a small burst keeps frames together).
+BURST_SECONDS = 0.015
+# A retransmission is only worth sending while the packet is young and the pace not behind.
+NACK_MAX_AGE = 0.5
+NACK_MAX_BACKLOG = 0.1
+NACK_MIN_INTERVAL = 0.1
+RATE_WINDOW = 1.0
+
+
+@dataclass
+class Downlink:
+    """The relay's view of one subscriber's link."""
+
+    remb_bps: float | None = None
+    loss_cap_bps: float | None = None
+    audio_bps: float = 0.0
+    video_bps: float = 0.0
+    video_payload_bps: float = 0.0  # as REMB counts it: RTP packets only
+    video_budget_bps: float = START_BPS
+    paused: bool = False
+    _low_since: float | None = None
+    _retry_at: float = 0.0
+    _backoff: float = RESUME_BACKOFF
+    _resumed_at: float | None = None
+    _audio_bytes: int = 0
+    _video_bytes: int = 0
+    _video_payload_bytes: int = 0
+    _congested_at: float | None = None
+    _last_tick: float = field(default_factory=time.monotonic)
+
+    @property
+    def pacing_bps(self) -> float:
+        return max(MIN_PACING_BPS, self.video_budget_bps * PACING_FACTOR)
+
+    @property
+    def available_kbps(self) -> float:
+        """What the link carries, audio and video, as far as the relay can tell."""
+        return round((self.video_budget_bps + self.audio_bps) / 1000, 1)
+
+    def congested(self, now: float) -> bool:
+        return self._congested_at is not None and now - self._congested_at < CONGESTION_MEMORY
+
+    def sent(self, nbytes: int, *, audio: bool) -> None:
+        if audio:
+            self._audio_bytes += nbytes + PACKET_OVERHEAD_BYTES
+        else:
+            self._video_bytes += nbytes + PACKET_OVERHEAD_BYTES
+            self._video_payload_bytes += nbytes
+
+    def on_remb(self, bps: int, now: float | None = None) -> None:
+        self.remb_bps = float(bps)
+        if self.video_payload_bps > MIN_BPS and bps < OVERUSE_SHARE * self.video_payload_bps:
+            self._congested_at = time.monotonic() if now is None else now
+        self._estimate()
+
+    def on_loss(self, fraction_lost: int, now: float | None = None) -> None:
+        """A receiver report's fraction lost (0-255) for what the relay sends this subscriber."""
+        loss = fraction_lost / 256
+        sending = self.audio_bps + self.video_bps
+        if loss > LOW_LOSS:
+            self._congested_at = time.monotonic() if now is None else now
+        if loss > HIGH_LOSS and sending > 0:
+            cap = max(MIN_BPS, sending * (1 - 0.5 * loss))
+            self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
+        elif loss < LOW_LOSS and self.loss_cap_bps is not None:
+            self.loss_cap_bps *= LOSS_GROWTH
+            if self.loss_cap_bps >= MAX_BPS:
+                self.loss_cap_bps = None
+        self._estimate()
+
+    def _estimate(self) -> None:
+        by_loss = MAX_BPS if self.loss_cap_bps is None else self.loss_cap_bps - self.audio_bps
+        by_delay = START_BPS if self.remb_bps is None else self.remb_bps
+        self.video_budget_bps = max(0.0, min(by_delay, by_loss, MAX_BPS))
+
+    def tick(self, now: float) -> Literal["paused", "resumed"] | None:
+        """Measure the last interval's rates; "paused" or "resumed" when video should change."""
+        elapsed = now - self._last_tick
+        if elapsed >= RATE_WINDOW / 4:
+            weight = min(1.0, elapsed / RATE_WINDOW)
+            audio = self._audio_bytes * 8 / elapsed
+            video = self._video_bytes * 8 / elapsed
+            payload = self._video_payload_bytes * 8 / elapsed
+            self.audio_bps += weight * (audio - self.audio_bps)
+            self.video_bps += weight * (video - self.video_bps)
+            self.video_payload_bps += weight * (payload - self.video_payload_bps)
+            self._audio_bytes = self._video_bytes = self._video_payload_bytes = 0
+            self._last_tick = now
+            self._estimate()
+        if self.paused:
+            # While paused the REMB only follows the audio: the link is tried with video itself.
+            if now >= self._retry_at and not self.congested(now):
+                self.paused = False
+                self._low_since = None
+                self._resumed_at = now
+                self.remb_bps = max(self.remb_bps or 0.0, RESUME_BPS)
+                self._estimate()
+                return "resumed"
+            return None
+        if self._resumed_at is not None and now - self._resumed_at >= TRIAL_SECONDS:
+            self._backoff, self._resumed_at = RESUME_BACKOFF, None
+        if self.video_budget_bps >= PAUSE_BPS or not self.congested(now):
+            self._low_since = None
+            return None
+        if self._low_since is None:
+            self._low_since = now
+        if now - self._low_since < PAUSE_AFTER:
+            return None
+        if self._resumed_at is not None:  # a try that failed: wait longer next time
+            self._backoff = min(MAX_RESUME_BACKOFF, self._backoff * 2)
+            self._resumed_at = None
+        self.paused = True
+        self._retry_at = now + self._backoff
+        return "paused"
+
+
+SendRtp = Callable[[bytes], Awaitable[None]]
+
+
+class Pacer:
+    """Stands in front of one subscriber's DTLS transport (media.hooks.pace_transport).
+
+    RTCP and audio leave at once; video leaves at the downlink's video budget, re-stamped.
+    Retransmissions (on an RTX SSRC, or a sequence number already sent) are never delayed: they
+    are sent from the transport's receive path, which must not wait. They leave at once, or not
+    at all (`may_retransmit`), and later video waits for the room they took.
+    """
+
+    def __init__(self, downlink: Downlink) -> None:
+        self.downlink = downlink
+        self.audio_ssrcs: set[int] = set()
+        self.video_ssrcs: set[int] = set()
+        self.rtx_ssrcs: set[int] = set()
+        self.abs_send_time_ids: dict[int, int] = {}  # ssrc -> one-byte header extension id
+        self._free_at = 0.0
+        self._sent_at: dict[int, float] = {}  # (ssrc << 16 | seq) -> when it left
+        self._retransmitted: dict[int, float] = {}
+        self.retransmissions_refused = 0
+
+    def backlog(self, now: float) -> float:
+        """Seconds of video already promised ahead of now."""
+        return max(0.0, self._free_at - now)
+
+    def _reserve(self, nbytes: int, now: float) -> float:
+        rate = self.downlink.pacing_bps
+        start = max(now, self._free_at)
+        self._free_at = start + (nbytes + PACKET_OVERHEAD_BYTES) * 8 / rate
+        return start - now - BURST_SECONDS
+
+    async def send(self, data: bytes, original: SendRtp) -> None:
+        ssrc = _ssrc(data)
+        if ssrc is None or ssrc not in self.video_ssrcs:
+            if ssrc in self.audio_ssrcs:
+                self.downlink.sent(len(data), audio=True)
+            elif ssrc in self.rtx_ssrcs:
+                self._retransmitted_now(len(data))
+            await original(data)
+            return
+        if self._key(ssrc, data) in self._sent_at:  # a retransmission without RTX
+            self._retransmitted_now(len(data))
+            await original(data)
+            return
+        now = time.monotonic()
+        delay = self._reserve(len(data), now)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        ext_id = self.abs_send_time_ids.get(ssrc)
+        if ext_id is not None:
+            data = restamp_abs_send_time(data, ext_id)
+        self.downlink.sent(len(data), audio=False)
+        self._remember(ssrc, data)
+        await original(data)
+
+    @staticmethod
+    def _key(ssrc: int, data: bytes) -> int:
+        return ssrc << 16 | int.from_bytes(data[2:4], "big")
+
+    def _remember(self, ssrc: int, data: bytes) -> None:
+        self._sent_at[self._key(ssrc, data)] = time.monotonic()
+        if len(self._sent_at) > 2048:
+            for old in list(self._sent_at)[:1024]:
+                del self._sent_at[old]
+
+    def may_retransmit(self, ssrc: int, sequence_number: int) -> bool:
+        """Whether a NACKed packet can still help: young, not just resent, the pace not behind."""
+        now = time.monotonic()
+        key = ssrc << 16 | sequence_number
+        sent_at = self._sent_at.get(key)
+        last = self._retransmitted.get(key)
+        if (
+            sent_at is None
+            or now - sent_at > NACK_MAX_AGE
+            or self.backlog(now) > NACK_MAX_BACKLOG
+            or (last is not None and now - last < NACK_MIN_INTERVAL)
+        ):
+            self.retransmissions_refused += 1
+            return False
+        self._retransmitted[key] = now
+        if len(self._retransmitted) > 1024:
+            for old in list(self._retransmitted)[:512]:
+                del self._retransmitted[old]
+        return True
+
+    def _retransmitted_now(self, nbytes: int) -> None:
+        self._reserve(nbytes, time.monotonic())
+        self.downlink.sent(nbytes, audio=False)
+
+
+def _ssrc(data: bytes) -> int | None:
+    if len(data) < 12 or 192 <= data[1] <= 208:  # too short, or RTCP
+        return None
+    return int.from_bytes(data[8:12], "big")
+
+
+def restamp_abs_send_time(data: bytes, ext_id: int) -> bytes:
+    """The RTP packet with its abs-send-time extension set to now (one-byte header form)."""
+    if not data[0] & 0x10:
+        return data
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if len(data) < offset + 4 or data[offset : offset + 2] != b"\xbe\xde":
+        return data
+    length = int.from_bytes(data[offset + 2 : offset + 4], "big") * 4
+    position, end = offset + 4, min(len(data), offset + 4 + length)
+    while position < end:
+        header = data[position]
+        if header == 0:  # padding
+            position += 1
+            continue
+        element_id, size = header >> 4, (header & 0x0F) + 1
+        if element_id == 15:
+            break
+        if element_id == ext_id and size == 3 and position + 4 <= end:
+            stamp = ((clock.current_ntp_time() >> 14) & 0xFFFFFF).to_bytes(3, "big")
+            return data[: position + 1] + stamp + data[position + 4 :]
+        position += 1 + size
+    return data
+
+
+__all__ = ["Downlink", "Pacer", "restamp_abs_send_time"]

@@ -1,0 +1,371 @@
+"""Bandwidth through the relay, sound first: estimates, pacing, pausing, REMB to publishers.
+
+The relay runs in the test's process with real aiortc peers on loopback. A browser on a poor
+link tells the relay so with RTCP (REMB, receiver reports with loss); here the subscriber's own
+aiortc receiver sends those same packets, since loopback itself never loses anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    HeaderExtensionsMap,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+
+from app.config import Settings
+from media import bandwidth, hooks
+from media.bandwidth import Downlink, Pacer, restamp_abs_send_time
+from media.relay import Relay
+from tests.media.clients import until
+from tests.media.harness import Log, Outbox, Peer, consent
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[tuple[Relay, Outbox]]:
+    outbox = Outbox()
+    settings = Settings(
+        environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "rec"
+    )
+    relay = Relay(settings=settings, emit=outbox.emit, recordings=Log())
+    yield relay, outbox
+    await relay.shutdown()
+
+
+async def call_of_two(relay: Relay, outbox: Outbox) -> tuple[uuid.UUID, Peer, Peer]:
+    call = uuid.uuid4()
+    await relay.open_call(call, consent=consent(), ice_servers=[])
+    patient = Peer(relay, outbox, call, "patient", colour=RED, tone=440)
+    clinician = Peer(relay, outbox, call, "clinician", colour=BLUE, tone=880)
+    await patient.join()
+    await clinician.join()
+    await until(lambda: video_frames(clinician) > 10 and video_frames(patient) > 10, 20)
+    return call, patient, clinician
+
+
+def video_frames(peer: Peer) -> int:
+    return sum(t.video_frames for t in peer.tracks)
+
+
+def audio_frames(peer: Peer) -> int:
+    return sum(t.audio_frames for t in peer.tracks)
+
+
+def transceiver(peer: Peer, kind: str, *, receiving: bool) -> Any:
+    assert peer.pc is not None
+    for t in peer.pc.getTransceivers():
+        if t.kind != kind:
+            continue
+        if receiving and hooks.sources(t.receiver):
+            return t
+        if not receiving and t.sender.track is not None:
+            return t
+    raise AssertionError(f"no {kind} transceiver")
+
+
+def video_messages(outbox: Outbox, call: uuid.UUID, role: str) -> list[dict[str, Any]]:
+    return [m for m in outbox.messages[(call, role)] if m.get("type") == "video"]
+
+
+async def sound_without_video(*peers: Peer) -> list[int]:
+    """No video reaches these peers for a second, their sound does; their video frame counts."""
+    await asyncio.sleep(0.5)  # what was on its way arrives
+    frames = [video_frames(peer) for peer in peers]
+    sound = [audio_frames(peer) for peer in peers]
+    await asyncio.sleep(1.0)
+    assert [video_frames(peer) for peer in peers] == frames
+    assert all(audio_frames(p) > heard + 20 for p, heard in zip(peers, sound, strict=True))
+    return frames
+
+
+def rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
+    value = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc")  # noqa: B009
+    assert value is not None
+    return int(value)
+
+
+async def report_loss(receiver: RTCRtpReceiver, fraction: float) -> None:
+    """The subscriber says it lost `fraction` of the video sent to it (as a browser would)."""
+    reports = [
+        RtcpReceiverInfo(
+            ssrc=ssrc,
+            fraction_lost=int(fraction * 256),
+            packets_lost=100,
+            highest_sequence=0,
+            jitter=0,
+            lsr=0,
+            dlsr=0,
+        )
+        for ssrc in hooks.sources(receiver)
+    ]
+    await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc(receiver), reports=reports))
+
+
+async def send_remb(receiver: RTCRtpReceiver, bps: int) -> None:
+    packet = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP,
+        ssrc=rtcp_ssrc(receiver),
+        media_ssrc=0,
+        fci=pack_remb_fci(bps, hooks.sources(receiver)),
+    )
+    await receiver._send_rtcp(packet)
+
+
+def record_feedback(sender: RTCRtpSender) -> list[RtcpPsfbPacket]:
+    """Every PLI and REMB the relay sends this publisher's sender (a test client's sender)."""
+    heard: list[RtcpPsfbPacket] = []
+    original = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket):
+            heard.append(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+    return heard
+
+
+def rembs(heard: list[RtcpPsfbPacket], ssrc: int) -> list[int]:
+    values = []
+    for packet in heard:
+        if packet.fmt == RTCP_PSFB_APP:
+            bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            if ssrc in ssrcs:
+                values.append(bitrate)
+    return values
+
+
+class TestPublisherHearsItsSubscribers:
+    async def test_a_subscriber_that_can_take_150_kbps_caps_the_publisher(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        plane, outbox = relay
+        call, patient, clinician = await call_of_two(plane, outbox)
+        patient_video = transceiver(patient, "video", receiving=False).sender
+        heard = record_feedback(patient_video)
+        receiver = transceiver(clinician, "video", receiving=True).receiver
+        for _ in range(6):  # what a browser on a thin link says, twice a second
+            await send_remb(receiver, 150_000)
+            await asyncio.sleep(0.5)
+        told = rembs(heard, patient_video._ssrc)
+        assert told, "the relay sent the publisher no REMB"
+        assert max(told[-3:]) <= 150_000
+        # aiortc's encoder follows REMB down to its floor (250 kbit/s) from its 500 kbit/s start.
+        encoder = getattr(patient_video, "_RTCRtpSender__encoder")  # noqa: B009
+        assert encoder.target_bitrate < 500_000
+        await patient.close()
+        await clinician.close()
+        assert plane.rooms[call].publishers[("clinician", "video")].remb_cap is not None
+
+
+class TestVideoPausesBeforeSoundSuffers:
+    async def test_video_pauses_on_a_congested_link_audio_flows_and_video_comes_back(
+        self, relay: tuple[Relay, Outbox], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(bandwidth, "RESUME_BACKOFF", 1.0)
+        plane, outbox = relay
+        call, patient, clinician = await call_of_two(plane, outbox)
+        receiver = transceiver(clinician, "video", receiving=True).receiver
+        for _ in range(20):  # 30 % lost and a low estimate, as a 64 kbit/s link reports it
+            await report_loss(receiver, 0.3)
+            await send_remb(receiver, 20_000)
+            if video_messages(outbox, call, "patient"):
+                break
+            await asyncio.sleep(0.5)
+        paused = video_messages(outbox, call, "patient")
+        assert paused[0] == {
+            "type": "video",
+            "appointment_id": str(call),
+            "role": "clinician",
+            "state": "paused",
+            "reason": "bandwidth",
+        }
+        assert video_messages(outbox, call, "clinician")[0] == paused[0]  # everyone is told
+        await sound_without_video(clinician)  # to the thin side
+        assert video_frames(patient) > 0  # the clinician's own video still reaches the patient
+        # The link recovers: the loss reports stop, a healthy estimate comes.
+        for _ in range(20):
+            await report_loss(receiver, 0.0)
+            await send_remb(receiver, 1_000_000)
+            if len(video_messages(outbox, call, "patient")) > 1:
+                break
+            await asyncio.sleep(0.5)
+        assert video_messages(outbox, call, "patient")[1]["state"] == "resumed"
+        frames = video_frames(clinician)
+        await until(lambda: video_frames(clinician) > frames + 10, 10)  # from a keyframe
+        await patient.close()
+        await clinician.close()
+
+    async def test_a_low_estimate_without_congestion_does_not_pause(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        """A REMB follows what arrives: small video gets a small REMB; that is no reason."""
+        plane, outbox = relay
+        call, patient, clinician = await call_of_two(plane, outbox)
+        receiver = transceiver(clinician, "video", receiving=True).receiver
+        for _ in range(8):
+            await report_loss(receiver, 0.0)
+            await send_remb(receiver, 10_000)
+            await asyncio.sleep(0.5)
+        assert video_messages(outbox, call, "patient") == []
+        frames = video_frames(clinician)
+        await until(lambda: video_frames(clinician) > frames + 10, 10)
+        await patient.close()
+        await clinician.close()
+
+
+class TestSoundOnly:
+    async def test_asking_for_sound_only_stops_video_both_ways_and_tells_everyone(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        plane, outbox = relay
+        call, patient, clinician = await call_of_two(plane, outbox)
+        await plane.video(call, "patient", enabled=False)
+        expected = {
+            "type": "video",
+            "appointment_id": str(call),
+            "role": "patient",
+            "state": "paused",
+            "reason": "requested",
+        }
+        assert video_messages(outbox, call, "clinician") == [expected]
+        assert video_messages(outbox, call, "patient") == [expected]
+        seen = await sound_without_video(patient, clinician)
+        await plane.video(call, "patient", enabled=False)  # asked twice: said once
+        assert len(video_messages(outbox, call, "clinician")) == 1
+        await plane.video(call, "patient", enabled=True)
+        assert video_messages(outbox, call, "clinician")[-1]["state"] == "resumed"
+        await until(
+            lambda: video_frames(patient) > seen[0] + 10 and video_frames(clinician) > seen[1] + 10,
+            10,
+        )
+        await patient.close()
+        await clinician.close()
+
+
+class TestKeyframes:
+    async def test_a_lost_keyframe_request_is_asked_again(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        plane, outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(), ice_servers=[])
+        patient = Peer(plane, outbox, call, "patient", colour=RED, tone=440)
+        await patient.join()
+        room = plane.rooms[call]
+        await until(lambda: ("patient", "video") in room.publishers, 10)
+        await until(lambda: room.publishers[("patient", "video")].frames > 30, 10)  # past its first
+        sender = transceiver(patient, "video", receiving=False).sender
+        # The first two requests never reach the publisher (lost on the way). REMB is kept
+        # from it too: aiortc's encoder restarts, with a keyframe, when its bitrate changes.
+        original = sender._handle_rtcp_packet
+        lost: list[RtcpPsfbPacket] = []
+
+        async def lossy(packet: Any) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                return
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_PLI and len(lost) < 2:
+                lost.append(packet)
+                return
+            await original(packet)
+
+        sender._handle_rtcp_packet = lossy
+        clinician = Peer(plane, outbox, call, "clinician", colour=BLUE, tone=880)
+        await clinician.join()  # needs a keyframe to start
+        await until(lambda: video_frames(clinician) > 5, 15)
+        assert len(lost) == 2
+        await patient.close()
+        await clinician.close()
+
+
+class TestDownlink:
+    def test_loss_over_ten_percent_lowers_the_estimate_and_low_loss_raises_it_again(self) -> None:
+        link = Downlink()
+        link.audio_bps, link.video_bps = 40_000.0, 300_000.0
+        link.on_loss(77, now=1.0)  # 30 %
+        assert link.loss_cap_bps is not None
+        assert link.loss_cap_bps == pytest.approx(340_000 * (1 - 0.5 * 77 / 256))
+        assert link.video_budget_bps == pytest.approx(link.loss_cap_bps - 40_000)
+        lowered = link.loss_cap_bps
+        link.on_loss(0, now=2.0)
+        assert link.loss_cap_bps == pytest.approx(lowered * 1.08)
+
+    def test_a_failed_try_doubles_the_wait_before_the_next(self) -> None:
+        link = Downlink()
+        t = link._last_tick
+        link.on_remb(10_000, now=t)
+        link.on_loss(80, now=t)
+        assert link.tick(t + 0.5) is None
+        assert link.tick(t + 2.6) == "paused"  # low and congested for PAUSE_AFTER
+        assert link.tick(t + 2.6 + bandwidth.RESUME_BACKOFF) == "resumed"  # no loss since
+        link.on_loss(80, now=t + 7.0)
+        link.on_remb(10_000, now=t + 7.0)
+        assert link.tick(t + 7.1) is None
+        assert link.tick(t + 9.2) == "paused"
+        assert link.tick(t + 9.2 + bandwidth.RESUME_BACKOFF + 0.1) is None  # twice as long
+        assert link.tick(t + 9.2 + 2 * bandwidth.RESUME_BACKOFF) == "resumed"
+
+    def test_a_low_estimate_alone_is_no_reason_to_pause(self) -> None:
+        link = Downlink()
+        t = link._last_tick
+        for step in range(1, 20):
+            link.on_remb(10_000, now=t + step * 0.5)
+            assert link.tick(t + step * 0.5) is None
+
+
+class TestPacer:
+    def test_nacks_are_answered_only_while_they_can_help(self) -> None:
+        pacer = Pacer(Downlink())
+        pacer.video_ssrcs.add(1234)
+        packet = RtpPacket(payload_type=96, sequence_number=7, timestamp=0, ssrc=1234)
+        pacer._remember(1234, packet.serialize())
+        assert pacer.may_retransmit(1234, 7)
+        assert not pacer.may_retransmit(1234, 7)  # just resent
+        assert not pacer.may_retransmit(1234, 8)  # never sent (or long gone)
+        pacer._sent_at[1234 << 16 | 7] -= bandwidth.NACK_MAX_AGE + 0.1
+        pacer._retransmitted.clear()
+        assert not pacer.may_retransmit(1234, 7)  # too old to be played
+
+    def test_abs_send_time_is_stamped_when_the_packet_leaves(self) -> None:
+        extensions = HeaderExtensionsMap()
+        extensions.configure(
+            RTCRtpParameters(
+                headerExtensions=[
+                    RTCRtpHeaderExtensionParameters(
+                        id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"
+                    ),
+                    RTCRtpHeaderExtensionParameters(
+                        id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+                    ),
+                ]
+            )
+        )
+        packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=5, ssrc=99)
+        packet.extensions.mid = "1"
+        packet.extensions.abs_send_time = 0x123456
+        packet.payload = b"payload"
+        restamped = RtpPacket.parse(
+            restamp_abs_send_time(packet.serialize(extensions), 3), extensions
+        )
+        assert restamped.extensions.abs_send_time != 0x123456
+        assert restamped.extensions.mid == "1"
+        assert restamped.payload == b"payload"
+        plain = RtpPacket(payload_type=96, sequence_number=1, timestamp=5, ssrc=99).serialize()
+        assert restamp_abs_send_time(plain, 3) == plain  # nothing to stamp
