@@ -9,19 +9,28 @@
 The load runs in another process (bench/_relay_load.py) and sends pre-encoded frames, so it
 does not eat the measurement; relay CPU is read from /proc around the measured window.
 
+  4. with --against REV: relay CPU per forwarded call of this tree against the relay of git
+     revision REV (a worktree made for the run), in alternating rounds (issue 11: bandwidth
+     adaptation may cost at most 1.25x the forwarding it adds to)
+
 Run: python bench/relay.py [--forward 8,16,20] [--stock 1,2] [--seconds 8] [--runs 5]
      [--recording-rounds 3]   (the recording figure uses the second --forward count)
+     python bench/relay.py --against e357c9c [--against-calls 8] [--against-rounds 4] --only-against
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +42,13 @@ from tests.live import free_port  # noqa: E402
 
 
 class RelayProcess:
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, root: Path = HERE.parent) -> None:
+        """A relay process running the code under `root` (this tree, or another revision's)."""
         self.port = free_port()
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                str(HERE / "_relay_server.py"),
+                str(root / "bench" / "_relay_server.py"),
                 "--port",
                 str(self.port),
                 "--mode",
@@ -166,6 +176,56 @@ async def admit_to_first_frame(runs: int) -> list[float]:
     return times
 
 
+@contextlib.contextmanager
+def worktree(revision: str) -> Iterator[Path]:
+    """Another revision of this repository, checked out beside it for the run."""
+    path = Path(tempfile.mkdtemp(prefix="televisit-bench-"))
+    git = shutil.which("git") or "git"
+    subprocess.run(
+        [git, "-C", str(HERE.parent), "worktree", "add", "--detach", str(path), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            [git, "-C", str(HERE.parent), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def against(revision: str, calls: int, rounds: int, seconds: float) -> None:
+    """Relay CPU per call, this tree vs `revision`, in alternating rounds on the same load."""
+    cores: dict[str, list[float]] = {"this tree": [], revision: []}
+    rows: list[str] = []
+    with worktree(revision) as other:
+        for _ in range(rounds):
+            for name, root in (("this tree", HERE.parent), (revision, other)):
+                relay = RelayProcess("forward", root)
+                try:
+                    result = run_load(relay, calls, seconds)
+                finally:
+                    relay.stop()
+                cores[name].append(result["relay_cores"] / calls)
+                rows.append(
+                    f"| {name} | {result['fps_min']:.1f} / {result['fps_mean']:.1f} "
+                    f"| {delays(result)} | {result['relay_cores'] / calls:.4f} "
+                    f"| {'yes' if sustained(result, 'forward') else 'no'} |"
+                )
+    print(f"| relay ({calls} calls of 640x480@30) | fps min / mean | delay p50 / p95 ms "
+          "| cores per call | sustained |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    ours, theirs = statistics.mean(cores["this tree"]), statistics.mean(cores[revision])
+    print(
+        f"relay CPU per call, this tree vs {revision}: {ours:.4f} vs {theirs:.4f} cores: "
+        f"**{ours / theirs:.2f}x** (target <= 1.25x; {rounds} alternating rounds each)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--forward", default="8,16,20")
@@ -173,7 +233,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--recording-rounds", type=int, default=3)
+    parser.add_argument("--against", help="a git revision whose relay to compare with")
+    parser.add_argument("--against-calls", type=int, default=8)
+    parser.add_argument("--against-rounds", type=int, default=4)
+    parser.add_argument("--only-against", action="store_true")
     args = parser.parse_args()
+    if args.against:
+        against(args.against, args.against_calls, args.against_rounds, args.seconds)
+        if args.only_against:
+            return
     rows: list[str] = []
     per_call: dict[str, float] = {}
     for mode, counts in (("forward", args.forward), ("stock", args.stock)):
