@@ -164,6 +164,41 @@ class TestQualityAndConsent:
             assert summary.json()["status"] == "completed"
 
 
+class TestSoundOnlyThroughTheServer:
+    async def test_either_side_asks_for_sound_only_and_both_are_told(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.clinician.wait_for_video(RED)
+            appointment = str(call.visit.appointment_id)
+            await call.patient_socket.send({"type": "video", "enabled": False})
+            told = {
+                "appointment_id": appointment,
+                "role": "patient",
+                "state": "paused",
+                "reason": "requested",
+            }
+            await call.desk.expect("video", within=10, **told)
+            await call.patient_socket.expect("video", within=10, **told)
+            await asyncio.sleep(1.0)  # what was on its way arrives
+            frames = call.clinician.received.video_frames
+            await asyncio.sleep(1.5)
+            assert call.clinician.received.video_frames == frames
+            await call.patient_socket.send({"type": "video", "enabled": True})
+            told.update(state="resumed")
+            await call.desk.expect("video", within=10, **told)
+            await call.clinician.wait_for_video(RED)
+            frames = call.clinician.received.video_frames
+            await until(lambda: call.clinician.received.video_frames > frames + 10, 10)
+            await call.desk.send({"type": "video", "appointment_id": appointment, "enabled": False})
+            await call.patient_socket.expect("video", within=10, role="clinician", state="paused")
+            await call.patient_socket.send({"type": "video", "enabled": "sometimes"})
+            await call.patient_socket.expect("error", within=5)
+
+
 class TestReconnectThroughTheServer:
     async def test_the_patient_comes_back_with_a_new_connection(
         self, live_server: LiveServer, staff: Staff, db: Database
