@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     turn_secret: SecretStr | None = None
     media_ips: CommaList = Field(default_factory=list)
     media_peer_allow: CommaList = Field(default_factory=list)
+    # "40000-40999": the only UDP ports the relay's ICE binds (None: any); media.network.
+    media_ports: Annotated[tuple[int, int] | None, NoDecode] = None
+    # The address offered in place of the relay's local one, behind 1:1 NAT; media.network.
+    media_public_ip: str | None = None
 
     access_token_minutes: int = Field(default=15, ge=1, le=15)
     # A visit link opens at booking and closes this long after the visit's end.
@@ -74,6 +78,39 @@ class Settings(BaseSettings):
         for item in value:
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @field_validator("media_ports", mode="before")
+    @classmethod
+    def _port_range(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return parse_port_range(value)
+
+    @field_validator("media_ports")
+    @classmethod
+    def _ports_in_order(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None:
+            check_port_range(*value)
+        return value
+
+    @field_validator("media_public_ip", mode="before")
+    @classmethod
+    def _public_ip(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            address = ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"TELEVISIT_MEDIA_PUBLIC_IP must be an IP address (e.g. 203.0.113.7), not {value!r}"
+            ) from None
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(
+                f"TELEVISIT_MEDIA_PUBLIC_IP must be an address clients can reach, not {value!r}"
+            )
+        return str(address)
 
     @model_validator(mode="after")
     def _secret_required_outside_development(self) -> Settings:
@@ -101,6 +138,40 @@ class Settings(BaseSettings):
         if self.secret_key is not None and self.secret_key.get_secret_value():
             return self.secret_key.get_secret_value().encode()
         return _development_secret()
+
+
+_PORT_RANGE_EXAMPLE = "e.g. 40000-40999"
+
+
+def parse_port_range(value: str) -> tuple[int, int] | None:
+    """`"40000-40999"` (or one port, `"40000"`) as (first, last); empty: None (any port)."""
+    text = value.strip()
+    if not text:
+        return None
+    first, dash, last = text.partition("-")
+    try:
+        low = int(first.strip())
+        high = int(last.strip()) if dash else low
+    except ValueError:
+        raise ValueError(
+            f"TELEVISIT_MEDIA_PORTS must be a UDP port range FIRST-LAST ({_PORT_RANGE_EXAMPLE}), "
+            f"not {value!r}"
+        ) from None
+    check_port_range(low, high)
+    return low, high
+
+
+def check_port_range(low: int, high: int) -> None:
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise ValueError(
+            f"TELEVISIT_MEDIA_PORTS must lie within 1-65535 ({_PORT_RANGE_EXAMPLE}), "
+            f"not {low}-{high}"
+        )
+    if low > high:
+        raise ValueError(
+            f"TELEVISIT_MEDIA_PORTS is reversed: {low}-{high} starts above its end "
+            f"(write {high}-{low})"
+        )
 
 
 @lru_cache(maxsize=1)

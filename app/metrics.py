@@ -19,3 +19,7 @@ BOOKING_SECONDS = Histogram(
     "Time spent booking a slot, for successful bookings.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+MEDIA_PORTS_EXHAUSTED = Counter(
+    "televisit_media_ports_exhausted_total",
+    "Peer connections the relay could not open: every port of TELEVISIT_MEDIA_PORTS was in use.",
+)
