@@ -64,15 +64,19 @@ def turn_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"coturn did not listen on 127.0.0.1:{port} within 10 s")
+        wait_for_coturn(port)
         yield f"turn:127.0.0.1:{port}", secret
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def wait_for_coturn(port: int) -> None:
+    """Until coturn accepts TCP connections on 127.0.0.1:port (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"coturn did not listen on 127.0.0.1:{port} within 10 s")
