@@ -10,6 +10,7 @@ import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from ".
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
+import { selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
 
 const queueList = byId("queue");
@@ -17,6 +18,7 @@ const remoteVideo = byId("remote-video");
 const localVideo = byId("local-video");
 const arrival = byId("arrival");
 const callMessage = byId("call-message");
+const soundOnly = new SoundOnlyView(remoteVideo);
 
 const state = {
   me: null,
@@ -32,6 +34,8 @@ const state = {
   recording: false,
   microphoneOn: true,
   cameraOn: true,
+  audioOnly: false, // sound only, by the clinician's choice (the "Audio only" button)
+  video: new VideoStates(), // what the relay said it paused in this call, and for whom
   todayTimer: null,
 };
 
@@ -175,6 +179,9 @@ async function onMessage(message) {
       break;
     case "message":
       if (state.call) patientState(message.data || {});
+      break;
+    case "video":
+      if (forCall && state.video.apply(message)) renderVideo();
       break;
     case "error":
       onError(message);
@@ -385,7 +392,9 @@ async function openCall(appointmentId, iceServers) {
     byId("call-title").textContent = `In call with ${name}`;
     byId("call-idle").hidden = true;
     byId("call-view").hidden = false;
-    byId("stats").replaceChildren(el("tr", {}, el("td", { colspan: 5, text: "Waiting for the first figures…" })));
+    byId("stats").replaceChildren(el("tr", {}, el("td", { colspan: 6, text: "Waiting for the first figures…" })));
+    state.video.reset();
+    renderVideo();
     byId("stats-mode").textContent = "";
     renderRecording();
     loadConsent(appointmentId);
@@ -406,8 +415,16 @@ function renderMedia(media) {
   if (media.microphone !== "ok") problems.push("Your microphone is not available: the patient cannot hear you.");
   note.textContent = problems.join(" ");
   note.hidden = problems.length === 0;
-  byId("camera").disabled = media.camera !== "ok";
+  byId("camera").disabled = media.camera !== "ok" || state.audioOnly;
   byId("mute").disabled = media.microphone !== "ok";
+  renderLocalPicture();
+}
+
+function renderLocalPicture() {
+  const placeholder = byId("local-placeholder");
+  const words = selfViewWords({ camera: state.media?.camera, audioOnly: state.audioOnly, noCamera: "No camera" });
+  placeholder.hidden = !words;
+  placeholder.textContent = words || "";
 }
 
 function startLink() {
@@ -421,8 +438,18 @@ function startLink() {
       if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
       remoteVideo.play().catch(() => {});
     },
+    onState: (connection) => {
+      // The relay keeps a choice across connections and says nothing when it is unchanged:
+      // telling it again squares it with this page (one reloaded, a press lost while the
+      // socket was down).
+      if (connection === "connected" && state.call === call) sendVideoChoice();
+    },
   });
   call.link = link;
+  // A new peer connection with the relay: what it said about our own link is for it to say again.
+  state.video.clear("clinician", "bandwidth");
+  renderVideo();
+  if (state.audioOnly) link.sendVideo(null).catch(() => {});
   link.start().catch((error) => console.warn("offer failed", error?.name));
 }
 
@@ -437,6 +464,39 @@ function renderCallStatus() {
     note.textContent = "";
   }
 }
+
+/**
+ * Sound only, said plainly: above the picture (a polite live region) and, when no video comes
+ * to us, a tile with the patient's name over their picture instead of a frozen frame.
+ */
+function renderVideo() {
+  if (!state.call) {
+    soundOnly.clear();
+    return;
+  }
+  const name = state.call.name;
+  const words = soundOnlyWords({ me: "clinician", other: "patient", name, chose: state.audioOnly, states: state.video });
+  soundOnly.show({ ...words, name });
+}
+
+function sendVideoChoice() {
+  if (state.call) state.channel.send({ type: "video", appointment_id: state.call.id, enabled: !state.audioOnly });
+}
+
+function setAudioOnly(on) {
+  state.audioOnly = on;
+  // In sound only the relay does not report our link (no video comes to us), so a pause it
+  // reported before could end unsaid: it is not shown from here on.
+  if (on) state.video.clear("clinician", "bandwidth");
+  byId("audio-only").setAttribute("aria-pressed", String(on));
+  sendCamera({ stream: state.media?.stream, link: state.call?.link, audioOnly: on, cameraOn: state.cameraOn });
+  byId("camera").disabled = on || state.media?.camera !== "ok";
+  sendVideoChoice();
+  renderLocalPicture();
+  renderVideo();
+}
+
+byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
 
 function patientState(data) {
   const notes = [];
@@ -473,16 +533,22 @@ async function loadConsent(appointmentId) {
   }
 }
 
+/** A figure of the relay's, or a dash where it has none (yet). */
+function figure(value, format) {
+  return el("td", { text: value === null || value === undefined ? "–" : format(value) });
+}
+
 function renderStats(message) {
   const rows = (message.participants || []).map((p) =>
     el(
       "tr",
       {},
       el("th", { scope: "row", text: p.role === "patient" ? state.call.name : "You" }),
-      el("td", { text: p.rtt_ms === null || p.rtt_ms === undefined ? "–" : `${Math.round(p.rtt_ms)} ms` }),
-      el("td", { text: p.loss === null || p.loss === undefined ? "–" : `${(p.loss * 100).toFixed(1)} %` }),
-      el("td", { text: p.jitter_ms === null || p.jitter_ms === undefined ? "–" : `${Math.round(p.jitter_ms)} ms` }),
-      el("td", { text: p.kbps === null || p.kbps === undefined ? "–" : `${Math.round(p.kbps)} kbit/s` }),
+      figure(p.rtt_ms, (v) => `${Math.round(v)} ms`),
+      figure(p.loss, (v) => `${(v * 100).toFixed(1)} %`),
+      figure(p.jitter_ms, (v) => `${Math.round(v)} ms`),
+      figure(p.kbps, (v) => `${Math.round(v)} kbit/s`),
+      figure(p.available_kbps, (v) => `${Math.round(v)} kbit/s`),
     ),
   );
   if (rows.length) byId("stats").replaceChildren(...rows);
@@ -506,10 +572,14 @@ function closeCall(reason) {
   state.call = null;
   state.recording = false;
   state.microphoneOn = state.cameraOn = true;
-  for (const [id, label] of [["mute", "Mute"], ["camera", "Camera off"]]) {
+  state.audioOnly = false;
+  state.video.reset();
+  for (const [id, label] of [["mute", "Mute"], ["camera", "Camera off"], ["audio-only", "Audio only"]]) {
     byId(id).setAttribute("aria-pressed", "false");
     byId(id).textContent = label;
   }
+  renderVideo();
+  byId("local-placeholder").hidden = true;
   remoteVideo.srcObject = null;
   endLocalMedia();
   byId("call-view").hidden = true;

@@ -32,10 +32,13 @@ export class MediaLink {
     this.previous = null;
     this.pc = new RTCPeerConnection(rtcConfiguration(iceServers));
     const pc = this.pc;
+    this.videoSender = null; // our camera's sender, when we have a camera
     for (const kind of ["audio", "video"]) {
       const track = stream ? stream.getTracks().find((t) => t.kind === kind) : null;
-      if (track) pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
-      else pc.addTransceiver(kind, { direction: "recvonly" });
+      if (track) {
+        const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+        if (kind === "video") this.videoSender = transceiver.sender;
+      } else pc.addTransceiver(kind, { direction: "recvonly" });
     }
     pc.ontrack = (event) => {
       const track = event.track;
@@ -80,6 +83,16 @@ export class MediaLink {
       if (!pc.remoteDescription) this.pendingCandidates.push(candidate);
       else await pc.addIceCandidate(candidate).catch(() => {});
     }
+  }
+
+  /**
+   * Send this camera track, or no video at all (null: "sound only"). The m-line and its
+   * direction stay as negotiated, so no new offer is needed either way.
+   */
+  async sendVideo(track) {
+    const sender = this.videoSender;
+    if (this.closed || !sender || sender.track === track) return;
+    await sender.replaceTrack(track);
   }
 
   async _flushCandidates() {

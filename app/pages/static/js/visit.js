@@ -18,6 +18,7 @@ import {
 } from "./devices.js";
 import { connectionTest, MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
+import { selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { formatDateTime, formatDuration, zoneName } from "./time.js";
 
 const token = decodeURIComponent(location.pathname.replace(/^\/visit\//, "").replace(/\/$/, ""));
@@ -39,6 +40,7 @@ const live = byId("live");
 const localVideo = byId("local-video");
 const remoteVideo = byId("remote-video");
 const reconnecting = byId("reconnecting");
+const soundOnly = new SoundOnlyView(remoteVideo);
 
 const state = {
   visit: null,
@@ -55,6 +57,8 @@ const state = {
   qualityTimer: null,
   microphoneOn: true,
   cameraOn: true,
+  audioOnly: false, // sound only, by the patient's choice (the "Audio only" button)
+  video: new VideoStates(), // what the relay said it paused, and for whom
 };
 
 // HTTP --------------------------------------------------------------------------------------
@@ -261,10 +265,7 @@ function renderMedia() {
     : "Your camera and microphone work. You should see yourself.";
   status.dataset.state = problems.length ? "warning" : "ok";
   localVideo.srcObject = media.stream;
-  byId("local-placeholder").hidden = media.camera === "ok";
-  if (media.camera !== "ok") {
-    byId("local-placeholder").textContent = "Sound only: no camera picture";
-  }
+  renderLocalPicture();
   byId("start-check").hidden = true;
   if (media.stream && media.microphone === "ok") {
     byId("mic-row").hidden = false;
@@ -278,9 +279,21 @@ function renderMedia() {
   note.hidden = problems.length === 0;
   note.textContent = problems.join(" ");
   const camera = byId("camera");
-  camera.disabled = media.camera !== "ok";
+  camera.disabled = media.camera !== "ok" || state.audioOnly;
   if (media.camera !== "ok") camera.textContent = "No camera";
   byId("mute").disabled = media.microphone !== "ok";
+}
+
+/** The self view's words over the picture: no camera, or sound only by choice. */
+function renderLocalPicture() {
+  const placeholder = byId("local-placeholder");
+  const words = selfViewWords({
+    camera: state.media?.camera,
+    audioOnly: state.audioOnly,
+    noCamera: "Sound only: no camera picture",
+  });
+  placeholder.hidden = !words;
+  placeholder.textContent = words || "";
 }
 
 byId("start-check").addEventListener("click", () => {
@@ -398,6 +411,9 @@ async function onMessage(message) {
     case "message":
       peerState(message.data || {});
       break;
+    case "video":
+      if (state.video.apply(message)) renderVideo();
+      break;
     case "ended":
       finish(message.reason);
       break;
@@ -491,6 +507,9 @@ async function admitted(iceServers) {
 
 function startCall() {
   state.link?.close();
+  // A new peer connection with the relay: what it said about our own link is for it to say again.
+  state.video.clear("patient", "bandwidth");
+  renderVideo();
   const link = new MediaLink({
     iceServers: state.iceServers,
     stream: state.media?.stream || null,
@@ -500,11 +519,17 @@ function startCall() {
       remoteVideo.play().catch(() => {});
     },
     onState: (connection) => {
-      if (connection === "connected") remoteNote(null);
-      else if (connection === "failed") remoteNote("The video connection was lost. Reconnecting…");
+      if (connection === "connected") {
+        remoteNote(null);
+        // The relay keeps a choice across connections and says nothing when it is unchanged:
+        // telling it again squares it with this page (one reloaded, a press lost while the
+        // socket was down).
+        sendVideoChoice();
+      } else if (connection === "failed") remoteNote("The video connection was lost. Reconnecting…");
     },
   });
   state.link = link;
+  if (state.audioOnly) link.sendVideo(null).catch(() => {});
   link.start().catch((error) => console.warn("offer failed", error?.name));
   window.clearInterval(state.qualityTimer);
   state.qualityTimer = window.setInterval(() => updateQuality(link), 2000);
@@ -519,6 +544,35 @@ async function updateQuality(link) {
   const words = { good: "Good connection", fair: "Fair connection", poor: "Poor connection", unknown: "Connecting…" };
   byId("quality-text").textContent = words[sample.level];
 }
+
+/**
+ * Sound only, said plainly: under the picture (a polite live region) and, when no video comes
+ * to us, a tile with the clinician's name over their picture instead of a frozen frame.
+ */
+function renderVideo() {
+  const name = state.visit?.clinician.name || "Your clinician";
+  const words = soundOnlyWords({ me: "patient", other: "clinician", name, chose: state.audioOnly, states: state.video });
+  soundOnly.show({ ...words, name });
+}
+
+function sendVideoChoice() {
+  state.channel?.send({ type: "video", enabled: !state.audioOnly });
+}
+
+function setAudioOnly(on) {
+  state.audioOnly = on;
+  // In sound only the relay does not report our link (no video comes to us), so a pause it
+  // reported before could end unsaid: it is not shown from here on.
+  if (on) state.video.clear("patient", "bandwidth");
+  byId("audio-only").setAttribute("aria-pressed", String(on));
+  sendCamera({ stream: state.media?.stream, link: state.link, audioOnly: on, cameraOn: state.cameraOn });
+  byId("camera").disabled = on || state.media?.camera !== "ok";
+  sendVideoChoice();
+  renderLocalPicture();
+  renderVideo();
+}
+
+byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
 
 function remoteNote(text) {
   const note = byId("remote-note");
