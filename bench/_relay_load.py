@@ -139,6 +139,11 @@ class Peer:
                     self.delays.append((now - self.other.sent[index]) * 1000)
 
             hooks.tap_receiver(receiver, FrameAssembler(kind, hooks.codec_of(receiver), sink), sink)
+            # These peers stand in for browsers on a clean link. aiortc's delay-based estimator,
+            # in a process this busy, reads its own scheduling delays as a congested link and
+            # sends REMBs no browser on loopback would; and these publishers cannot lower their
+            # pre-encoded bitrate anyway. So they send no REMB (loss reports still go).
+            setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
 
 
 async def main() -> None:

@@ -11,14 +11,17 @@ signals their browser sends anyway:
   falls to what was being sent, less half the loss; under 2 % it climbs back 8 % a report (the
   loss-based half of Google's congestion control, draft-ietf-rmcat-gcc-02 section 6).
 
-Audio is sent at once, always. Video gets the REMB, and no more than the loss-based estimate
-leaves after the audio measured in the last second; it is paced at PACING_FACTOR times that
-(bursts such as keyframes spread out, not held back for long), and frames that still wait too
-long are shed by the track (media.tracks). A receiver's REMB follows what it gets when the
-video is small, so a low budget alone says nothing: video to a subscriber pauses only when the
-budget stays under PAUSE_BPS for PAUSE_AFTER seconds while the link shows congestion (loss over
-2 %, or a REMB under what is being sent). It is tried again after a back-off that doubles each
-time a try fails (the link is probed by the video itself, a keyframe first).
+A receiver's REMB follows what it gets (a small video gets a small REMB, and the estimate
+starts at what arrived in its first seconds), so a low budget alone says nothing about the
+link: the relay acts on it only while the link shows congestion (loss over 2 %, or a REMB under
+70 % of the video sent over the last few seconds, seen within CONGESTION_MEMORY seconds). Then
+audio is still sent at once, and video is paced at PACING_FACTOR times its budget (the REMB,
+and no more than the loss-based estimate leaves after the audio measured in the last second),
+so bursts such as keyframes spread out instead of filling the link's queue; frames that wait too
+long are shed by the track (media.tracks). Video to that subscriber pauses when the budget stays
+under PAUSE_BPS for PAUSE_AFTER seconds of congestion, and is tried again after a back-off that
+doubles each time a try fails (the link is probed by the video itself, a keyframe first). On a
+link without congestion video leaves as it comes, as it did before the relay measured anything.
 
 The publisher is then asked, by REMB, for no more than its subscribers can take (media.relay).
 """
@@ -39,12 +42,14 @@ PACKET_OVERHEAD_BYTES = 38
 START_BPS = 600_000
 MAX_BPS = 4_000_000
 MIN_BPS = 30_000
-PACING_FACTOR = 1.5
+PACING_FACTOR = 2.5  # libwebrtc's pacer runs at 2.5x its target too
 MIN_PACING_BPS = 80_000
 # Congestion seen this recently counts.
 CONGESTION_MEMORY = 3.0
-# A REMB under this share of the video being sent says the receiver cannot take it all.
-OVERUSE_SHARE = 0.8
+# A REMB under this share of the video sent (over the last few seconds: keyframes come in
+# bursts) says the receiver cannot take it all.
+OVERUSE_SHARE = 0.7
+SLOW_WINDOW = 3.0
 # Loss-based control.
 HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
@@ -76,7 +81,7 @@ class Downlink:
     loss_cap_bps: float | None = None
     audio_bps: float = 0.0
     video_bps: float = 0.0
-    video_payload_bps: float = 0.0  # as REMB counts it: RTP packets only
+    video_payload_bps: float = 0.0  # as REMB counts it: RTP packets only, over SLOW_WINDOW
     video_budget_bps: float = START_BPS
     paused: bool = False
     _low_since: float | None = None
@@ -144,7 +149,8 @@ class Downlink:
             payload = self._video_payload_bytes * 8 / elapsed
             self.audio_bps += weight * (audio - self.audio_bps)
             self.video_bps += weight * (video - self.video_bps)
-            self.video_payload_bps += weight * (payload - self.video_payload_bps)
+            slow = min(1.0, elapsed / SLOW_WINDOW)
+            self.video_payload_bps += slow * (payload - self.video_payload_bps)
             self._audio_bytes = self._video_bytes = self._video_payload_bytes = 0
             self._last_tick = now
             self._estimate()
@@ -181,7 +187,8 @@ SendRtp = Callable[[bytes], Awaitable[None]]
 class Pacer:
     """Stands in front of one subscriber's DTLS transport (media.hooks.pace_transport).
 
-    RTCP and audio leave at once; video leaves at the downlink's video budget, re-stamped.
+    RTCP and audio leave at once; video, while the link shows congestion, at the downlink's
+    pacing rate, re-stamped when held back.
     Retransmissions (on an RTX SSRC, or a sequence number already sent) are never delayed: they
     are sent from the transport's receive path, which must not wait. They leave at once, or not
     at all (`may_retransmit`), and later video waits for the room they took.
@@ -203,6 +210,9 @@ class Pacer:
         return max(0.0, self._free_at - now)
 
     def _reserve(self, nbytes: int, now: float) -> float:
+        if not self.downlink.congested(now):
+            self._free_at = now  # nothing to spread out: no backlog either
+            return 0.0
         rate = self.downlink.pacing_bps
         start = max(now, self._free_at)
         self._free_at = start + (nbytes + PACKET_OVERHEAD_BYTES) * 8 / rate
@@ -225,9 +235,9 @@ class Pacer:
         delay = self._reserve(len(data), now)
         if delay > 0:
             await asyncio.sleep(delay)
-        ext_id = self.abs_send_time_ids.get(ssrc)
-        if ext_id is not None:
-            data = restamp_abs_send_time(data, ext_id)
+            ext_id = self.abs_send_time_ids.get(ssrc)
+            if ext_id is not None:
+                data = restamp_abs_send_time(data, ext_id)
         self.downlink.sent(len(data), audio=False)
         self._remember(ssrc, data)
         await original(data)

@@ -218,6 +218,9 @@ class Relay:
                 publisher.ask_keyframe()
         message = messages.video(room.id, role, "resumed" if enabled else "paused", "requested")
         await self._announce(room, message)
+        if enabled and participant.downlink.paused:
+            # Their link still cannot carry video: say so, or the pause would go unexplained.
+            await self._announce(room, messages.video(room.id, role, "paused", "bandwidth"))
 
     def _set_incoming_video(self, room: Room, participant: Participant) -> None:
         """Pause or resume every video going to this participant, as their state says."""
@@ -375,6 +378,17 @@ class Relay:
         if room.recorder is not None and not reuse:
             # Joining a call being recorded: the indicator first, before anything else.
             await self.emit(room.id, role, {"type": "recording", "state": "on"})
+        if not reuse:
+            # Joining or coming back: whose video is off, and why.
+            for other in room.participants.values():
+                if other.sound_only:
+                    await self.emit(
+                        room.id, role, messages.video(room.id, other.role, "paused", "requested")
+                    )
+                elif other.downlink.paused and other is not participant:
+                    await self.emit(
+                        room.id, role, messages.video(room.id, other.role, "paused", "bandwidth")
+                    )
         await self._renegotiate_waiting(room)
 
     async def _on_answer(self, room: Room, role: str, sdp: str) -> None:

@@ -18,10 +18,19 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    pack_remb_fci,
+)
 
+from media import hooks
 from tests.signaling.helpers import Socket
 
 VIDEO_RATE = 30
@@ -215,3 +224,39 @@ class MediaClient:
         if self.pc is not None:
             await self.pc.close()
             self.pc = None
+
+
+# What a browser on a poor link tells the relay, sent by a test peer's own receiver.
+
+
+def rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
+    value = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc")  # noqa: B009
+    assert value is not None
+    return int(value)
+
+
+async def report_loss(receiver: RTCRtpReceiver, fraction: float) -> None:
+    """The subscriber says it lost `fraction` of what is sent to it (as a browser would)."""
+    reports = [
+        RtcpReceiverInfo(
+            ssrc=ssrc,
+            fraction_lost=int(fraction * 256),
+            packets_lost=100,
+            highest_sequence=0,
+            jitter=0,
+            lsr=0,
+            dlsr=0,
+        )
+        for ssrc in hooks.sources(receiver)
+    ]
+    await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc(receiver), reports=reports))
+
+
+async def send_remb(receiver: RTCRtpReceiver, bps: int) -> None:
+    packet = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_APP,
+        ssrc=rtcp_ssrc(receiver),
+        media_ssrc=0,
+        fci=pack_remb_fci(bps, hooks.sources(receiver)),
+    )
+    await receiver._send_rtcp(packet)

@@ -14,17 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
     HeaderExtensionsMap,
     RtcpPsfbPacket,
-    RtcpReceiverInfo,
-    RtcpRrPacket,
     RtpPacket,
-    pack_remb_fci,
     unpack_remb_fci,
 )
 
@@ -32,7 +29,7 @@ from app.config import Settings
 from media import bandwidth, hooks
 from media.bandwidth import Downlink, Pacer, restamp_abs_send_time
 from media.relay import Relay
-from tests.media.clients import until
+from tests.media.clients import report_loss, send_remb, until
 from tests.media.harness import Log, Outbox, Peer, consent
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
@@ -93,39 +90,6 @@ async def sound_without_video(*peers: Peer) -> list[int]:
     assert [video_frames(peer) for peer in peers] == frames
     assert all(audio_frames(p) > heard + 20 for p, heard in zip(peers, sound, strict=True))
     return frames
-
-
-def rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
-    value = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc")  # noqa: B009
-    assert value is not None
-    return int(value)
-
-
-async def report_loss(receiver: RTCRtpReceiver, fraction: float) -> None:
-    """The subscriber says it lost `fraction` of the video sent to it (as a browser would)."""
-    reports = [
-        RtcpReceiverInfo(
-            ssrc=ssrc,
-            fraction_lost=int(fraction * 256),
-            packets_lost=100,
-            highest_sequence=0,
-            jitter=0,
-            lsr=0,
-            dlsr=0,
-        )
-        for ssrc in hooks.sources(receiver)
-    ]
-    await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc(receiver), reports=reports))
-
-
-async def send_remb(receiver: RTCRtpReceiver, bps: int) -> None:
-    packet = RtcpPsfbPacket(
-        fmt=RTCP_PSFB_APP,
-        ssrc=rtcp_ssrc(receiver),
-        media_ssrc=0,
-        fci=pack_remb_fci(bps, hooks.sources(receiver)),
-    )
-    await receiver._send_rtcp(packet)
 
 
 def record_feedback(sender: RTCRtpSender) -> list[RtcpPsfbPacket]:
