@@ -38,7 +38,7 @@ from aiortc import RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from app.config import Settings
-from media import hooks
+from media import hooks, network
 from media.bandwidth import MIN_BPS, Downlink, Pacer
 from media.frames import FrameAssembler
 from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
@@ -145,7 +145,9 @@ class Relay:
         registry: PeerRegistry | None = None,
     ) -> None:
         hooks.check()
+        network.check()
         hooks.restrict_host_addresses(settings.media_ips or None)
+        network.configure(settings.media_ports, settings.media_public_ip)
         self.settings = settings
         self.emit = emit
         self.recordings = recordings
