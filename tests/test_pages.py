@@ -26,6 +26,7 @@ CONTRACT_HOOKS = [
     "admit",
     "end-call",
     "leave",
+    "audio-only",  # v1.1: media on real networks
 ]
 
 
