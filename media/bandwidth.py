@@ -60,7 +60,7 @@ PAUSE_BPS = 35_000
 PAUSE_AFTER = 2.0
 RESUME_BACKOFF = 4.0
 # What video tries again at (a REMB will say within a second what the link takes).
-RESUME_BPS = 80_000
+RESUME_BPS = 64_000
 MAX_RESUME_BACKOFF = 40.0
 # A resumed video that holds this long resets the back-off.
 TRIAL_SECONDS = 10.0

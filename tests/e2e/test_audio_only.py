@@ -275,16 +275,19 @@ class TestWeakConnectionWords:
 
         await patient.evaluate(SHOW_WEAK, ["patient", "clinician", "Dr. Ada Test", "clinician"])
         await expect(status).to_have_text(
-            "Dr. Ada Test's connection is weak: sound only for them for now. "
-            "They hear you but do not see you."
+            "Dr. Ada Test's connection is weak: sound only for now, both ways. "
+            "The video comes back when it is better."
         )
         await assert_accessible(patient, axe_source, "visit: call, the clinician's link weak")
 
         await clinician.evaluate(SHOW_WEAK, ["clinician", "patient", "Pat Weak", "patient"])
         await expect(clinician.get_by_test_id("video-status")).to_contain_text(
-            "Pat Weak's connection is weak: sound only for them for now"
+            "Pat Weak's connection is weak: sound only for now, both ways"
         )
-        await expect(clinician.get_by_test_id("remote-paused")).to_be_hidden()
+        # The patient's page stops sending its camera too: a tile, not a frozen picture.
+        await expect(clinician.get_by_test_id("remote-paused")).to_contain_text(
+            "Pat Weak's connection is weak"
+        )
         await clinician.evaluate(SHOW_WEAK, ["clinician", "patient", "Pat Weak", "clinician"])
         await expect(clinician.get_by_test_id("remote-paused")).to_be_visible()
         await shot(clinician, artifacts, "24-clinician-weak-connection")

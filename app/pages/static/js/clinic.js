@@ -10,7 +10,7 @@ import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from ".
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { cameraHeld, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
 
 const queueList = byId("queue");
@@ -181,7 +181,10 @@ async function onMessage(message) {
       if (state.call) patientState(message.data || {});
       break;
     case "video":
-      if (forCall && state.video.apply(message)) renderVideo();
+      if (forCall && state.video.apply(message)) {
+        renderVideo();
+        holdCamera();
+      }
       break;
     case "error":
       onError(message);
@@ -494,6 +497,12 @@ function setAudioOnly(on) {
   sendVideoChoice();
   renderLocalPicture();
   renderVideo();
+}
+
+/** On a link too weak for video, the camera is not sent either (sound first, both ways). */
+function holdCamera() {
+  const held = cameraHeld({ me: "clinician", audioOnly: state.audioOnly, states: state.video });
+  sendCamera({ stream: state.media?.stream, link: state.call?.link, audioOnly: held, cameraOn: state.cameraOn });
 }
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));

@@ -4,8 +4,10 @@
 // The relay tells everyone in a call {type: "video", role, state: "paused" | "resumed",
 // reason: "bandwidth" | "requested"}, where `role` is the participant whose INCOMING video
 // changed. "bandwidth": the relay stopped sending video to `role` because their link cannot
-// carry it (their own video still reaches the others). "requested": `role` asked for sound
-// only, so no video goes to them and theirs is not forwarded. Sound goes on in every case.
+// carry it; their page then stops sending its camera too (a link too thin to receive video is
+// seldom wide enough to send it, and video sent into it drowns that person's own sound).
+// "requested": `role` asked for sound only, so no video goes to them and theirs is not
+// forwarded. Sound goes on in every case.
 
 import { byId, el } from "./dom.js";
 
@@ -66,7 +68,8 @@ export function soundOnlyWords({ me, other, name, chose, states }) {
     lines.push(`${name} switched to sound only: no video either way for now.`);
     tile = tile || `${name} switched to sound only`;
   } else if (states.has(other, "bandwidth")) {
-    lines.push(`${name}'s connection is weak: sound only for them for now. They hear you but do not see you.`);
+    lines.push(`${name}'s connection is weak: sound only for now, both ways. The video comes back when it is better.`);
+    tile = tile || `${name}'s connection is weak: sound only for now`;
   }
   return { lines, tile };
 }
@@ -135,6 +138,11 @@ export function sendCamera({ stream, link, audioOnly, cameraOn }) {
   const camera = stream?.getVideoTracks()[0] || null;
   if (camera) camera.enabled = cameraOn && !audioOnly;
   link?.sendVideo(audioOnly ? null : camera).catch(() => {});
+}
+
+/** Whether this page keeps its camera to itself: sound only chosen, or its link too weak. */
+export function cameraHeld({ me, audioOnly, states }) {
+  return audioOnly || states.has(me, "bandwidth");
 }
 
 /** The words over one's own small picture: no camera, sound only by choice, or none. */

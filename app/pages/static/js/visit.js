@@ -18,7 +18,7 @@ import {
 } from "./devices.js";
 import { connectionTest, MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { cameraHeld, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { formatDateTime, formatDuration, zoneName } from "./time.js";
 
 const token = decodeURIComponent(location.pathname.replace(/^\/visit\//, "").replace(/\/$/, ""));
@@ -412,7 +412,10 @@ async function onMessage(message) {
       peerState(message.data || {});
       break;
     case "video":
-      if (state.video.apply(message)) renderVideo();
+      if (state.video.apply(message)) {
+        renderVideo();
+        holdCamera();
+      }
       break;
     case "ended":
       finish(message.reason);
@@ -570,6 +573,12 @@ function setAudioOnly(on) {
   sendVideoChoice();
   renderLocalPicture();
   renderVideo();
+}
+
+/** On a link too weak for video, the camera is not sent either (sound first, both ways). */
+function holdCamera() {
+  const held = cameraHeld({ me: "patient", audioOnly: state.audioOnly, states: state.video });
+  sendCamera({ stream: state.media?.stream, link: state.link, audioOnly: held, cameraOn: state.cameraOn });
 }
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
