@@ -10,7 +10,7 @@ import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from ".
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { cameraHeld, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { fitLink, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
 
 const queueList = byId("queue");
@@ -499,10 +499,10 @@ function setAudioOnly(on) {
   renderVideo();
 }
 
-/** On a link too weak for video, the camera is not sent either (sound first, both ways). */
+/** On a link too weak for video, the camera is not sent either, and the sound is smaller. */
 function holdCamera() {
-  const held = cameraHeld({ me: "clinician", audioOnly: state.audioOnly, states: state.video });
-  sendCamera({ stream: state.media?.stream, link: state.call?.link, audioOnly: held, cameraOn: state.cameraOn });
+  const { audioOnly, video: states, cameraOn } = state;
+  fitLink({ me: "clinician", audioOnly, states, stream: state.media?.stream, link: state.call?.link, cameraOn });
 }
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));

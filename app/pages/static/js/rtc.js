@@ -33,11 +33,13 @@ export class MediaLink {
     this.pc = new RTCPeerConnection(rtcConfiguration(iceServers));
     const pc = this.pc;
     this.videoSender = null; // our camera's sender, when we have a camera
+    this.audioSender = null; // our microphone's, when we have one
     for (const kind of ["audio", "video"]) {
       const track = stream ? stream.getTracks().find((t) => t.kind === kind) : null;
       if (track) {
         const transceiver = pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
         if (kind === "video") this.videoSender = transceiver.sender;
+        else this.audioSender = transceiver.sender;
       } else pc.addTransceiver(kind, { direction: "recvonly" });
     }
     pc.ontrack = (event) => {
@@ -93,6 +95,18 @@ export class MediaLink {
     const sender = this.videoSender;
     if (this.closed || !sender || sender.track === track) return;
     await sender.replaceTrack(track);
+  }
+
+  /** At most this many bits a second of sound (null: the browser's own choice). */
+  async limitAudio(bps) {
+    const sender = this.audioSender;
+    if (this.closed || !sender) return;
+    const parameters = sender.getParameters();
+    const encoding = parameters.encodings && parameters.encodings[0];
+    if (!encoding || (encoding.maxBitrate ?? null) === bps) return;
+    if (bps === null) delete encoding.maxBitrate;
+    else encoding.maxBitrate = bps;
+    await sender.setParameters(parameters);
   }
 
   async _flushCandidates() {

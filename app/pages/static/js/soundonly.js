@@ -140,9 +140,18 @@ export function sendCamera({ stream, link, audioOnly, cameraOn }) {
   link?.sendVideo(audioOnly ? null : camera).catch(() => {});
 }
 
-/** Whether this page keeps its camera to itself: sound only chosen, or its link too weak. */
-export function cameraHeld({ me, audioOnly, states }) {
-  return audioOnly || states.has(me, "bandwidth");
+// On a weak link the sound is made smaller too: Opus at 16 kbit/s carries speech well, and with
+// its packets' overhead takes about 40 of a 64 kbit/s link instead of about 55.
+const WEAK_LINK_AUDIO_BPS = 16000;
+
+/**
+ * Fit what this page sends to its link: while the relay says it is too weak for video (or
+ * sound only was chosen) the camera is not sent, and on a weak link the sound is made smaller.
+ */
+export function fitLink({ me, audioOnly, states, stream, link, cameraOn }) {
+  const weak = states.has(me, "bandwidth");
+  sendCamera({ stream, link, audioOnly: audioOnly || weak, cameraOn });
+  link?.limitAudio(weak ? WEAK_LINK_AUDIO_BPS : null).catch(() => {});
 }
 
 /** The words over one's own small picture: no camera, sound only by choice, or none. */

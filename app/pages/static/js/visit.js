@@ -18,7 +18,7 @@ import {
 } from "./devices.js";
 import { connectionTest, MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { cameraHeld, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { fitLink, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { formatDateTime, formatDuration, zoneName } from "./time.js";
 
 const token = decodeURIComponent(location.pathname.replace(/^\/visit\//, "").replace(/\/$/, ""));
@@ -575,10 +575,10 @@ function setAudioOnly(on) {
   renderVideo();
 }
 
-/** On a link too weak for video, the camera is not sent either (sound first, both ways). */
+/** On a link too weak for video, the camera is not sent either, and the sound is smaller. */
 function holdCamera() {
-  const held = cameraHeld({ me: "patient", audioOnly: state.audioOnly, states: state.video });
-  sendCamera({ stream: state.media?.stream, link: state.link, audioOnly: held, cameraOn: state.cameraOn });
+  const { audioOnly, video: states, cameraOn } = state;
+  fitLink({ me: "patient", audioOnly, states, stream: state.media?.stream, link: state.link, cameraOn });
 }
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
