@@ -58,10 +58,12 @@ LOSS_GROWTH = 1.08
 # a back-off that doubles on each failed try.
 PAUSE_BPS = 35_000
 PAUSE_AFTER = 2.0
-RESUME_BACKOFF = 4.0
+# A try to resume that meets congestion gives up sooner: every second of it costs sound.
+TRIAL_PAUSE_AFTER = 0.5
+RESUME_BACKOFF = 8.0
 # What video tries again at (a REMB will say within a second what the link takes).
 RESUME_BPS = 64_000
-MAX_RESUME_BACKOFF = 40.0
+MAX_RESUME_BACKOFF = 60.0
 # A resumed video that holds this long resets the back-off.
 TRIAL_SECONDS = 10.0
 # Video may leave this far ahead of its pace (a small burst keeps frames together).
@@ -171,7 +173,8 @@ class Downlink:
             return None
         if self._low_since is None:
             self._low_since = now
-        if now - self._low_since < PAUSE_AFTER:
+        on_trial = self._resumed_at is not None
+        if now - self._low_since < (TRIAL_PAUSE_AFTER if on_trial else PAUSE_AFTER):
             return None
         if self._resumed_at is not None:  # a try that failed: wait longer next time
             self._backoff = min(MAX_RESUME_BACKOFF, self._backoff * 2)

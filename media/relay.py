@@ -64,9 +64,9 @@ WATCH_SECONDS = 1.0
 # Bandwidth control: how often downlinks are looked at, how often a publisher hears its cap.
 CONTROL_SECONDS = 0.25
 REMB_SECONDS = 0.5
-# While every subscriber of a publisher's video is paused, it is asked for this (enough for a
-# try to resume).
-PAUSED_CAP_BPS = 120_000
+# While every subscriber of a publisher's video is paused, it is asked for this: what a try to
+# resume starts at (media.bandwidth.RESUME_BPS), so the try's keyframe is a small one.
+PAUSED_CAP_BPS = 64_000
 # A device check's peer connection lives this long; at most this many run at once.
 PROBE_SECONDS = 20.0
 MAX_PROBES = 50

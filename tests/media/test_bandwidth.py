@@ -278,13 +278,15 @@ class TestDownlink:
         link.on_loss(80, now=t)
         assert link.tick(t + 0.5) is None
         assert link.tick(t + 2.6) == "paused"  # low and congested for PAUSE_AFTER
-        assert link.tick(t + 2.6 + bandwidth.RESUME_BACKOFF) == "resumed"  # no loss since
-        link.on_loss(80, now=t + 7.0)
-        link.on_remb(10_000, now=t + 7.0)
-        assert link.tick(t + 7.1) is None
-        assert link.tick(t + 9.2) == "paused"
-        assert link.tick(t + 9.2 + bandwidth.RESUME_BACKOFF + 0.1) is None  # twice as long
-        assert link.tick(t + 9.2 + 2 * bandwidth.RESUME_BACKOFF) == "resumed"
+        back = t + 2.6 + bandwidth.RESUME_BACKOFF
+        assert link.tick(back) == "resumed"  # no loss seen since
+        link.on_loss(80, now=back + 1.0)  # the try meets loss: it gives up sooner
+        link.on_remb(10_000, now=back + 1.0)
+        assert link.tick(back + 1.1) is None
+        paused = back + 1.1 + bandwidth.TRIAL_PAUSE_AFTER
+        assert link.tick(paused) == "paused"
+        assert link.tick(paused + bandwidth.RESUME_BACKOFF + 0.1) is None  # twice as long
+        assert link.tick(paused + 2 * bandwidth.RESUME_BACKOFF) == "resumed"
 
     def test_a_low_estimate_alone_is_no_reason_to_pause(self) -> None:
         link = Downlink()

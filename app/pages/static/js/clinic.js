@@ -10,7 +10,7 @@ import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from ".
 import { reauthenticate } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { fitLink, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
 
 const queueList = byId("queue");
@@ -183,7 +183,7 @@ async function onMessage(message) {
     case "video":
       if (forCall && state.video.apply(message)) {
         renderVideo();
-        holdCamera();
+        linkFitter.update();
       }
       break;
     case "error":
@@ -500,10 +500,13 @@ function setAudioOnly(on) {
 }
 
 /** On a link too weak for video, the camera is not sent either, and the sound is smaller. */
-function holdCamera() {
-  const { audioOnly, video: states, cameraOn } = state;
-  fitLink({ me: "clinician", audioOnly, states, stream: state.media?.stream, link: state.call?.link, cameraOn });
-}
+const linkFitter = new LinkFitter("clinician", () => ({
+  audioOnly: state.audioOnly,
+  states: state.video,
+  stream: state.media?.stream,
+  link: state.call?.link,
+  cameraOn: state.cameraOn,
+}));
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
 

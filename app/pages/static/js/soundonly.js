@@ -144,14 +144,35 @@ export function sendCamera({ stream, link, audioOnly, cameraOn }) {
 // its packets' overhead takes about 40 of a 64 kbit/s link instead of about 55.
 const WEAK_LINK_AUDIO_BPS = 16000;
 
+// After the relay resumes video to a weak link, it is a try: the camera and the full sound
+// wait this long, so a try that fails has not flooded the thin way up as well.
+const LINK_RETURN_MS = 6000;
+
 /**
  * Fit what this page sends to its link: while the relay says it is too weak for video (or
  * sound only was chosen) the camera is not sent, and on a weak link the sound is made smaller.
+ * `current()` gives { audioOnly, states, stream, link, cameraOn } as they are now.
  */
-export function fitLink({ me, audioOnly, states, stream, link, cameraOn }) {
-  const weak = states.has(me, "bandwidth");
-  sendCamera({ stream, link, audioOnly: audioOnly || weak, cameraOn });
-  link?.limitAudio(weak ? WEAK_LINK_AUDIO_BPS : null).catch(() => {});
+export class LinkFitter {
+  constructor(me, current) {
+    this.me = me;
+    this.current = current;
+    this.timer = null;
+  }
+
+  /** After a `video` message: hold at once, or give back after LINK_RETURN_MS. */
+  update() {
+    window.clearTimeout(this.timer);
+    if (this.current().states.has(this.me, "bandwidth")) this.fit();
+    else this.timer = window.setTimeout(() => this.fit(), LINK_RETURN_MS);
+  }
+
+  fit() {
+    const { audioOnly, states, stream, link, cameraOn } = this.current();
+    const weak = states.has(this.me, "bandwidth");
+    sendCamera({ stream, link, audioOnly: audioOnly || weak, cameraOn });
+    link?.limitAudio(weak ? WEAK_LINK_AUDIO_BPS : null).catch(() => {});
+  }
 }
 
 /** The words over one's own small picture: no camera, sound only by choice, or none. */

@@ -18,7 +18,7 @@ import {
 } from "./devices.js";
 import { connectionTest, MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { fitLink, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
 import { formatDateTime, formatDuration, zoneName } from "./time.js";
 
 const token = decodeURIComponent(location.pathname.replace(/^\/visit\//, "").replace(/\/$/, ""));
@@ -414,7 +414,7 @@ async function onMessage(message) {
     case "video":
       if (state.video.apply(message)) {
         renderVideo();
-        holdCamera();
+        linkFitter.update();
       }
       break;
     case "ended":
@@ -576,10 +576,13 @@ function setAudioOnly(on) {
 }
 
 /** On a link too weak for video, the camera is not sent either, and the sound is smaller. */
-function holdCamera() {
-  const { audioOnly, video: states, cameraOn } = state;
-  fitLink({ me: "patient", audioOnly, states, stream: state.media?.stream, link: state.link, cameraOn });
-}
+const linkFitter = new LinkFitter("patient", () => ({
+  audioOnly: state.audioOnly,
+  states: state.video,
+  stream: state.media?.stream,
+  link: state.link,
+  cameraOn: state.cameraOn,
+}));
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
 
