@@ -68,10 +68,10 @@ MAX_RESUME_BACKOFF = 60.0
 TRIAL_SECONDS = 10.0
 # Video may leave this far ahead of its pace (a small burst keeps frames together).
 BURST_SECONDS = 0.015
-# A retransmission is only worth sending while the packet is young and the pace not behind.
+# A retransmission is only worth sending while the packet is young, the pace not behind, the
+# link not overflowing, and only once per packet.
 NACK_MAX_AGE = 0.5
 NACK_MAX_BACKLOG = 0.1
-NACK_MIN_INTERVAL = 0.1
 RATE_WINDOW = 1.0
 
 
@@ -94,6 +94,7 @@ class Downlink:
     _video_bytes: int = 0
     _video_payload_bytes: int = 0
     _congested_at: float | None = None
+    _heavy_loss_at: float | None = None
     _last_tick: float = field(default_factory=time.monotonic)
 
     @property
@@ -104,6 +105,10 @@ class Downlink:
     def available_kbps(self) -> float:
         """What the link carries, audio and video, as far as the relay can tell."""
         return round((self.video_budget_bps + self.audio_bps) / 1000, 1)
+
+    def losing_heavily(self, now: float) -> bool:
+        """Over 10 % lost lately: the link's queue overflows, retransmissions only add to it."""
+        return self._heavy_loss_at is not None and now - self._heavy_loss_at < CONGESTION_MEMORY
 
     def congested(self, now: float) -> bool:
         return self._congested_at is not None and now - self._congested_at < CONGESTION_MEMORY
@@ -127,6 +132,8 @@ class Downlink:
         sending = self.audio_bps + self.video_bps
         if loss > LOW_LOSS:
             self._congested_at = time.monotonic() if now is None else now
+        if loss > HIGH_LOSS:
+            self._heavy_loss_at = time.monotonic() if now is None else now
         if loss > HIGH_LOSS and sending > 0:
             cap = max(MIN_BPS, sending * (1 - 0.5 * loss))
             self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
@@ -260,12 +267,12 @@ class Pacer:
         now = time.monotonic()
         key = ssrc << 16 | sequence_number
         sent_at = self._sent_at.get(key)
-        last = self._retransmitted.get(key)
         if (
             sent_at is None
             or now - sent_at > NACK_MAX_AGE
             or self.backlog(now) > NACK_MAX_BACKLOG
-            or (last is not None and now - last < NACK_MIN_INTERVAL)
+            or key in self._retransmitted
+            or self.downlink.losing_heavily(now)
         ):
             self.retransmissions_refused += 1
             return False

@@ -303,11 +303,14 @@ class TestPacer:
         packet = RtpPacket(payload_type=96, sequence_number=7, timestamp=0, ssrc=1234)
         pacer._remember(1234, packet.serialize())
         assert pacer.may_retransmit(1234, 7)
-        assert not pacer.may_retransmit(1234, 7)  # just resent
+        assert not pacer.may_retransmit(1234, 7)  # resent once already
         assert not pacer.may_retransmit(1234, 8)  # never sent (or long gone)
         pacer._sent_at[1234 << 16 | 7] -= bandwidth.NACK_MAX_AGE + 0.1
         pacer._retransmitted.clear()
         assert not pacer.may_retransmit(1234, 7)  # too old to be played
+        pacer._remember(1234, RtpPacket(payload_type=96, sequence_number=9, ssrc=1234).serialize())
+        pacer.downlink.on_loss(77)  # 30 % lost: the link's queue overflows
+        assert not pacer.may_retransmit(1234, 9)
 
     def test_abs_send_time_is_stamped_when_the_packet_leaves(self) -> None:
         extensions = HeaderExtensionsMap()
