@@ -213,7 +213,6 @@ class Pacer:
         self._free_at = 0.0
         self._sent_at: dict[int, float] = {}  # (ssrc << 16 | seq) -> when it left
         self._retransmitted: dict[int, float] = {}
-        self.retransmissions_refused = 0
 
     def backlog(self, now: float) -> float:
         """Seconds of video already promised ahead of now."""
@@ -274,7 +273,6 @@ class Pacer:
             or key in self._retransmitted
             or self.downlink.losing_heavily(now)
         ):
-            self.retransmissions_refused += 1
             return False
         self._retransmitted[key] = now
         if len(self._retransmitted) > 1024:

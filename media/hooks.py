@@ -227,8 +227,6 @@ class _Feedback:
 
 
 class Paced(Protocol):
-    video_ssrcs: set[int]
-
     async def send(self, data: bytes, original: Callable[[bytes], Awaitable[None]]) -> None: ...
 
     def may_retransmit(self, ssrc: int, sequence_number: int) -> bool: ...

@@ -61,7 +61,6 @@ class ForwardedTrack(MediaStreamTrack):
         self._last_in = 0
         self._pts = 0
         self.paused = False
-        self.frames_shed = 0
 
     @property
     def waiting_keyframe(self) -> bool:
@@ -88,7 +87,6 @@ class ForwardedTrack(MediaStreamTrack):
             self.kind == "video" and self._queue and frame.received - self._queue[0][1] > SHED_AFTER
         )
         if late or len(self._queue) >= MAX_QUEUED[self.kind]:
-            self.frames_shed += len(self._queue)
             self._queue.clear()
             if self.kind == "video":
                 # Later frames refer to the dropped ones: start again at a keyframe.
@@ -157,7 +155,6 @@ class Publisher:
         self._last_asked = 0.0
         self._asks = 0  # since the last keyframe
         self._deferred: asyncio.TimerHandle | None = None
-        self.keyframe_asks = 0
 
     def attach_source(
         self,
@@ -203,7 +200,6 @@ class Publisher:
         if wait <= 0:
             self._last_asked = time.monotonic()
             self._asks += 1
-            self.keyframe_asks += 1
             self._ask()
         elif self._deferred is None:
             self._deferred = asyncio.get_running_loop().call_later(wait, self._ask_deferred)
