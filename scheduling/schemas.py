@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.validation import Name, TimeZoneName, UTCInstant
+from app.validation import CalendarDate, Name, NulFree, TimeZoneName, UTCInstant
 
 # "HH:MM", 24-hour; an end may also be "24:00", the end of the day.
 ClockStart = Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -67,7 +67,7 @@ class WeeklyHours(BaseModel):
 class DateException(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    date: dt.date
+    date: CalendarDate
     start: ClockStart | None = None
     end: ClockEnd | None = None
 
@@ -138,7 +138,7 @@ class PatientOut(BaseModel):
     birth_date: dt.date | None
 
 
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), NulFree]
 
 
 class AppointmentCreate(BaseModel):

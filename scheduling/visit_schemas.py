@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.validation import NulFree
+
 Scope = Literal["video_visit", "recording"]
 Decision = Literal["granted", "declined", "withdrawn"]
 
@@ -37,7 +39,7 @@ class VisitOut(BaseModel):
 class Sdp(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sdp: Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024)]
+    sdp: Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024), NulFree]
 
 
 class VerifyBody(BaseModel):
@@ -54,7 +56,8 @@ class VerifyOut(BaseModel):
 class ConsentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    # The column is a 32-bit integer; a larger number names no version either.
+    version: int = Field(ge=1, le=2**31 - 1)
     decision: Decision
     scopes: list[Scope] = Field(min_length=1, max_length=2)
 
@@ -88,7 +91,9 @@ class ConsentRecordList(BaseModel):
 class ConsentTextBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=20, max_length=20_000)]
+    text: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=20, max_length=20_000), NulFree
+    ]
 
 
 class ConsentTextOut(BaseModel):

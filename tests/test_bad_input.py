@@ -280,3 +280,271 @@ class TestRouting:
     async def test_unknown_route_and_method(self, client: httpx.AsyncClient) -> None:
         _assert_error_shape(await client.get("/api/v1/nothing-here"), 404, "not_found")
         _assert_error_shape(await client.delete("/api/v1/me"), 405, "method_not_allowed")
+
+
+# The calendar's edges and NUL characters: each once answered 500 (issue 12) -----------------
+
+EDGE_RANGES = [
+    ("9999-12-31T00:00:00Z", "9999-12-31T23:59:59Z"),
+    ("9999-12-20T00:00:00Z", "9999-12-31T23:59:59.999999Z"),
+    ("9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59-05:00"),
+    ("0001-01-01T00:00:00Z", "0001-01-02T00:00:00Z"),
+    ("0001-01-01T00:30:00+01:00", "0001-01-01T05:00:00Z"),
+    ("2027-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),
+]
+EDGE_STARTS = [
+    "9999-12-31T23:40:00Z",
+    "9999-12-30T15:00:00Z",
+    "9999-12-31T23:00:00-05:00",
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+01:00",
+]
+
+
+async def _booked(client: httpx.AsyncClient, staff: Staff, minutes: int) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/appointments",
+        json=booking_body(staff.clinician.id, START + dt.timedelta(minutes=minutes)),
+        headers=staff.scheduler.headers,
+    )
+    assert response.status_code == 201, response.text
+    booked: dict[str, Any] = response.json()
+    return booked
+
+
+async def _unchanged(
+    client: httpx.AsyncClient, staff: Staff, db: Database, booked: dict[str, Any], count: int
+) -> None:
+    """Nothing stored was lost or changed by the refused request."""
+    assert await _count(db) == count
+    again = await client.get(
+        f"/api/v1/appointments/{booked['id']}", headers=staff.scheduler.headers
+    )
+    assert again.status_code == 200
+    assert {k: again.json()[k] for k in ("status", "start", "patient")} == {
+        k: booked[k] for k in ("status", "start", "patient")
+    }
+
+
+class TestCalendarEdges:
+    @pytest.mark.parametrize(("start", "end"), EDGE_RANGES)
+    async def test_slot_and_list_queries_return_422(
+        self, client: httpx.AsyncClient, staff: Staff, start: str, end: str
+    ) -> None:
+        for path in (f"/api/v1/clinicians/{staff.clinician.id}/slots", "/api/v1/appointments"):
+            response = await client.get(
+                path, params={"start": start, "end": end}, headers=staff.scheduler.headers
+            )
+            _assert_error_shape(response, 422, "validation_error")
+
+    async def test_slots_at_the_edge_with_hours_every_day_return_422(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        # Hours around the clock in the zones furthest from UTC: a window reaching past the day.
+        for zone in ("Pacific/Kiritimati", "Etc/GMT+12"):
+            await set_availability(
+                client,
+                staff,
+                {
+                    "timezone": zone,
+                    "slot_minutes": 20,
+                    "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)],
+                },
+            )
+            for start, end in EDGE_RANGES:
+                response = await client.get(
+                    f"/api/v1/clinicians/{staff.clinician.id}/slots",
+                    params={"start": start, "end": end},
+                    headers=staff.scheduler.headers,
+                )
+                _assert_error_shape(response, 422, "validation_error")
+
+    @pytest.mark.parametrize("start", EDGE_STARTS)
+    async def test_bookings_and_reschedules_return_422(
+        self, client: httpx.AsyncClient, staff: Staff, db: Database, start: str
+    ) -> None:
+        booked = await _booked(client, staff, 40)
+        count = await _count(db)
+        body = booking_body(staff.clinician.id, START)
+        body["start"] = start
+        response = await client.post(
+            "/api/v1/appointments", json=body, headers=staff.scheduler.headers
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        response = await client.post(
+            f"/api/v1/appointments/{booked['id']}/reschedule",
+            json={"start": start},
+            headers=staff.scheduler.headers,
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        await _unchanged(client, staff, db, booked, count)
+
+    @pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01"])
+    async def test_availability_exceptions_return_422(
+        self, client: httpx.AsyncClient, staff: Staff, day: str
+    ) -> None:
+        before = await client.get(
+            f"/api/v1/clinicians/{staff.clinician.id}/availability",
+            headers=staff.scheduler.headers,
+        )
+        response = await client.put(
+            f"/api/v1/clinicians/{staff.clinician.id}/availability",
+            json={
+                "timezone": "UTC",
+                "slot_minutes": 20,
+                "weekly": [],
+                "exceptions": [{"date": day, "start": "00:00", "end": "24:00"}],
+            },
+            headers=staff.scheduler.headers,
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        after = await client.get(
+            f"/api/v1/clinicians/{staff.clinician.id}/availability",
+            headers=staff.scheduler.headers,
+        )
+        assert after.json() == before.json()
+
+
+async def set_availability(
+    client: httpx.AsyncClient, staff: Staff, document: dict[str, Any]
+) -> None:
+    response = await client.put(
+        f"/api/v1/clinicians/{staff.clinician.id}/availability",
+        json=document,
+        headers=staff.scheduler.headers,
+    )
+    assert response.status_code == 200, response.text
+
+
+NUL = "\x00"
+NUL_BOOKINGS = {
+    "name": _with(("patient", "name"), f"Pat{NUL}Example"),
+    "name-only-nul": _with(("patient", "name"), NUL),
+    "email": _with(("patient", "email"), f"pat{NUL}@example.org"),
+    "reason": _with(("reason",), f"Follow{NUL}up"),
+}
+
+
+class TestNulCharacters:
+    """PostgreSQL refuses NUL in text; both databases answer 422 before any query."""
+
+    @pytest.mark.parametrize("case", sorted(NUL_BOOKINGS))
+    async def test_booking_fields(
+        self, client: httpx.AsyncClient, staff: Staff, db: Database, case: str
+    ) -> None:
+        booked = await _booked(client, staff, 60)
+        count = await _count(db)
+        body = NUL_BOOKINGS[case](booking_body(staff.clinician.id, START + dt.timedelta(hours=1)))
+        response = await client.post(
+            "/api/v1/appointments", json=body, headers=staff.scheduler.headers
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        response = await client.post(
+            f"/api/v1/appointments/{booked['id']}/cancel",
+            json={"reason": f"ill{NUL}"},
+            headers=staff.scheduler.headers,
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        await _unchanged(client, staff, db, booked, count)
+
+    @pytest.mark.parametrize(
+        "form",
+        [
+            {"username": f"a{NUL}@example.org", "password": "whatever pw"},
+            {"username": "a@example.org", "password": f"what{NUL}ever"},
+            {"username": NUL, "password": NUL},
+        ],
+        ids=["username", "password", "both"],
+    )
+    async def test_login_form_unauthenticated(
+        self, client: httpx.AsyncClient, form: dict[str, str]
+    ) -> None:
+        response = await client.post("/api/v1/auth/token", data=form)
+        _assert_error_shape(response, 422, "validation_error")
+
+    async def test_staff_bodies(self, client: httpx.AsyncClient, staff: Staff) -> None:
+        current = await client.get("/api/v1/consent-texts/current", headers=staff.admin.headers)
+        for path, body, headers in (
+            ("/api/v1/consent-texts", {"text": "I agree to a video visit." + NUL}, staff.admin),
+            (
+                "/api/v1/users",
+                {
+                    "email": "n@example.org",
+                    "password": "long enough pw",
+                    "role": "admin",
+                    "name": f"N{NUL}",
+                },
+                staff.admin,
+            ),
+        ):
+            response = await client.post(path, json=body, headers=headers.headers)
+            _assert_error_shape(response, 422, "validation_error")
+        response = await client.put(
+            f"/api/v1/clinicians/{staff.clinician.id}/availability",
+            json={"timezone": f"UTC{NUL}", "slot_minutes": 20, "weekly": []},
+            headers=staff.scheduler.headers,
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        after = await client.get("/api/v1/consent-texts/current", headers=staff.admin.headers)
+        assert after.json() == current.json()
+
+    @pytest.mark.parametrize(
+        ("params", "headers"),
+        [
+            ({"status": f"booked{NUL}"}, {}),
+            ({"start": f"2027-01-01T00:00:00Z{NUL}"}, {}),
+            ({f"x{NUL}": "1"}, {}),
+            ({}, {"User-Agent": f"agent{NUL}"}),
+            ({}, {"X-Anything": NUL}),
+        ],
+        ids=["status", "start", "key", "user-agent", "other-header"],
+    )
+    async def test_query_strings_and_headers(
+        self,
+        client: httpx.AsyncClient,
+        staff: Staff,
+        params: dict[str, str],
+        headers: dict[str, str],
+    ) -> None:
+        response = await client.get(
+            "/api/v1/appointments",
+            params=params,
+            headers=[
+                *((k.encode(), v.encode()) for k, v in staff.scheduler.headers.items()),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ],
+        )
+        _assert_error_shape(response, 422, "validation_error")
+
+    async def test_idempotency_key(
+        self, client: httpx.AsyncClient, staff: Staff, db: Database
+    ) -> None:
+        count = await _count(db)
+        response = await client.post(
+            "/api/v1/appointments",
+            json=booking_body(staff.clinician.id, START + dt.timedelta(hours=2)),
+            headers=[
+                *((k.encode(), v.encode()) for k, v in staff.scheduler.headers.items()),
+                (b"Idempotency-Key", b"key\x00one"),
+            ],
+        )
+        _assert_error_shape(response, 422, "validation_error")
+        assert await _count(db) == count
+
+    async def test_patient_routes(self, client: httpx.AsyncClient, staff: Staff) -> None:
+        booked = await _booked(client, staff, 80)
+        token = booked["visit_url"].rsplit("/", 1)[1]
+        for method, path, body in (
+            ("GET", f"/api/v1/visits/{token}%00", None),
+            ("POST", f"/api/v1/visits/{token}/connection-test", {"sdp": f"v=0{NUL}"}),
+            (
+                "POST",
+                f"/api/v1/visits/{token}/consent",
+                {"version": 1, "decision": f"granted{NUL}", "scopes": ["video_visit"]},
+            ),
+        ):
+            response = await client.request(method, path, json=body)
+            _assert_error_shape(response, 422, "validation_error")
+        visit = await client.get(f"/api/v1/visits/{token}")
+        assert visit.status_code == 200
+        assert visit.json()["consented"] is False

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Request, status
 from app.auth import service, tokens
 from app.auth.schemas import TokenOut, UserCreate, UserOut
 from app.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, client_address, read_only
+from app.validation import Text
 
 router = APIRouter(tags=["auth"])
 
@@ -18,8 +19,8 @@ async def login(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    username: Annotated[str, Form(max_length=320)],
-    password: Annotated[str, Form(max_length=256)],
+    username: Annotated[Text, Form(max_length=320)],
+    password: Annotated[Text, Form(max_length=256)],
 ) -> TokenOut:
     user = await service.authenticate(
         session,
