@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Origins allowed to open the WebSockets besides PUBLIC_URL's own.
     allowed_origins: CommaList = Field(default_factory=list)
     db_pool_size: int = Field(default=20, ge=1, le=200)
+    # How long a request waits for a free pooled connection, and for a new connection to
+    # PostgreSQL, before it answers 503 service_unavailable.
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    db_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     # The practice's second factor: a patient confirms their date of birth before seeing a visit.
     visit_birth_date_check: bool = False
     # How long a dropped patient keeps their place (or their call) to come back with the link.

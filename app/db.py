@@ -4,6 +4,11 @@ SQLite is the embedded default and PostgreSQL the production database. SQLite al
 at a time, so write transactions start with `BEGIN IMMEDIATE` (taking the write lock up front
 instead of failing to upgrade a read lock later) and, inside one process, queue on an asyncio
 lock rather than on SQLite's sleeping busy handler. The busy timeout covers other processes.
+
+A database that goes away is told apart from a bug here (`is_database_loss`, and
+`DatabaseUnavailable` for a connection that cannot be opened), so that app.errors answers 503
+`service_unavailable` for it. Connections are not pinged on checkout: a connection found dead
+invalidates the whole pool, so the requests that follow open fresh ones.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -38,6 +44,38 @@ NAMING_CONVENTION = {
 # Milliseconds SQLite waits for another process's write lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "televisit_write"
+# PostgreSQL error classes and codes that mean "no database to talk to", not "bad statement":
+# connection exceptions, the server shutting down or refusing connections, too many clients,
+# the database dropped, the login refused.
+_LOSS_CLASSES = frozenset({"08", "28", "57"})
+_LOSS_CODES = frozenset({"53300", "3D000"})
+# Text the server's encoding cannot hold (a NUL, an untranslatable character).
+_TEXT_CODES = frozenset({"22021", "22P05"})
+_SQLITE_LOSS = ("unable to open database file", "disk i/o error")
+
+
+class DatabaseUnavailable(Exception):
+    """No connection could be opened (refused, unreachable, timed out)."""
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def is_database_loss(exc: DBAPIError) -> bool:
+    """Whether the error says the database is gone (or going), rather than the statement wrong."""
+    if exc.connection_invalidated:
+        return True
+    code = _sqlstate(exc)
+    if code is not None:
+        return code[:2] in _LOSS_CLASSES or code in _LOSS_CODES
+    message = str(exc.orig).lower()
+    return any(text in message for text in _SQLITE_LOSS)
+
+
+def refused_text(exc: DBAPIError) -> bool:
+    return _sqlstate(exc) in _TEXT_CODES
 
 
 class Base(DeclarativeBase):
@@ -90,25 +128,48 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _connect_errors_say_unavailable(engine: AsyncEngine) -> None:
+    """A connection refused or timed out surfaces as `DatabaseUnavailable`.
+
+    The drivers raise plain OSError and TimeoutError there, which nothing else in a request
+    should be mistaken for.
+    """
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         pool = (
             {}
             if ":memory:" in settings.database_url
-            else {"pool_size": settings.db_pool_size, "max_overflow": 0}
+            else {
+                "pool_size": settings.db_pool_size,
+                "max_overflow": 0,
+                "pool_timeout": settings.db_pool_timeout_seconds,
+            }
         )
         engine = create_async_engine(settings.database_url, hide_parameters=True, **pool)
         _sqlite_setup(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         # A fixed pool: overflow connections are closed on return and reopened under load.
         max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
         pool_pre_ping=False,
+        connect_args={"timeout": settings.db_connect_timeout_seconds},
         # Constraint violations are expected (double booking); keep their text out of logs.
         hide_parameters=True,
     )
+    _connect_errors_say_unavailable(engine)
+    return engine
 
 
 class Database:

@@ -9,8 +9,13 @@
     ├── Gone                      410 (code given by the raiser)
     ├── ValidationFailed          422 validation_error (or a more specific code)
     ├── TooManyRequests           429 too_many_attempts
-    └── ServiceBusy               503 service_busy
+    ├── ServiceBusy               503 service_busy
+    └── ServiceUnavailable        503 service_unavailable
 
+Database errors are sorted by cause (see `_database_error`): a database gone (connection refused
+or cut, a pool that hands out no connection in time, the database dropped) answers 503
+`service_unavailable` with `Retry-After`, as the contract asks; SQLite's write lock held past its
+timeout 503 `service_busy`; text PostgreSQL cannot store 422; anything else is a bug, 500.
 Database error text never reaches a client or a log line: PostgreSQL's constraint messages
 echo row values, which here are patient data.
 """
@@ -24,7 +29,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.db import DatabaseUnavailable, is_database_loss, refused_text
 
 logger = logging.getLogger("televisit.errors")
 
@@ -103,6 +111,17 @@ class ServiceBusy(AppError):
     message = "The service is busy; try again shortly."
 
 
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "The database is not answering; try again shortly."
+
+
+# Seconds a client is asked to wait after a 503 for a database gone: a terminated connection is
+# replaced on the next request, a restarting server takes a few seconds.
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
@@ -163,18 +182,36 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 
+async def _unavailable(request: Request, cause: str) -> JSONResponse:
+    logger.warning("database unavailable", extra={"error_type": cause})
+    retry = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+    return await _app_error(request, ServiceUnavailable(headers=retry))
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
+    cause = type(exc.orig).__name__ if exc.orig else type(exc).__name__
     if isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower():
         # SQLite's write lock held past the busy timeout by another process.
         return await _app_error(request, ServiceBusy(headers={"Retry-After": "1"}))
-    logger.error(
-        "database error",
-        extra={"error_type": type(exc.orig).__name__ if exc.orig else type(exc).__name__},
-    )
+    if is_database_loss(exc):
+        return await _unavailable(request, cause)
+    if refused_text(exc):
+        # A backstop: request text is checked before any query (app.validation.Text).
+        logger.warning("text refused by the database", extra={"error_type": cause})
+        refused = ValidationFailed("The request holds text that cannot be stored.")
+        return await _app_error(request, refused)
+    logger.error("database error", extra={"error_type": cause})
     return JSONResponse(
         error_body("internal_error", "An unexpected error occurred."), status_code=500
     )
+
+
+async def _database_gone(request: Request, exc: Exception) -> JSONResponse:
+    # No connection to be had: refused or timed out at connect, or none free in the pool in time.
+    assert isinstance(exc, DatabaseUnavailable | PoolTimeout)
+    cause = type(exc.__cause__ or exc).__name__
+    return await _unavailable(request, cause)
 
 
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -190,4 +227,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_gone)
+    app.add_exception_handler(PoolTimeout, _database_gone)
     app.add_exception_handler(Exception, _unexpected_error)
