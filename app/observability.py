@@ -43,6 +43,7 @@ ALLOWED_FIELDS = (
     "code",
     "process",
     "address",
+    "link",  # media.relay's debug line: the relay's estimate for one participant (numbers)
 )
 _TOKEN_PATH = re.compile(r"(/visits?/)[A-Za-z0-9_\-]{8,}")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -89,7 +90,18 @@ def quiet_parameter_loggers() -> None:
 
 
 def logging_config(level: str = "INFO") -> dict[str, Any]:
-    """A `logging.config.dictConfig` for the service and uvicorn alike."""
+    """A `logging.config.dictConfig` for the service and uvicorn alike.
+
+    `level` is the root level, optionally followed by per-logger levels:
+    `"WARNING,televisit.media=DEBUG"` (the relay's per-second link lines, nothing else chatty).
+    """
+    root, *pairs = (part.strip() for part in level.split(","))
+    level = root.upper() or "INFO"
+    named = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name.strip() and value.strip():
+            named[name.strip()] = {"level": value.strip().upper()}
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -107,6 +119,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
             # The request line is ours (route templates, no tokens); uvicorn's is switched off.
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
+            **named,
             **{name: {"level": "WARNING"} for name in PARAMETER_LOGGERS},
         },
     }

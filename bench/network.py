@@ -292,6 +292,7 @@ class World:
     folder: Path
     tree: Path
     chromium: str
+    log_level: str = "WARNING"
     server: subprocess.Popen[bytes] | None = None
     admin_password: str = ""
     clinician_password: str = ""
@@ -314,7 +315,7 @@ class World:
                 "TELEVISIT_MEDIA_PEER_ALLOW": netns.SUBNET,
                 "TELEVISIT_CHECKIN_MINUTES_BEFORE": "600",
                 "TELEVISIT_RECORDINGS_DIR": str(self.folder / "recordings"),
-                "TELEVISIT_LOG_LEVEL": "WARNING",
+                "TELEVISIT_LOG_LEVEL": self.log_level,
             }
         )
         log = (self.folder / "server.log").open("wb")
@@ -857,7 +858,11 @@ def machine_load() -> str:
 
 
 async def run_all(
-    world: World, scenarios: list[Scenario], rounds: int, timing: Timing
+    world: World,
+    scenarios: list[Scenario],
+    rounds: int,
+    timing: Timing,
+    modes: tuple[str, ...] = ("relayed", "direct"),
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     visits = iter(world.visits)
@@ -869,10 +874,10 @@ async def run_all(
                     f"\n== {scenario.title} (tbf both ways, {netns.QUEUE_MS} ms queue) ==",
                     flush=True,
                 )
-                calls: dict[str, list[Call]] = {"relayed": [], "direct": []}
+                calls: dict[str, list[Call]] = {mode: [] for mode in modes}
                 for index in range(rounds):
                     # Alternate which call goes first, round after round.
-                    order = ("relayed", "direct") if index % 2 == 0 else ("direct", "relayed")
+                    order = modes if index % 2 == 0 else modes[::-1]
                     for mode in order:
                         call = Call(scenario.key, mode, index + 1)
                         began = time.monotonic()
@@ -895,6 +900,13 @@ async def run_all(
                     mode: {side: combined(figures[mode], side) for side in SIDES}
                     for mode in figures
                 }
+                if len(modes) < 2:  # no side-by-side table: each call's own figures
+                    for mode, per_call in figures.items():
+                        for number, one in enumerate(per_call, 1):
+                            print(f"  {mode} round {number}: " + _brief(one), flush=True)
+                    results[scenario.key] = {"title": scenario.title, "summary": summary,
+                                             "calls": [asdict(c) for cs in calls.values() for c in cs]}  # fmt: skip
+                    continue
                 rows = (
                     drop_rows(summary["relayed"], summary["direct"], timing)
                     if scenario.drop_to is not None
@@ -911,6 +923,21 @@ async def run_all(
             for browser in world.browsers.values():
                 await browser.close()
     return results
+
+
+def _brief(figures: dict[str, Any]) -> str:
+    parts = []
+    for side in SIDES:
+        one = figures.get(side) or {}
+        fps, frozen, concealed = (one.get(k) for k in ("fps", "frozen_s", "audio_concealed"))
+        if fps is None:
+            parts.append(f"to the {side}: n/a")
+            continue
+        parts.append(
+            f"to the {side}: {fps:.1f} fps, {frozen or 0:.0f} s frozen, "
+            f"{100 * (concealed or 0):.1f} % concealed"
+        )
+    return "; ".join(parts)
 
 
 class Cleanup:
@@ -955,6 +982,12 @@ def main() -> None:
         "--keep-logs", action="store_true", help="keep the temp folder (server log)"
     )
     parser.add_argument(
+        "--modes", default="relayed,direct", help="relayed,direct (one alone: no comparison)"
+    )
+    parser.add_argument(
+        "--server-log-level", default="WARNING", help="DEBUG logs the relay's estimate per second"
+    )
+    parser.add_argument(
         "--cleanup", action="store_true", help="only remove a killed run's namespaces"
     )
     args = parser.parse_args()
@@ -981,7 +1014,16 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="televisit-network-"))
     link = netns.Link()
-    world = World(link=link, folder=folder, tree=args.server_tree.resolve(), chromium=args.chromium)
+    world = World(
+        link=link,
+        folder=folder,
+        tree=args.server_tree.resolve(),
+        chromium=args.chromium,
+        log_level=args.server_log_level,
+    )
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or not set(modes) <= {"relayed", "direct"}:
+        sys.exit("--modes takes relayed, direct or both")
     cleanup = Cleanup()
     atexit.register(cleanup)
     signal.signal(signal.SIGINT, _stop)
@@ -994,9 +1036,9 @@ def main() -> None:
         link.shape(SETUP_KBIT)
         cleanup.steps.append(world.stop_server)
         world.start_server()
-        relayed_calls = sum(1 for _ in scenarios) * args.rounds
+        relayed_calls = sum(1 for _ in scenarios) * args.rounds * ("relayed" in modes)
         world.seed(relayed_calls)
-        results = asyncio.run(run_all(world, scenarios, args.rounds, timing))
+        results = asyncio.run(run_all(world, scenarios, args.rounds, timing, modes))
     finally:
         server_log = world.logs() if (folder / "server.log").exists() else ""
         cleanup()

@@ -7,9 +7,16 @@ signals their browser sends anyway:
   that reaches it (abs-send-time is negotiated on video only). It reads the relay's
   abs-send-time stamps, so the `Pacer` re-stamps every packet it holds back: a packet's stamp is
   the moment it really left, and pacing is not mistaken for a queue.
-- Receiver reports: the fraction of packets lost. Above 10 % the estimate of the whole link
-  falls to what was being sent, less half the loss; under 2 % it climbs back 8 % a report (the
-  loss-based half of Google's congestion control, draft-ietf-rmcat-gcc-02 section 6).
+- Receiver reports: packets lost, measured by `LossMeter` over whole intervals of a second or
+  more from the report's cumulative counters (a browser sends a report with every NACK and
+  REMB, each with its own fraction lost since the one before: taken one by one they swing
+  between 0 and 50 % within a second). Over 5 % lost, the estimate of the whole link falls to
+  90 % of what got through; under 2 % it climbs back, 8 % an interval, but only 3 kbit/s an
+  interval near what got through at the last overflow. This is the loss-based half of Google's
+  congestion control (draft-ietf-rmcat-gcc-02 section 6) made stricter: GCC tolerates up to
+  10 % because its delay-based half keeps queues short, but a REMB cannot see a queue that
+  stays full (a thin link's tail-drop queue: the delay is high but no longer grows), and each
+  lost video packet that is not resent stalls the picture until the next keyframe.
 
 A receiver's REMB follows what it gets (a small video gets a small REMB, and the estimate
 starts at what arrived in its first seconds), so a low budget alone says nothing about the
@@ -38,8 +45,8 @@ from aiortc import clock
 
 # Bits on the wire per packet beyond the RTP packet: IPv4 20, UDP 8, SRTP auth tag 10.
 PACKET_OVERHEAD_BYTES = 38
-# Before the first REMB: what a browser starts at, roughly (libwebrtc starts at 300 kbit/s).
-START_BPS = 600_000
+# Before the first REMB: what a browser starts at (libwebrtc starts at 300 kbit/s).
+START_BPS = 300_000
 MAX_BPS = 4_000_000
 MIN_BPS = 30_000
 PACING_FACTOR = 2.5  # libwebrtc's pacer runs at 2.5x its target too
@@ -53,7 +60,17 @@ SLOW_WINDOW = 3.0
 # Loss-based control.
 HIGH_LOSS = 0.10
 LOW_LOSS = 0.02
+# Over this share lost, the link's queue overflows: what got through is what it carries.
+CUT_LOSS = 0.05
+# The estimate is set this far under what got through, and cut at most this often (the
+# publisher needs a moment to follow).
+HEADROOM = 0.9
+CUT_INTERVAL = 2.0
+# Without loss it grows 8 % an interval, but only a few kbit/s an interval once it is near
+# what got through at the last overflow: each overflow costs sound and frames.
 LOSS_GROWTH = 1.08
+NEAR_CAPACITY = 0.85
+CAPACITY_STEP_BPS = 3_000
 # Video pauses when what is left for it stays under this long enough; it is tried again after
 # a back-off that doubles on each failed try.
 PAUSE_BPS = 35_000
@@ -73,6 +90,11 @@ BURST_SECONDS = 0.015
 NACK_MAX_AGE = 0.5
 NACK_MAX_BACKLOG = 0.1
 RATE_WINDOW = 1.0
+# While a subscriber's link shows no congestion, its publisher may send this much more than
+# the REMB: a REMB follows what arrives, and grows only when a little more arrives.
+PROBE_FACTOR = 1.25
+# Loss is measured over intervals at least this long.
+LOSS_INTERVAL = 1.0
 
 
 @dataclass
@@ -86,6 +108,7 @@ class Downlink:
     video_payload_bps: float = 0.0  # as REMB counts it: RTP packets only, over SLOW_WINDOW
     video_budget_bps: float = START_BPS
     paused: bool = False
+    last_loss: float = 0.0  # the latest receiver report's fraction lost
     _low_since: float | None = None
     _retry_at: float = 0.0
     _backoff: float = RESUME_BACKOFF
@@ -95,6 +118,8 @@ class Downlink:
     _video_payload_bytes: int = 0
     _congested_at: float | None = None
     _heavy_loss_at: float | None = None
+    _capacity_bps: float | None = None  # what got through at the last overflow
+    _cut_at: float | None = None
     _last_tick: float = field(default_factory=time.monotonic)
 
     @property
@@ -105,6 +130,20 @@ class Downlink:
     def available_kbps(self) -> float:
         """What the link carries, audio and video, as far as the relay can tell."""
         return round((self.video_budget_bps + self.audio_bps) / 1000, 1)
+
+    def describe(self, now: float) -> dict[str, float | bool | None]:
+        """The estimate's inputs and state, for a debug log line (numbers only)."""
+        return {
+            "remb_kbps": None if self.remb_bps is None else round(self.remb_bps / 1000),
+            "loss_cap_kbps": None if self.loss_cap_bps is None else round(self.loss_cap_bps / 1000),
+            "audio_kbps": round(self.audio_bps / 1000),
+            "video_kbps": round(self.video_bps / 1000),
+            "budget_kbps": round(self.video_budget_bps / 1000),
+            "loss": round(self.last_loss, 3),
+            "congested": self.congested(now),
+            "losing_heavily": self.losing_heavily(now),
+            "paused": self.paused,
+        }
 
     def losing_heavily(self, now: float) -> bool:
         """Over 10 % lost lately: the link's queue overflows, retransmissions only add to it."""
@@ -126,25 +165,51 @@ class Downlink:
             self._congested_at = time.monotonic() if now is None else now
         self._estimate()
 
-    def on_loss(self, fraction_lost: int, now: float | None = None) -> None:
-        """A receiver report's fraction lost (0-255) for what the relay sends this subscriber."""
-        loss = fraction_lost / 256
+    def on_loss(self, loss: float, now: float | None = None) -> None:
+        """The share (0-1) of what the relay sent this subscriber lost over the last interval.
+
+        Loss is the only sign of a full queue that stays full (a delay-based REMB sees no
+        trend in a delay that no longer grows), so it sets the estimate: over CUT_LOSS, to a
+        little under what got through; under LOW_LOSS, growing again, slowly near what got
+        through last time. In between it holds.
+        """
+        now = time.monotonic() if now is None else now
+        self.last_loss = loss
         sending = self.audio_bps + self.video_bps
         if loss > LOW_LOSS:
-            self._congested_at = time.monotonic() if now is None else now
+            self._congested_at = now
         if loss > HIGH_LOSS:
-            self._heavy_loss_at = time.monotonic() if now is None else now
-        if loss > HIGH_LOSS and sending > 0:
-            cap = max(MIN_BPS, sending * (1 - 0.5 * loss))
-            self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
+            self._heavy_loss_at = now
+        if loss > CUT_LOSS and sending > 0:
+            through = sending * (1 - loss)
+            self._capacity_bps = through
+            if self._cut_at is None or now - self._cut_at >= CUT_INTERVAL:
+                self._cut_at = now
+                cap = max(MIN_BPS, through * HEADROOM)
+                self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
         elif loss < LOW_LOSS and self.loss_cap_bps is not None:
-            self.loss_cap_bps *= LOSS_GROWTH
+            capacity = self._capacity_bps
+            if capacity is not None and sending > (2 - NEAR_CAPACITY) * capacity:
+                capacity = self._capacity_bps = None  # the link took more than before
+            if capacity is not None and self.loss_cap_bps >= NEAR_CAPACITY * capacity:
+                self.loss_cap_bps += CAPACITY_STEP_BPS
+            else:
+                self.loss_cap_bps *= LOSS_GROWTH
             if self.loss_cap_bps >= MAX_BPS:
                 self.loss_cap_bps = None
         self._estimate()
 
+    def publisher_cap_bps(self, now: float) -> float:
+        """What a publisher may send towards this subscriber (media.relay takes the least)."""
+        if self.congested(now):
+            return self.video_budget_bps
+        return min(self.video_budget_bps * PROBE_FACTOR, self._by_loss(), MAX_BPS)
+
+    def _by_loss(self) -> float:
+        return MAX_BPS if self.loss_cap_bps is None else self.loss_cap_bps - self.audio_bps
+
     def _estimate(self) -> None:
-        by_loss = MAX_BPS if self.loss_cap_bps is None else self.loss_cap_bps - self.audio_bps
+        by_loss = self._by_loss()
         by_delay = START_BPS if self.remb_bps is None else self.remb_bps
         self.video_budget_bps = max(0.0, min(by_delay, by_loss, MAX_BPS))
 
@@ -189,6 +254,33 @@ class Downlink:
         self.paused = True
         self._retry_at = now + self._backoff
         return "paused"
+
+
+class LossMeter:
+    """Loss over intervals of LOSS_INTERVAL or more, from a receiver's cumulative counters.
+
+    Fed each report block about one SSRC (its extended highest sequence number and cumulative
+    packets lost); hands `report` the share lost since the start of the interval.
+    """
+
+    def __init__(self, report: Callable[[float], object]) -> None:
+        self._report = report
+        self._anchor: tuple[float, int, int] | None = None  # (when, highest seq, lost)
+
+    def __call__(self, highest_sequence: int, packets_lost: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._anchor is None:
+            self._anchor = (now, highest_sequence, packets_lost)
+            return
+        since, first_sequence, first_lost = self._anchor
+        if now - since < LOSS_INTERVAL:
+            return
+        expected = highest_sequence - first_sequence
+        self._anchor = (now, highest_sequence, packets_lost)
+        if not 0 < expected < 1 << 15:  # nothing sent, or a restart: measure from here
+            return
+        lost = packets_lost - first_lost
+        self._report(min(1.0, max(0.0, lost / expected)))
 
 
 SendRtp = Callable[[bytes], Awaitable[None]]
@@ -315,4 +407,4 @@ def restamp_abs_send_time(data: bytes, ext_id: int) -> bytes:
     return data
 
 
-__all__ = ["Downlink", "Pacer", "restamp_abs_send_time"]
+__all__ = ["Downlink", "LossMeter", "Pacer", "restamp_abs_send_time"]

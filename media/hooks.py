@@ -177,14 +177,15 @@ def on_feedback(
     *,
     keyframe: Callable[[], None],
     remb: Callable[[int], None] | None = None,
-    loss: Callable[[int], None] | None = None,
+    loss: Callable[[int, int], None] | None = None,
 ) -> None:
     """Hear what the subscriber behind this sender says about what it gets.
 
     `keyframe()` on a PLI/FIR, `remb(bps)` on a REMB naming this sender's SSRC (browsers send it
-    with media SSRC 0; aiortc routes it by the SSRCs inside), `loss(fraction_lost)` (0-255) on
-    each receiver report block about this sender. Called again for the same sender (it carries
-    a new track), the new callbacks replace the old ones.
+    with media SSRC 0; aiortc routes it by the SSRCs inside), `loss(highest_sequence,
+    packets_lost)` (cumulative counters) on each receiver report block about this sender.
+    Called again for the same sender (it carries a new track), the new callbacks replace the
+    old ones.
     """
     if not _set_first(sender, "_televisit_feedback", _Feedback(keyframe, remb, loss)):
         return
@@ -206,7 +207,7 @@ def on_feedback(
         elif isinstance(packet, RtcpRrPacket | RtcpSrPacket) and now.loss is not None:
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
-                    now.loss(report.fraction_lost)
+                    now.loss(report.highest_sequence, report.packets_lost)
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # type: ignore[method-assign]  # per-instance hook
@@ -223,7 +224,7 @@ def _set_first(target: object, name: str, value: object) -> bool:
 class _Feedback:
     keyframe: Callable[[], None]
     remb: Callable[[int], None] | None
-    loss: Callable[[int], None] | None
+    loss: Callable[[int, int], None] | None
 
 
 class Paced(Protocol):

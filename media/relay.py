@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiortc import RTCRtpSender, RTCRtpTransceiver, RTCSessionDescription
@@ -39,7 +40,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from app.config import Settings
 from media import hooks, network
-from media.bandwidth import MIN_BPS, Downlink, Pacer
+from media.bandwidth import MIN_BPS, Downlink, LossMeter, Pacer
 from media.frames import FrameAssembler
 from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
 from media.recording import Recorder, RecordingLog
@@ -94,6 +95,7 @@ class Participant:
     downlink: Downlink = field(default_factory=Downlink)
     pacer: Pacer | None = None
     senders: dict[tuple[str, str], RTCRtpSender] = field(default_factory=dict)
+    described_at: float = 0.0  # the last debug line about their link
 
 
 class Room:
@@ -550,9 +552,9 @@ class Relay:
         if publisher.kind == "video":
             hooks.on_feedback(
                 sender,
-                keyframe=publisher.ask_keyframe,
+                keyframe=partial(_keyframe_asked, track, publisher),
                 remb=downlink.on_remb,
-                loss=downlink.on_loss,
+                loss=LossMeter(downlink.on_loss),
             )
             if isinstance(track, ForwardedTrack) and (subscriber.sound_only or downlink.paused):
                 track.pause()
@@ -561,7 +563,7 @@ class Relay:
             hooks.on_feedback(
                 sender,
                 keyframe=publisher.ask_keyframe,
-                loss=lambda fraction: downlink.on_loss(fraction) if downlink.paused else None,
+                loss=LossMeter(lambda loss: downlink.on_loss(loss) if downlink.paused else None),
             )
         subscriber.subscriptions[(publisher.role, publisher.kind)] = track
         subscriber.senders[(publisher.role, publisher.kind)] = sender
@@ -689,6 +691,9 @@ class Relay:
                 continue
             self._pace(participant)  # senders negotiated since: their SSRCs and extensions
             change = participant.downlink.tick(now)
+            if logger.isEnabledFor(logging.DEBUG) and now - participant.described_at >= 1.0:
+                participant.described_at = now
+                self._describe(room, participant, now)
             if change is None:
                 continue
             self._set_incoming_video(room, participant)
@@ -699,7 +704,7 @@ class Relay:
             if kind != "video":
                 continue
             publisher.repeat_keyframe_request(now)
-            publisher.remb_cap = self._publisher_cap(room, role)
+            publisher.remb_cap = self._publisher_cap(room, role, now)
             if publisher.remb_cap is None or now - publisher.remb_sent_at < REMB_SECONDS:
                 continue
             receiver = publisher.source
@@ -708,7 +713,24 @@ class Relay:
                 bps = min(publisher.remb_cap, publisher.leg_bps or publisher.remb_cap)
                 self._spawn(hooks.send_remb(receiver, bps))  # type: ignore[arg-type]
 
-    def _publisher_cap(self, room: Room, role: str) -> float | None:
+    def _describe(self, room: Room, participant: Participant, now: float) -> None:
+        """A debug line: what the relay estimates and does for this participant's link."""
+        link: dict[str, Any] = participant.downlink.describe(now)
+        if participant.pacer is not None:
+            link["backlog_ms"] = round(participant.pacer.backlog(now) * 1000)
+        publisher = room.publishers.get((participant.role, "video"))
+        if publisher is not None:
+            link["own_cap_kbps"] = publisher.remb_cap and round(publisher.remb_cap / 1000)
+            link["own_leg_kbps"] = publisher.leg_bps and round(publisher.leg_bps / 1000)
+            link["own_waits"] = publisher.someone_waits()
+        link["waiting_keyframe"] = any(
+            isinstance(track, ForwardedTrack) and track.waiting_keyframe
+            for (_role, kind), track in participant.subscriptions.items()
+            if kind == "video"
+        )
+        logger.debug("link", extra={"role": participant.role, "link": link})
+
+    def _publisher_cap(self, room: Room, role: str, now: float) -> float | None:
         """What `role`'s video may be: the least its receiving subscribers can take."""
         subscribers = [
             p
@@ -718,7 +740,7 @@ class Relay:
         if not subscribers:
             return None
         budgets = [
-            p.downlink.video_budget_bps
+            p.downlink.publisher_cap_bps(now)
             for p in subscribers
             if not (p.sound_only or p.downlink.paused)
         ]
@@ -815,6 +837,16 @@ def _offer_was_sendonly(transceiver: RTCRtpTransceiver) -> bool:
         transceiver.currentDirection == "recvonly"
         or getattr(transceiver, "_offerDirection", None) == "recvonly"
     )
+
+
+def _keyframe_asked(track: Subscription, publisher: Publisher) -> None:
+    """A subscriber's PLI: its decoder drops every frame until a keyframe, so stop sending them.
+
+    What would still go out is of no use to it and competes with the keyframe for its link.
+    """
+    if isinstance(track, ForwardedTrack):
+        track.need_keyframe()
+    publisher.ask_keyframe()
 
 
 def _sends_nothing(sender: RTCRtpSender) -> bool:

@@ -14,8 +14,9 @@ cannot carry video, or they asked for sound only) forwards nothing until resumed
 at a keyframe.
 
 A publisher asks its source for a keyframe again while a subscriber still waits for one (a PLI
-lost on a poor link is never answered), every KEYFRAME_REPEAT seconds, at most KEYFRAME_ASKS
-times in a row.
+lost on a poor link is never answered), every KEYFRAME_REPEAT seconds KEYFRAME_ASKS times in a
+row, then every KEYFRAME_SLOW_REPEAT seconds for as long as someone waits: each keyframe costs a
+thin uplink a second or more, but a picture must not stay frozen for want of one more ask.
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ MAX_QUEUED = {"audio": 50, "video": 30}
 SOURCE_GAP = {"audio": 960, "video": 3000}
 # A publisher is asked for a keyframe at most this often.
 KEYFRAME_INTERVAL = 0.3
-# Asked again this often while someone still waits, this many times before giving up until
-# the next loss.
+# Asked again this often while someone still waits, this many times, then less often.
 KEYFRAME_REPEAT = 0.6
 KEYFRAME_ASKS = 10
+KEYFRAME_SLOW_REPEAT = 2.5
 # A video frame queued this long is late: shed it and what follows, up to a keyframe.
 SHED_AFTER = 0.4
 
@@ -192,13 +193,14 @@ class Publisher:
         for listener in self.listeners:
             listener(codec_name, frame)
 
-    def ask_keyframe(self) -> None:
+    def ask_keyframe(self, now: float | None = None) -> None:
         """Ask the publisher for a keyframe; asks within KEYFRAME_INTERVAL make one, at its end."""
         if self.kind != "video" or self._ask is None:
             return
-        wait = self._last_asked + KEYFRAME_INTERVAL - time.monotonic()
+        now = time.monotonic() if now is None else now
+        wait = self._last_asked + KEYFRAME_INTERVAL - now
         if wait <= 0:
-            self._last_asked = time.monotonic()
+            self._last_asked = now
             self._asks += 1
             self._ask()
         elif self._deferred is None:
@@ -218,11 +220,11 @@ class Publisher:
             self.kind == "video"
             and self._ask is not None
             and self.allowed
-            and self._asks < KEYFRAME_ASKS
-            and now - self._last_asked >= KEYFRAME_REPEAT
+            and now - self._last_asked
+            >= (KEYFRAME_REPEAT if self._asks < KEYFRAME_ASKS else KEYFRAME_SLOW_REPEAT)
             and self.someone_waits()
         ):
-            self.ask_keyframe()
+            self.ask_keyframe(now)
 
     def _ask_deferred(self) -> None:
         self._deferred = None

@@ -235,14 +235,21 @@ def rtcp_ssrc(receiver: RTCRtpReceiver) -> int:
     return int(value)
 
 
+_LOSS_COUNTERS: dict[int, tuple[int, int]] = {}  # id(receiver) -> (highest sequence, lost)
+
+
 async def report_loss(receiver: RTCRtpReceiver, fraction: float) -> None:
-    """The subscriber says it lost `fraction` of what is sent to it (as a browser would)."""
+    """The subscriber says it lost `fraction` of the next 100 packets (as a browser would:
+    cumulative counters, which the relay reads over whole intervals)."""
+    highest, lost = _LOSS_COUNTERS.get(id(receiver), (1000, 0))
+    highest, lost = highest + 100, lost + round(fraction * 100)
+    _LOSS_COUNTERS[id(receiver)] = (highest, lost)
     reports = [
         RtcpReceiverInfo(
             ssrc=ssrc,
             fraction_lost=int(fraction * 256),
-            packets_lost=100,
-            highest_sequence=0,
+            packets_lost=lost,
+            highest_sequence=highest,
             jitter=0,
             lsr=0,
             dlsr=0,

@@ -8,6 +8,7 @@ aiortc receiver sends those same packets, since loopback itself never loses anyt
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,9 +27,11 @@ from aiortc.rtp import (
 )
 
 from app.config import Settings
-from media import bandwidth, hooks
-from media.bandwidth import Downlink, Pacer, restamp_abs_send_time
-from media.relay import Relay
+from media import bandwidth, hooks, tracks
+from media.bandwidth import Downlink, LossMeter, Pacer, restamp_abs_send_time
+from media.frames import EncodedFrame
+from media.relay import Relay, _keyframe_asked
+from media.tracks import Publisher
 from tests.media.clients import report_loss, send_remb, until
 from tests.media.harness import Log, Outbox, Peer, consent
 
@@ -130,13 +133,17 @@ class TestPublisherHearsItsSubscribers:
             await asyncio.sleep(0.5)
         told = rembs(heard, patient_video._ssrc)
         assert told, "the relay sent the publisher no REMB"
-        assert max(told[-3:]) <= 150_000
+        # Sending far more than the REMB says is congestion: the cap is the REMB itself (on a
+        # clean link a publisher may go a little over it, so that the REMB can grow).
+        cap = plane.rooms[call].publishers[("clinician", "video")].remb_cap
+        assert cap is not None
+        assert cap <= 150_000
+        assert told[-1] <= 150_000
         # aiortc's encoder follows REMB down to its floor (250 kbit/s) from its 500 kbit/s start.
         encoder = getattr(patient_video, "_RTCRtpSender__encoder")  # noqa: B009
         assert encoder.target_bitrate < 500_000
         await patient.close()
         await clinician.close()
-        assert plane.rooms[call].publishers[("clinician", "video")].remb_cap is not None
 
 
 class TestVideoPausesBeforeSoundSuffers:
@@ -260,27 +267,45 @@ class TestKeyframes:
 
 
 class TestDownlink:
-    def test_loss_over_ten_percent_lowers_the_estimate_and_low_loss_raises_it_again(self) -> None:
+    def test_overflow_sets_the_estimate_under_what_got_through_and_it_grows_back_slowly(
+        self,
+    ) -> None:
         link = Downlink()
         link.audio_bps, link.video_bps = 40_000.0, 300_000.0
-        link.on_loss(77, now=1.0)  # 30 %
-        assert link.loss_cap_bps is not None
-        assert link.loss_cap_bps == pytest.approx(340_000 * (1 - 0.5 * 77 / 256))
+        link.on_loss(0.3, now=1.0)  # 340 sent, 238 got through
+        assert link.loss_cap_bps == pytest.approx(238_000 * bandwidth.HEADROOM)
         assert link.video_budget_bps == pytest.approx(link.loss_cap_bps - 40_000)
-        lowered = link.loss_cap_bps
-        link.on_loss(0, now=2.0)
-        assert link.loss_cap_bps == pytest.approx(lowered * 1.08)
+        cut = link.loss_cap_bps
+        link.on_loss(0.3, now=2.0)  # the publisher has not followed yet: no second cut
+        assert link.loss_cap_bps == cut
+        link.video_bps = link.video_budget_bps  # the publisher follows
+        link.on_loss(0.03, now=3.0)  # some loss, under the cut: hold
+        assert link.loss_cap_bps == cut
+        link.on_loss(0.0, now=4.0)  # near what got through: a few kbit/s at a time
+        assert link.loss_cap_bps == pytest.approx(cut + bandwidth.CAPACITY_STEP_BPS)
+        second = 4
+        while link._capacity_bps is not None and second < 100:
+            second += 1
+            link.video_bps = link.video_budget_bps  # the publisher follows
+            link.on_loss(0.0, now=float(second))
+        assert second > 20  # step by step, sent without loss, past what got through
+        # The link took more than at the overflow: growth is fast again.
+        grown = link.loss_cap_bps
+        assert grown is not None
+        assert grown > 238_000 * (2 - bandwidth.NEAR_CAPACITY)
+        link.on_loss(0.0, now=second + 1.0)
+        assert link.loss_cap_bps == pytest.approx(grown * bandwidth.LOSS_GROWTH)
 
     def test_a_failed_try_doubles_the_wait_before_the_next(self) -> None:
         link = Downlink()
         t = link._last_tick
         link.on_remb(10_000, now=t)
-        link.on_loss(80, now=t)
+        link.on_loss(0.31, now=t)
         assert link.tick(t + 0.5) is None
         assert link.tick(t + 2.6) == "paused"  # low and congested for PAUSE_AFTER
         back = t + 2.6 + bandwidth.RESUME_BACKOFF
         assert link.tick(back) == "resumed"  # no loss seen since
-        link.on_loss(80, now=back + 1.0)  # the try meets loss: it gives up sooner
+        link.on_loss(0.31, now=back + 1.0)  # the try meets loss: it gives up sooner
         link.on_remb(10_000, now=back + 1.0)
         assert link.tick(back + 1.1) is None
         paused = back + 1.1 + bandwidth.TRIAL_PAUSE_AFTER
@@ -288,12 +313,84 @@ class TestDownlink:
         assert link.tick(paused + bandwidth.RESUME_BACKOFF + 0.1) is None  # twice as long
         assert link.tick(paused + 2 * bandwidth.RESUME_BACKOFF) == "resumed"
 
+    def test_loss_is_measured_over_whole_intervals_not_report_by_report(self) -> None:
+        """A browser reports with every NACK and REMB; each report's own fraction swings."""
+        heard: list[float] = []
+        meter = LossMeter(heard.append)
+        meter(1000, 0, now=10.0)  # the first report only starts the count
+        meter(1010, 5, now=10.2)  # half of 10 lost: no interval yet
+        meter(1100, 5, now=10.6)
+        assert heard == []
+        meter(1200, 10, now=11.0)  # 10 of 200 over the second
+        assert heard == [pytest.approx(0.05)]
+        meter(1300, 10, now=12.5)
+        assert heard[-1] == 0.0
+        meter(5, 12, now=14.0)  # a restarted sender: start counting again
+        meter(105, 42, now=15.0)
+        assert heard[1:] == [0.0, pytest.approx(0.3)]
+
+    def test_a_publisher_may_send_a_little_more_than_a_clean_links_remb_but_not_a_congested(
+        self,
+    ) -> None:
+        link = Downlink()
+        t = link._last_tick
+        link.video_payload_bps = 50_000.0
+        link.on_remb(60_000, now=t)  # follows what arrives; nothing wrong with the link
+        assert link.publisher_cap_bps(t) == pytest.approx(60_000 * bandwidth.PROBE_FACTOR)
+        link.on_loss(0.2, now=t)  # an overflow
+        assert link.publisher_cap_bps(t) == link.video_budget_bps
+
     def test_a_low_estimate_alone_is_no_reason_to_pause(self) -> None:
         link = Downlink()
         t = link._last_tick
         for step in range(1, 20):
             link.on_remb(10_000, now=t + step * 0.5)
             assert link.tick(t + step * 0.5) is None
+
+
+class TestKeyframeRequests:
+    async def test_a_subscriber_asking_for_a_keyframe_gets_nothing_it_cannot_decode_meanwhile(
+        self,
+    ) -> None:
+        """Its decoder drops every frame until a keyframe: sending them only fills its link."""
+        publisher = Publisher("clinician", "video")
+        asks: list[float] = []
+        publisher.attach_source(object(), lambda: asks.append(time.monotonic()))
+        source = publisher.source
+        asking, other = publisher.subscribe(), publisher.subscribe()
+
+        def frame(number: int, *, keyframe: bool) -> None:
+            publisher.on_frame(
+                "vp8",
+                EncodedFrame(b"x" * 100, number * 3000, keyframe, time.monotonic()),
+                source,
+            )
+
+        frame(1, keyframe=True)
+        frame(2, keyframe=False)
+        assert (len(asking._queue), len(other._queue)) == (2, 2)
+        asked_before = len(asks)
+        _keyframe_asked(asking, publisher)  # its PLI
+        assert len(asks) > asked_before or publisher._deferred is not None
+        frame(3, keyframe=False)
+        assert (len(asking._queue), len(other._queue)) == (0, 3)
+        assert asking.waiting_keyframe
+        assert publisher.someone_waits()  # so the request is repeated if it was lost
+        frame(4, keyframe=True)
+        assert (len(asking._queue), len(other._queue)) == (1, 4)
+        assert not publisher.someone_waits()
+
+    def test_keyframe_requests_go_on_less_often_while_someone_waits(self) -> None:
+        publisher = Publisher("patient", "video")
+        asks: list[float] = []
+        publisher.attach_source(object(), lambda: asks.append(1.0), waiting=lambda: True)
+        now = 1000.0
+        for _ in range(400):  # 100 s of control ticks, the source waiting for a keyframe
+            now += 0.25
+            publisher.repeat_keyframe_request(now)
+        fast = tracks.KEYFRAME_ASKS
+        slow = (100 - fast * tracks.KEYFRAME_REPEAT) / tracks.KEYFRAME_SLOW_REPEAT
+        assert fast < len(asks) <= fast + slow + 1  # never given up, never hammered
 
 
 class TestPacer:
@@ -309,7 +406,7 @@ class TestPacer:
         pacer._retransmitted.clear()
         assert not pacer.may_retransmit(1234, 7)  # too old to be played
         pacer._remember(1234, RtpPacket(payload_type=96, sequence_number=9, ssrc=1234).serialize())
-        pacer.downlink.on_loss(77)  # 30 % lost: the link's queue overflows
+        pacer.downlink.on_loss(0.3)  # 30 % lost: the link's queue overflows
         assert not pacer.may_retransmit(1234, 9)
 
     def test_abs_send_time_is_stamped_when_the_packet_leaves(self) -> None:
