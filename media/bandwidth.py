@@ -93,8 +93,12 @@ RATE_WINDOW = 1.0
 # While a subscriber's link shows no congestion, its publisher may send this much more than
 # the REMB: a REMB follows what arrives, and grows only when a little more arrives.
 PROBE_FACTOR = 1.25
-# Loss is measured over intervals at least this long.
+# Loss is measured over intervals at least this long; a heavy loss over enough packets is
+# told sooner (a link that has just fallen).
 LOSS_INTERVAL = 1.0
+EARLY_LOSS_INTERVAL = 0.2
+EARLY_LOSS_PACKETS = 30
+EARLY_LOSS = 0.2
 
 
 @dataclass
@@ -260,7 +264,8 @@ class LossMeter:
     """Loss over intervals of LOSS_INTERVAL or more, from a receiver's cumulative counters.
 
     Fed each report block about one SSRC (its extended highest sequence number and cumulative
-    packets lost); hands `report` the share lost since the start of the interval.
+    packets lost); hands `report` the share lost since the start of the interval. A heavy loss
+    (over EARLY_LOSS of EARLY_LOSS_PACKETS or more) is handed on after EARLY_LOSS_INTERVAL.
     """
 
     def __init__(self, report: Callable[[float], object]) -> None:
@@ -273,13 +278,18 @@ class LossMeter:
             self._anchor = (now, highest_sequence, packets_lost)
             return
         since, first_sequence, first_lost = self._anchor
-        if now - since < LOSS_INTERVAL:
-            return
         expected = highest_sequence - first_sequence
+        lost = packets_lost - first_lost
+        early = (
+            now - since >= EARLY_LOSS_INTERVAL
+            and EARLY_LOSS_PACKETS <= expected < 1 << 15
+            and lost > EARLY_LOSS * expected
+        )
+        if now - since < LOSS_INTERVAL and not early:
+            return
         self._anchor = (now, highest_sequence, packets_lost)
         if not 0 < expected < 1 << 15:  # nothing sent, or a restart: measure from here
             return
-        lost = packets_lost - first_lost
         self._report(min(1.0, max(0.0, lost / expected)))
 
 

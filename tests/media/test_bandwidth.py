@@ -328,6 +328,10 @@ class TestDownlink:
         meter(5, 12, now=14.0)  # a restarted sender: start counting again
         meter(105, 42, now=15.0)
         assert heard[1:] == [0.0, pytest.approx(0.3)]
+        meter(125, 52, now=15.1)  # a link that has just fallen: half of 20 lost...
+        assert len(heard) == 3
+        meter(145, 62, now=15.3)  # ...half of 40 over 0.3 s: told at once
+        assert heard[-1] == pytest.approx(0.5)
 
     def test_a_publisher_may_send_a_little_more_than_a_clean_links_remb_but_not_a_congested(
         self,
