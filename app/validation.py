@@ -5,8 +5,8 @@ Two families of bad input used to reach code that could not handle it and answer
 - Text with a NUL character. PostgreSQL refuses it in every text column (SQLite stores it), so
   every string a request body or form carries is checked by `NulFree` (`Text`, or a type with
   its own constraints and `NulFree` after them) and refused with 422 before any query, on both
-  databases alike. Query strings, headers and path parameters are checked once per request by
-  `refuse_nul`, installed on the API router.
+  databases alike. Query strings and headers are checked once per request by `refuse_nul`,
+  installed on the API router; a path with a NUL names nothing, and answers 404.
 - Instants at the calendar's edge. Python's datetime ends at years 1 and 9999; an offset, a range
   or a day added to an instant near either end overflows. Every instant a request carries is a
   `UTCInstant`, kept between `EARLIEST_INSTANT` and `LATEST_INSTANT`, centuries inside both
@@ -87,15 +87,16 @@ Name = Annotated[
 
 
 def refuse_nul(request: Request) -> None:
-    """422 for a NUL anywhere in the query string, the headers or the path's parameters.
+    """422 for a NUL anywhere in the query string or the headers.
 
     Bodies are checked field by field (`Text`); these parts of a request are plain strings that
-    reach audit rows and queries without a schema of their own.
+    reach audit rows and queries without a schema of their own. A path with a NUL names nothing
+    (ids are UUIDs, a visit token is only ever hashed): its route answers 404, as for any
+    unknown id.
     """
     parts: list[tuple[str, str, str]] = [
         *(("query", key, value) for key, value in request.query_params.multi_items()),
         *(("header", key, value) for key, value in request.headers.items()),
-        *(("path", key, str(value)) for key, value in request.path_params.items()),
     ]
     for where, key, value in parts:
         if NUL in key or NUL in value:

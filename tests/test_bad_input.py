@@ -534,8 +534,10 @@ class TestNulCharacters:
     async def test_patient_routes(self, client: httpx.AsyncClient, staff: Staff) -> None:
         booked = await _booked(client, staff, 80)
         token = booked["visit_url"].rsplit("/", 1)[1]
+        # A token with a NUL is an unknown token, as the contract answers any unknown one.
+        unknown = await client.get(f"/api/v1/visits/{token}%00")
+        _assert_error_shape(unknown, 404, "visit_not_found")
         for method, path, body in (
-            ("GET", f"/api/v1/visits/{token}%00", None),
             ("POST", f"/api/v1/visits/{token}/connection-test", {"sdp": f"v=0{NUL}"}),
             (
                 "POST",
