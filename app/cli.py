@@ -52,7 +52,9 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         port=port,
         log_config=config,
         access_log=False,
-        proxy_headers=True,
+        # The client's address is read from X-Forwarded-For by the app itself, which trusts it
+        # from TELEVISIT_TRUSTED_PROXIES only and checks that it is an address (app.deps).
+        proxy_headers=False,
         # Frames up to 1 MiB are read, so the app can answer anything over 64 KiB with an error
         # message instead of the protocol dropping the socket.
         ws_max_size=1024 * 1024,

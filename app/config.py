@@ -71,12 +71,20 @@ class Settings(BaseSettings):
     reconnect_grace_seconds: float = Field(default=30.0, ge=0.5, le=600)
     # Where call recordings are written (WebM files), relative to the working folder.
     recordings_dir: Path = Path("recordings")
+    # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.
+    trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
 
     _split = field_validator(
-        "stun_urls", "turn_urls", "media_ips", "media_peer_allow", "allowed_origins", mode="before"
+        "stun_urls",
+        "turn_urls",
+        "media_ips",
+        "media_peer_allow",
+        "allowed_origins",
+        "trusted_proxies",
+        mode="before",
     )(_split_commas)
 
-    @field_validator("media_ips", "media_peer_allow")
+    @field_validator("media_ips", "media_peer_allow", "trusted_proxies")
     @classmethod
     def _valid_networks(cls, value: list[str]) -> list[str]:
         for item in value:

@@ -6,13 +6,16 @@ The request is the unit of work: one session, committed before the response is s
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from app.audit import Audit
 from app.auth.models import Role, User
@@ -70,8 +73,73 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+# X-Forwarded-For hops looked at, from the right: a longer chain of trusted proxies names no one.
+MAX_FORWARDED_HOPS = 16
+# Longer than any address written out (an IPv6 address with a zone, a port and brackets).
+_MAX_HOP_CHARS = 80
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in proxies)
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    """An address as proxies write it (`198.51.100.7`, `[2001:db8::1]:443`, `1.2.3.4:80`)."""
+    text = text.strip()
+    if not text or len(text) > _MAX_HOP_CHARS:
+        return None
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        # `::ffff:192.0.2.1` is an IPv4 client; a zone (`%eth0`) means nothing off the host.
+        return ip.ipv4_mapped or ipaddress.IPv6Address(int(ip))
+    return ip
+
+
+def _trusted(ip: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(ip in network for network in networks)
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The client's address for throttles and audit: an address (at most 39 characters), or
+    `unknown` when the connection has none (a Unix socket).
+
+    `X-Forwarded-For` counts only when the peer is one of TELEVISIT_TRUSTED_PROXIES; then the
+    right-most hop that is not itself a trusted proxy is the client (hops to its left were
+    written by the client and prove nothing). A hop that is not an address makes the whole
+    header worthless: the peer's address is used.
+    """
+    host = connection.client.host if connection.client else None
+    peer = _parse_ip(host) if host else None
+    if peer is None:
+        return "unknown"
+    settings: Settings = connection.app.state.settings
+    networks = _networks(tuple(settings.trusted_proxies))
+    if not _trusted(peer, networks):
+        return str(peer)
+    header = ",".join(connection.headers.getlist("x-forwarded-for"))
+    if not header.strip():
+        return str(peer)
+    hops = header.rsplit(",", MAX_FORWARDED_HOPS)
+    ip = peer
+    for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
+        parsed = _parse_ip(hop)
+        if parsed is None:
+            return str(peer)
+        ip = parsed
+        if not _trusted(ip, networks):
+            return str(ip)
+    # Every hop is a trusted proxy: the left-most sent the request, unless the chain went on.
+    return str(ip) if len(hops) <= MAX_FORWARDED_HOPS else str(peer)
 
 
 async def load_principal(state: Any, user_id: uuid.UUID) -> Principal | None:

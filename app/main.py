@@ -9,13 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import app as televisit
 from app import bootstrap
 from app.api import api_router
 from app.auth import passwords, tokens
+from app.auth.passwords import HashingSlots
 from app.auth.principal import PrincipalCache, TokenCache
-from app.auth.throttle import LoginThrottle, MemoryStore, RedisStore
+from app.auth.throttle import LoginThrottle
 from app.config import Settings, get_settings
 from app.db import Database, create_engine
 from app.errors import install_error_handlers
@@ -23,6 +26,7 @@ from app.events import EventBus
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
 from app.pages.router import router as pages_router
+from app.ratelimit import RateLimiter
 from media.relay import Relay
 from scheduling import visits
 from scheduling.slot_cache import SlotCache
@@ -67,9 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events.subscribe(signaling.on_event)
         await signaling.start()
         app.state.link_key = visits.link_key(secret)
-        app.state.login_throttle = LoginThrottle(
-            RedisStore(redis) if redis is not None else MemoryStore()
-        )
+        # Shared by every process through Redis when there is one (app.ratelimit).
+        app.state.rate_limits = rate_limits = RateLimiter(redis)
+        app.state.login_throttle = LoginThrottle(rate_limits)
+        app.state.password_slots = HashingSlots()
         passwords.warm_up()
         await bootstrap.ensure_admin(db, settings)
         logger.info("started", extra={"event": "startup"})
@@ -77,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await signaling.stop()
+            await rate_limits.aclose()
             if redis is not None:
                 await redis.aclose()
             await db.dispose()
@@ -91,8 +97,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.public_url.scheme == "https")
     app.include_router(ops_router)
     app.include_router(api_router)
     app.include_router(signaling_router)
     app.include_router(pages_router)
     return app
+
+
+# A year: browsers keep to https for this long after any response that says so.
+HSTS = "max-age=31536000"
+
+
+class SecurityHeadersMiddleware:
+    """Headers every response needs, whatever route answers (errors and 413s included).
+
+    Every API response may carry a token or patient data: `Cache-Control: no-store` (no copy in
+    any cache or the browser's history) and `X-Content-Type-Options: nosniff`. Pages set their
+    own, no-store included, in app.pages.router (the visit page's URL holds the token). With an
+    https PUBLIC_URL every response carries HSTS.
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"] == "/api" or scope["path"].startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                if api:
+                    headers["Cache-Control"] = "no-store"
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if self.hsts:
+                    headers["Strict-Transport-Security"] = HSTS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

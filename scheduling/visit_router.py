@@ -22,7 +22,8 @@ from app.deps import (
     client_address,
     read_only,
 )
-from app.errors import Forbidden, NotFound, ServiceBusy, TooManyRequests, ValidationFailed
+from app.errors import Forbidden, NotFound, ServiceBusy, ValidationFailed
+from app.ratelimit import Policy, RateLimiter
 from scheduling import consent, service, visits
 from scheduling.models import Appointment, ConsentRecord, Recording
 from scheduling.visit_schemas import (
@@ -48,9 +49,22 @@ from signaling.ice import ice_servers
 router = APIRouter()
 Verification = Annotated[str | None, Header(alias="X-Visit-Verification", max_length=200)]
 
+# Per visit link, whatever the address (docs/reliability.md, "Abuse"). Date-of-birth guesses:
+# the link is what is attacked, so its guesses are counted from every address together, and
+# the right date forgives them. Consent writes and device checks: a patient needs a handful;
+# a device check holds one of the relay's 50 probe slots for 20 s, so one link holds at most 5.
+VERIFY_GUESSES = Policy("visit-verify", "5/15 minutes;20/day")
+CONSENT_WRITES = Policy("visit-consent", "10/minute;60/hour")
+CONNECTION_TESTS = Policy("visit-connection-test", "5/minute;30/hour")
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _limits(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limits
+    return limiter
 
 
 async def _visit(
@@ -109,6 +123,7 @@ async def connection_test(
     """The device check: a short-lived peer connection answers, so the page can tell whether
     media reaches the relay directly or only through TURN."""
     await _visit(request, session, token, verification)
+    await _limits(request).enforce(CONNECTION_TESTS, visits.token_hash(token))
     relay = request.app.state.signaling.media
     if relay is None:
         raise ServiceBusy("No media relay runs here.")
@@ -131,20 +146,16 @@ async def verify_visit(
     appointment = await service.find_visit(
         session, token=token, now=now, hours_after=settings.visit_link_hours_after
     )
-    throttle = request.app.state.login_throttle
-    key, address = f"visit:{appointment.link_hash}", client_address(request)
-    wait = await throttle.retry_after(key, address)
-    if wait:
-        raise TooManyRequests(headers={"Retry-After": str(wait)})
+    limiter, link = _limits(request), visits.token_hash(token)
+    await limiter.enforce(VERIFY_GUESSES, link)
     if (
         appointment.patient_birth_date is not None
         and appointment.patient_birth_date != body.birth_date
     ):
-        await throttle.failed(key, address)
         raise service.VerificationRequired(
             "That date of birth does not match.", code="verification_failed"
         )
-    await throttle.succeeded(key, address)
+    await limiter.clear(VERIFY_GUESSES, link)
     proof = visits.proof_for(request.app.state.link_key, appointment.link_hash, now)
     return VerifyOut(verification=proof, expires_in=visits.PROOF_SECONDS)
 
@@ -165,6 +176,7 @@ async def record_consent(
 ) -> ConsentRecordOut:
     """The patient's decision for this appointment's call. A withdrawal takes effect at once."""
     appointment = await _visit(request, session, token, verification)
+    await _limits(request).enforce(CONSENT_WRITES, visits.token_hash(token))
     entry = await consent.record(
         session,
         appointment_id=appointment.id,

@@ -26,8 +26,12 @@ from tests.factories import PASSWORD, Staff, access_token, make_user
 KEY = tokens.signing_key(TEST_SECRET.encode())
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-    return await client.post("/api/v1/auth/token", data={"username": email, "password": password})
+async def login(
+    client: httpx.AsyncClient, email: str, password: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post(
+        "/api/v1/auth/token", data={"username": email, "password": password}, headers=headers
+    )
 
 
 class TestLogin:
@@ -83,24 +87,53 @@ class TestLogin:
         assert (await login(client, person.user.email, PASSWORD)).status_code == 401
         assert (await client.get("/api/v1/me", headers=person.headers)).status_code == 401
 
-    async def test_repeated_failures_are_slowed_down(
+    async def test_repeated_failures_slow_down_that_address(
         self, client: httpx.AsyncClient, staff: Staff
     ) -> None:
         email = staff.scheduler.user.email
         codes = [(await login(client, email, f"guess-{i}")).status_code for i in range(5)]
         assert codes == [401] * 5
-        locked = await login(client, email, PASSWORD)
-        assert locked.status_code == 429
-        assert locked.json()["error"]["code"] == "too_many_attempts"
-        assert int(locked.headers["Retry-After"]) >= 1
+        slowed = await login(client, email, PASSWORD)
+        assert slowed.status_code == 429
+        assert slowed.json()["error"]["code"] == "too_many_attempts"
+        assert 1 <= int(slowed.headers["Retry-After"]) <= 60
+
+    async def test_an_attackers_failures_never_lock_the_owner_out(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        email = staff.clinician.user.email
+        attacker, owner = {"X-Forwarded-For": "198.51.100.66"}, {"X-Forwarded-For": "203.0.113.5"}
+        for i in range(12):
+            await login(client, email, f"guess-{i}", headers=attacker)
+        assert (await login(client, email, PASSWORD, headers=attacker)).status_code == 429
+        assert (await login(client, email, PASSWORD, headers=owner)).status_code == 200
+
+    async def test_the_right_password_forgives_earlier_failures_from_that_address(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        email = staff.admin.user.email
+        for i in range(4):
+            assert (await login(client, email, f"typo-{i}")).status_code == 401
+        assert (await login(client, email, PASSWORD)).status_code == 200
+        codes = [(await login(client, email, f"typo-{i}")).status_code for i in range(5)]
+        assert codes == [401] * 5
 
     async def test_unknown_emails_are_throttled_the_same_way(
         self, client: httpx.AsyncClient, staff: Staff
     ) -> None:
-        email = f"ghost-{uuid.uuid4().hex}@example.org"
-        for i in range(5):
-            assert (await login(client, email, f"guess-{i}")).status_code == 401
-        assert (await login(client, email, "guess")).status_code == 429
+        known, ghost = staff.scheduler.user.email, f"ghost-{uuid.uuid4().hex}@example.org"
+        answers: dict[str, list[tuple[int, str]]] = {}
+        for email, address in ((known, "198.51.100.1"), (ghost, "198.51.100.2")):
+            responses = [
+                await login(client, email, f"guess-{i}", headers={"X-Forwarded-For": address})
+                for i in range(6)
+            ]
+            answers[email] = [(r.status_code, r.json()["error"]["code"]) for r in responses]
+        assert (
+            answers[known]
+            == answers[ghost]
+            == [(401, "invalid_credentials")] * 5 + [(429, "too_many_attempts")]
+        )
 
 
 class TestTokens:

@@ -25,6 +25,7 @@ async def login(
     user = await service.authenticate(
         session,
         throttle=request.app.state.login_throttle,
+        slots=request.app.state.password_slots,
         email=username,
         password=password,
         address=client_address(request),
@@ -37,9 +38,12 @@ async def login(
 
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
-async def create_user(body: UserCreate, session: SessionDep, _admin: AdminUser) -> UserOut:
+async def create_user(
+    request: Request, body: UserCreate, session: SessionDep, _admin: AdminUser
+) -> UserOut:
     user = await service.create_user(
         session,
+        slots=request.app.state.password_slots,
         email=body.email,
         password=body.password,
         role=body.role,

@@ -9,9 +9,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
-from app.auth.passwords import hash_password, verify_password
+from app.auth.passwords import HashingSlots, hash_password, verify_password
 from app.auth.throttle import LoginThrottle
-from app.errors import Conflict, InvalidCredentials, TooManyRequests
+from app.errors import Conflict, InvalidCredentials
 
 
 async def get_by_email(session: AsyncSession, email: str) -> User | None:
@@ -20,16 +20,25 @@ async def get_by_email(session: AsyncSession, email: str) -> User | None:
 
 
 async def authenticate(
-    session: AsyncSession, *, throttle: LoginThrottle, email: str, password: str, address: str
+    session: AsyncSession,
+    *,
+    throttle: LoginThrottle,
+    slots: HashingSlots,
+    email: str,
+    password: str,
+    address: str,
 ) -> User:
-    """The active user with these credentials; the same failure for every wrong guess."""
-    wait = await throttle.retry_after(email, address)
-    if wait:
-        raise TooManyRequests(headers={"Retry-After": str(wait)})
-    user = await get_by_email(session, email)
-    stored = user.password_hash if user is not None and user.is_active else None
-    if not await verify_password(stored, password):
-        await throttle.failed(email, address)
+    """The active user with these credentials; the same failure for every wrong guess.
+
+    The attempt is counted before anything is looked up, so the throttle answers alike for
+    every email, and concurrent guesses cannot all pass it while Argon2 runs.
+    """
+    await throttle.attempt(email, address)
+    async with slots.slot():
+        user = await get_by_email(session, email)
+        stored = user.password_hash if user is not None and user.is_active else None
+        verified = await verify_password(stored, password)
+    if not verified:
         raise InvalidCredentials()
     assert user is not None
     await throttle.succeeded(email, address)
@@ -37,12 +46,21 @@ async def authenticate(
 
 
 async def create_user(
-    session: AsyncSession, *, email: str, password: str, role: str, name: str, timezone: str
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    role: str,
+    name: str,
+    timezone: str,
+    slots: HashingSlots | None = None,
 ) -> User:
+    """A new active account; `slots` bounds the hashing when requests create accounts."""
+    password_hash = await (slots.hash(password) if slots is not None else hash_password(password))
     user = User(
         id=uuid.uuid4(),
         email=email.strip().lower(),
-        password_hash=await hash_password(password),
+        password_hash=password_hash,
         role=role,
         name=name,
         timezone=timezone,
