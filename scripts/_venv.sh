@@ -1,10 +1,15 @@
-# Sourced by the scripts: a virtual environment in .venv with the project installed.
+# shellcheck shell=bash
+# Sourced by the scripts: a virtual environment in .venv with the project installed. A .venv
+# that is not whole (a run on a Debian without python3-venv leaves one with no pip) is
+# explained, removed and made anew (scripts/_venv_functions.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
+# shellcheck source=scripts/_system.sh
+. scripts/_system.sh
+# shellcheck source=scripts/_venv_functions.sh
+. scripts/_venv_functions.sh
+ensure_venv .venv "$PYTHON"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 install_project() {
