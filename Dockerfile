@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t televisit .
-# Run:   docker run -p 8000:8000 -e TELEVISIT_SECRET_KEY=... -e TELEVISIT_DATABASE_URL=... televisit
+# Run:   docker run -p 8000:8000 -v televisit-data:/data -e TELEVISIT_SECRET_KEY=... \
+#            -e TELEVISIT_PUBLIC_URL=https://televisit.example.org televisit
+# Everything the service writes (the SQLite database, call recordings) lives under /data, a
+# volume: mount one there to keep it across containers. Production refuses a PUBLIC_URL on
+# loopback (the default), since visit links are built from it.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -23,7 +27,10 @@ ENV PATH=/opt/televisit/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TELEVISIT_ENVIRONMENT=production \
-    TELEVISIT_DATABASE_URL=sqlite+aiosqlite:////data/televisit.db
+    TELEVISIT_DATABASE_URL=sqlite+aiosqlite:////data/televisit.db \
+    TELEVISIT_RECORDINGS_DIR=/data/recordings
+# Declared after the folder is made and owned: a new volume starts with that owner.
+VOLUME ["/data"]
 USER televisit
 WORKDIR /data
 EXPOSE 8000

@@ -137,6 +137,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _public_url_reachable_in_production(self) -> Settings:
+        """Visit links are built from PUBLIC_URL: in production, one only this host can open
+        (the default 127.0.0.1, localhost) would be sent to every patient."""
+        if self.environment != "production" or not _is_loopback_host(self.public_url.host):
+            return self
+        raise ValueError(
+            f"TELEVISIT_PUBLIC_URL is {self.public_base}, an address only this machine can open; "
+            "in production it must be the address patients and staff reach the service at "
+            "(e.g. https://televisit.example.org): visit links are built from it"
+        )
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -184,6 +196,22 @@ def check_port_range(low: int, high: int) -> None:
             f"TELEVISIT_MEDIA_PORTS is reversed: {low}-{high} starts above its end "
             f"(write {high}-{low})"
         )
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """No host, localhost, a loopback or unspecified address (IPv4-mapped ones too)."""
+    if not host:
+        return True
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 @lru_cache(maxsize=1)
