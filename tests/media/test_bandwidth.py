@@ -273,9 +273,10 @@ class TestDownlink:
         link = Downlink()
         link.audio_bps, link.video_bps = 40_000.0, 300_000.0
         link.on_loss(0.3, now=1.0)  # 340 sent, 238 got through
-        assert link.loss_cap_bps == pytest.approx(238_000 * bandwidth.HEADROOM)
-        assert link.video_budget_bps == pytest.approx(link.loss_cap_bps - 40_000)
         cut = link.loss_cap_bps
+        assert cut is not None
+        assert cut == pytest.approx(238_000 * bandwidth.HEADROOM)
+        assert link.video_budget_bps == pytest.approx(cut - 40_000)
         link.on_loss(0.3, now=2.0)  # the publisher has not followed yet: no second cut
         assert link.loss_cap_bps == cut
         link.video_bps = link.video_budget_bps  # the publisher follows
