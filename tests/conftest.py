@@ -2,7 +2,9 @@
 
 Every test that takes `settings` (directly or through `app`, `client`, `db`) runs once on SQLite
 and once on PostgreSQL. PostgreSQL and Redis tests skip, with the reason printed, when no server
-answers; with TELEVISIT_TEST_REQUIRE_SERVICES=1 (as in CI) they fail instead.
+answers; with TELEVISIT_TEST_REQUIRE_SERVICES=1 (as in CI) they fail instead. Where they go
+(TELEVISIT_TEST_POSTGRES_URL, TELEVISIT_TEST_REDIS_URL) is in the README's test section; the run
+ends with a summary of every group that did not run (tests.harness).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import asyncio
 import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import asyncpg
 import httpx
@@ -26,6 +29,7 @@ from app import migrate
 from app.config import Settings
 from app.db import Database, create_engine
 from app.main import create_app
+from tests import harness
 from tests.factories import Staff, make_staff
 from tests.live import LiveServer, start_server
 
@@ -37,21 +41,24 @@ REQUIRE_SERVICES = os.environ.get("TELEVISIT_TEST_REQUIRE_SERVICES") == "1"
 TEST_SECRET = "test-secret-" + "x" * 40
 
 
-def unavailable(what: str, why: str) -> None:
+def cannot_run(message: str) -> NoReturn:
     """Skip, or in CI fail: CI must prove every backend, never skip one."""
-    message = f"{what} is not answering ({why})"
     if REQUIRE_SERVICES:
         pytest.fail(message + "; TELEVISIT_TEST_REQUIRE_SERVICES=1 forbids skipping")
     pytest.skip(message)
 
 
+def unavailable(what: str, why: str) -> NoReturn:
+    cannot_run(f"{what} is not answering ({why})")
+
+
 async def _postgres_answers() -> str | None:
-    try:
-        conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"{type(exc).__name__}"
-    await conn.close()
-    return None
+    """None when the tests can use TELEVISIT_TEST_POSTGRES_URL; otherwise the cause, in words."""
+    return await harness.postgres_problem(POSTGRES_URL)
+
+
+def postgres_unusable(why: str) -> NoReturn:
+    cannot_run(f"PostgreSQL at {harness.postgres_where(POSTGRES_URL)}: {why}")
 
 
 def _asyncpg_url(url: str, database: str) -> str:
@@ -71,7 +78,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 def postgres_url() -> Iterator[str]:
     why = asyncio.run(_postgres_answers())
     if why is not None:
-        unavailable("PostgreSQL at " + POSTGRES_URL.split("@")[-1], why)
+        postgres_unusable(why)
     name = f"televisit_test_{secrets.token_hex(4)}"
 
     async def admin(sql: str) -> None:
@@ -189,3 +196,17 @@ def redis_url() -> str:
     if why is not None:
         unavailable("Redis at " + REDIS_URL.split("@")[-1], why)
     return REDIS_URL
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> Generator[None, object, object]:
+    """After pytest's own summary, before its closing line: the groups that did not run."""
+    result = yield
+    lines = harness.did_not_run(terminalreporter.stats)
+    if lines:
+        terminalreporter.write_sep("=", "what did not run", yellow=True, bold=True)
+        for line in lines:
+            terminalreporter.write_line(line)
+    return result

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from app import migrate
-from tests.conftest import POSTGRES_URL, _asyncpg_url, _postgres_answers, unavailable
+from tests.conftest import POSTGRES_URL, _asyncpg_url, _postgres_answers, postgres_unusable
 
 
 async def postgres_admin(sql: str) -> None:
@@ -29,7 +29,7 @@ def own_postgres(prefix: str) -> Iterator[tuple[str, str]]:
     """A new migrated PostgreSQL database: (the app's URL, the database's name); dropped after."""
     why = asyncio.run(_postgres_answers())
     if why is not None:
-        unavailable("PostgreSQL at " + POSTGRES_URL.split("@")[-1], why)
+        postgres_unusable(why)
     name = f"{prefix}_{secrets.token_hex(4)}"
     asyncio.run(postgres_admin(f'CREATE DATABASE "{name}"'))
     try:
