@@ -63,9 +63,11 @@ LOW_LOSS = 0.02
 # Over this share lost, the link's queue overflows: what got through is what it carries.
 CUT_LOSS = 0.05
 # The estimate is set this far under what got through, and cut at most this often (the
-# publisher needs a moment to follow).
+# publisher needs a moment to follow), unless what got through is under COLLAPSE of the
+# estimate (a link that has just fallen: a random loss never says that).
 HEADROOM = 0.9
 CUT_INTERVAL = 2.0
+COLLAPSE = 0.5
 # Without loss it grows 8 % an interval, but only a few kbit/s an interval once it is near
 # what got through at the last overflow: each overflow costs sound and frames.
 LOSS_GROWTH = 1.08
@@ -187,9 +189,10 @@ class Downlink:
         if loss > CUT_LOSS and sending > 0:
             through = sending * (1 - loss)
             self._capacity_bps = through
-            if self._cut_at is None or now - self._cut_at >= CUT_INTERVAL:
+            cap = max(MIN_BPS, through * HEADROOM)
+            collapsed = self.loss_cap_bps is None or cap < COLLAPSE * self.loss_cap_bps
+            if self._cut_at is None or now - self._cut_at >= CUT_INTERVAL or collapsed:
                 self._cut_at = now
-                cap = max(MIN_BPS, through * HEADROOM)
                 self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
         elif loss < LOW_LOSS and self.loss_cap_bps is not None:
             capacity = self._capacity_bps

@@ -279,6 +279,10 @@ class TestDownlink:
         assert link.video_budget_bps == pytest.approx(cut - 40_000)
         link.on_loss(0.3, now=2.0)  # the publisher has not followed yet: no second cut
         assert link.loss_cap_bps == cut
+        fallen = Downlink(loss_cap_bps=cut)  # the same, but the link has just fallen
+        fallen._cut_at, fallen.audio_bps, fallen.video_bps = 1.0, 40_000.0, 300_000.0
+        fallen.on_loss(0.8, now=1.2)
+        assert fallen.loss_cap_bps == pytest.approx(340_000 * 0.2 * bandwidth.HEADROOM)
         link.video_bps = link.video_budget_bps  # the publisher follows
         link.on_loss(0.03, now=3.0)  # some loss, under the cut: hold
         assert link.loss_cap_bps == cut
