@@ -110,6 +110,8 @@ async def seed(settings: Settings) -> str:
         f"Staff logins at {settings.public_base}/login (password for all: {PASSWORD}):",
         *(f"  {p.role:<10} {p.email:<34} {p.name}" for p in STAFF),
         "",
+        f"API reference (every route, with a token to try them): {settings.public_base}/api/docs",
+        "",
         f"A visit with {clinician.name} starting now ({DEMO_PATIENT.name}); the patient's link:",
         f"  {visits.visit_url(settings.public_base, token)}",
         "",

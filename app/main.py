@@ -25,6 +25,7 @@ from app.errors import install_error_handlers
 from app.events import EventBus
 from app.observability import RequestContextMiddleware, quiet_parameter_loggers
 from app.ops import router as ops_router
+from app.pages.apidocs import router as apidocs_router
 from app.pages.router import router as pages_router
 from app.ratelimit import RateLimiter
 from media.relay import Relay
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Televisit",
         version=televisit.__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # /api/docs is app.pages.apidocs: Swagger UI served from here, under a strict CSP.
+        docs_url=None,
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(signaling_router)
     app.include_router(pages_router)
+    app.include_router(apidocs_router)
     return app
 
 

@@ -77,6 +77,9 @@ class TestCommands:
             assert link.startswith(f"http://127.0.0.1:{port}/visit/")
             assert "scheduler@televisit.example.org" in output
             base = f"http://127.0.0.1:{port}"
+            assert (
+                f"API reference (every route, with a token to try them): {base}/api/docs" in output
+            )
             for _ in range(100):
                 try:
                     if httpx.get(f"{base}/readyz").status_code == 200:
@@ -87,6 +90,9 @@ class TestCommands:
             visit = httpx.get(f"{base}/api/v1/visits/{token}")
             assert visit.status_code == 200
             assert visit.json()["clinician"]["name"] == "Dr. Amara Okafor"
+            docs = httpx.get(f"{base}/api/docs")
+            assert docs.status_code == 200
+            assert "default-src 'none'" in docs.headers["content-security-policy"]
             login = httpx.post(
                 f"{base}/api/v1/auth/token",
                 data={"username": "scheduler@televisit.example.org", "password": "televisit-demo"},

@@ -180,6 +180,11 @@ async def static_asset(request: Request, version: str, path: str) -> Response:
     cache = (
         f"public, max-age={YEAR_SECONDS}, immutable" if version == _assets.version else "no-cache"
     )
+    return asset_response(request, asset, cache)
+
+
+def asset_response(request: Request, asset: Asset, cache: str) -> Response:
+    """A static file with its caching headers: 304 for its ETag, gzipped where accepted."""
     headers = {
         "Cache-Control": cache,
         "ETag": asset.etag,
