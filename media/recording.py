@@ -7,6 +7,12 @@ container is opened once every video publisher has sent a keyframe (its size is 
 or after `OPEN_AFTER` seconds with what has arrived; frames before that wait in memory. Each
 stream's timestamps start where its first frame fell after the recording began, so the streams
 stay in step.
+
+A held recorder (`held=True`, the relay's when it reads consent from the database) writes a
+frame only once a consent reading that began after the frame arrived has found the recording
+consent standing (`confirm`); frames that arrived while it may not have stood are dropped
+(`drop_unconfirmed`, and whatever is unconfirmed when the recorder closes). So nothing that
+arrived after a withdrawal committed is ever written, however late the relay hears of it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class Recorder:
         call_id: uuid.UUID,
         publishers: Iterable[Publisher],
         video_codec: str | None,
+        *,
+        held: bool = False,
     ) -> None:
         self.id = uuid.uuid4()
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,6 +89,15 @@ class Recorder:
         self._queue: deque[tuple[Publisher, str, EncodedFrame]] = deque()
         self._closing = threading.Event()
         self.dropped = 0
+        # Held recorders only. Monotonic instants, set by the event loop and read by the writer
+        # thread (a float is replaced atomically, a deque appended to and popped atomically):
+        # frames that arrived up to `_confirmed` may be written, unless they arrived inside one
+        # of the `_dropped` spans (after, until]; both only ever grow later.
+        self.held = held
+        self._confirmed = 0.0
+        self._dropped: deque[tuple[float, float]] = deque()
+        self.discarded = 0  # frames never written: not confirmed, or in a dropped span
+        self.last_kept: float | None = None  # when the latest frame kept for the file arrived
         self._listeners: dict[Publisher, Any] = {}
         for publisher in self.publishers:
             listener = self._listener(publisher)
@@ -97,6 +114,26 @@ class Recorder:
             self._queue.append((publisher, codec, frame))
 
         return on_frame
+
+    def confirm(self, until: float) -> None:
+        """The recording consent stood from the last confirmation to `until` (a reading's start)."""
+        self._confirmed = max(self._confirmed, until)
+
+    def drop_unconfirmed(self) -> None:
+        """What arrived since the last confirmation may not have been consented to: drop it."""
+        self._dropped.append((self._confirmed, time.monotonic()))
+
+    def _keep(self, received: float, closing: bool) -> bool | None:
+        """Whether the frame that arrived at `received` goes to the file; None: not known yet."""
+        if not self.held:
+            return True
+        while self._dropped and self._dropped[0][1] < received:
+            self._dropped.popleft()  # spans end in order, and so do the frames' arrivals
+        if self._dropped and self._dropped[0][0] < received:
+            return False
+        if received <= self._confirmed:
+            return True
+        return False if closing else None
 
     async def close(self) -> int:
         """Stop listening, finish the file; its size in bytes."""
@@ -120,7 +157,15 @@ class Recorder:
             while True:
                 closing = self._closing.wait(DRAIN_SECONDS)
                 while self._queue:
+                    received = self._queue[0][2].received
+                    keep = self._keep(received, closing)
+                    if keep is None:
+                        break  # not confirmed yet: wait for the next reading
                     item = self._queue.popleft()
+                    if not keep:
+                        self.discarded += 1
+                        continue
+                    self.last_kept = received
                     if container is None:
                         pending.append(item)
                         if not self._ready(pending):

@@ -9,8 +9,11 @@ codec is a subscriber fed decoded frames (aiortc then encodes), and the call's s
 
 Keyframes: a subscriber that joins, reconnects, falls behind or reports loss (PLI/FIR) gets one
 from its publisher within a round trip, asked again while it has not come. Consent: nothing from
-the patient is forwarded while their `video_visit` consent does not stand. Peer connections are
-owned by a `PeerRegistry`.
+the patient is forwarded (or recorded) while their `video_visit` consent does not stand, or
+while the relay cannot read it: given a `ConsentGuard`, the relay re-reads every call's consent
+from the database several times a second and fails closed (media.gate); a recording starts
+only on a fresh reading and keeps only what later readings confirm (media.recording). Peer
+connections are owned by a `PeerRegistry`.
 
 Bandwidth, sound first (media.bandwidth): each participant's `Downlink` estimates what the
 relay can send them, their `Pacer` sends their audio at once and their video at that pace, and
@@ -42,6 +45,7 @@ from app.config import Settings
 from media import hooks, network
 from media.bandwidth import MIN_BPS, Downlink, LossMeter, Pacer
 from media.frames import FrameAssembler
+from media.gate import ConsentWatch, set_gate
 from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
 from media.recording import Recorder, RecordingLog
 from media.stats import CallStats, participant_stats
@@ -49,7 +53,7 @@ from media.tracks import ForwardedTrack, Publisher
 from media.transcode import TranscodedTrack
 from signaling import messages
 from signaling.hub import SignalingError
-from signaling.media import Consent, Emit
+from signaling.media import Consent, ConsentGuard, Emit
 
 logger = logging.getLogger("televisit.media")
 
@@ -117,13 +121,22 @@ class Room:
         self.stats = CallStats()
         self.byte_marks: dict[str, tuple[int, float]] = {}
         self.recorder: Recorder | None = None
+        # Consent (media.gate): when the latest good reading began, whether it is too old to
+        # trust, whether signaling was told that the call is over.
+        self.consent_read_at = time.monotonic()
+        self.in_doubt = False
+        self.over_reported = False
+
+    @property
+    def patient_allowed(self) -> bool:
+        return self.consent.video_visit and not self.in_doubt
 
     def publisher(self, role: str, kind: str) -> Publisher:
         key = (role, kind)
         publisher = self.publishers.get(key)
         if publisher is None:
             publisher = self.publishers[key] = Publisher(role, kind)
-            publisher.allowed = role != PATIENT or self.consent.video_visit
+            publisher.allowed = role != PATIENT or self.patient_allowed
         return publisher
 
     @property
@@ -145,6 +158,7 @@ class Relay:
         emit: Emit,
         recordings: RecordingLog | None = None,
         registry: PeerRegistry | None = None,
+        guard: ConsentGuard | None = None,
     ) -> None:
         hooks.check()
         network.check()
@@ -159,6 +173,19 @@ class Relay:
         self._watcher: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._probes: set[Peer] = set()
+        # Without a guard (a relay on its own, in tests) the consent is what signaling says.
+        self.guard = guard
+        self._consent_watch = (
+            None
+            if guard is None
+            else ConsentWatch(
+                guard,
+                lambda: list(self.rooms.values()),
+                on_reading=self._on_reading,
+                on_doubt=self._on_doubt,
+            )
+        )
+        self._consent_task: asyncio.Task[None] | None = None
 
     # MediaPlane ----------------------------------------------------------------------------
 
@@ -174,6 +201,10 @@ class Relay:
             )
         if self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="relay-watch")
+        if self._consent_watch is not None and self._consent_task is None:
+            self._consent_task = asyncio.create_task(
+                self._consent_watch.run(), name="relay-consent"
+            )
 
     async def offer(self, call_id: uuid.UUID, role: str, sdp: str) -> None:
         room = self._room(call_id)
@@ -194,16 +225,12 @@ class Relay:
         self._enqueue(room, role, lambda: self._drop_connection(room, role))
 
     async def consent(self, call_id: uuid.UUID, consent: Consent) -> None:
-        """Applied at once: the patient's frames stop before this returns."""
+        """A decision as announced: applied at once (the patient's frames stop before this
+        returns), unless a reading already brought a newer one."""
         room = self.rooms.get(call_id)
-        if room is None:
+        if room is None or (consent.seq and consent.seq < room.consent.seq):
             return
-        room.consent = consent
-        for (role, _kind), publisher in room.publishers.items():
-            if role == PATIENT:
-                publisher.allowed = consent.video_visit
-        if room.recorder is not None and not consent.recording:
-            await self._stop_recording(room, reason="consent_withdrawn")
+        await self._apply_consent(room, consent)
 
     async def video(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
         """`role` asks for sound only (False) or for video again (True); everyone is told."""
@@ -242,8 +269,10 @@ class Relay:
         room = self._room(call_id)
         if action == "start":
             await self._start_recording(room)
-        else:
-            await self._stop_recording(room, reason="stopped")
+            return
+        if room.recorder is not None:
+            await self._read_consent_now(room)  # keeps the recording's end, if consent stood
+        await self._stop_recording(room, reason="stopped")
 
     async def close_call(self, call_id: uuid.UUID) -> None:
         room = self.rooms.pop(call_id, None)
@@ -291,10 +320,11 @@ class Relay:
     async def shutdown(self) -> None:
         for call_id in list(self.rooms):
             await self.close_call(call_id)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._consent_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.registry.close_all()
 
     # Per-participant work ------------------------------------------------------------------
@@ -637,8 +667,26 @@ class Relay:
     async def _start_recording(self, room: Room) -> None:
         if room.recorder is not None or self.recordings is None:
             return
+        # The consent as committed now, not as last announced: a withdrawal racing this request
+        # is either seen here or stops the recording, and what came after it is never written.
+        if not await self._read_consent_now(room) or not room.consent.recording:
+            await self.emit(
+                room.id,
+                "clinician",
+                messages.error(
+                    "recording_consent_required",
+                    "Every participant must consent to recording first.",
+                ),
+            )
+            if self.guard is not None:
+                self._spawn(self.guard.recording_refused(room.id))
+            return
         recorder = Recorder(
-            self.settings.recordings_dir, room.id, room.publishers.values(), room.video_codec
+            self.settings.recordings_dir,
+            room.id,
+            room.publishers.values(),
+            room.video_codec,
+            held=self.guard is not None,
         )
         room.recorder = recorder
         await self.recordings.started(room.id, recorder.id, recorder.path.name)
@@ -655,6 +703,70 @@ class Relay:
             await self.recordings.stopped(room.id, recorder.id, size, reason)
         if announce:
             await self._announce(room, {"type": "recording", "state": "off"})
+
+    # Consent (media.gate) -------------------------------------------------------------------
+
+    async def _apply_consent(self, room: Room, consent: Consent) -> None:
+        """The patient's standing decisions, newer than the room's: gate, recording, the call."""
+        previous, room.consent = room.consent, consent
+        self._gate(room)
+        if room.recorder is not None:
+            if not consent.recording:
+                await self._stop_recording(room, reason="consent_withdrawn")
+            elif consent.seq != previous.seq:
+                room.recorder.drop_unconfirmed()  # a decision came in: what came since is unsure
+        if not consent.video_visit and self.guard is not None and not room.over_reported:
+            room.over_reported = True
+            self._spawn(self.guard.call_over(room.id))
+
+    def _gate(self, room: Room) -> None:
+        for (role, _kind), publisher in room.publishers.items():
+            if role == PATIENT:
+                set_gate(publisher, room.patient_allowed)
+
+    async def _on_reading(
+        self, call_id: uuid.UUID, consent: Consent | None, started: float
+    ) -> None:
+        """A reading begun at `started` found this (None: the call is no longer under way)."""
+        room = self.rooms.get(call_id)
+        if room is None:
+            return
+        room.consent_read_at = max(room.consent_read_at, started)
+        room.in_doubt = False
+        if consent is None:
+            await self._apply_consent(room, Consent(False, False, room.consent.seq))
+        elif consent.seq >= room.consent.seq:
+            await self._apply_consent(room, consent)
+        else:
+            self._gate(room)  # older than an announced decision: the gate as that one left it
+        if (
+            room.recorder is not None
+            and consent is not None
+            and consent.seq == room.consent.seq
+            and consent.recording
+        ):
+            room.recorder.confirm(started)
+
+    async def _on_doubt(self, call_id: uuid.UUID) -> None:
+        """No reading for too long: nothing of the patient's goes anywhere until one answers."""
+        room = self.rooms.get(call_id)
+        if room is None or room.in_doubt:
+            return
+        room.in_doubt = True
+        self._gate(room)
+        if room.recorder is not None:
+            await self._stop_recording(room, reason="consent_unknown")
+
+    async def _read_consent_now(self, room: Room) -> bool:
+        """Apply a reading made now; False when none could be made (the relay then doubts)."""
+        if self._consent_watch is None:
+            return True  # a relay on its own: signaling's word is the consent
+        started = time.monotonic()
+        found = await self._consent_watch.read([room.id])
+        if found is None or self.rooms.get(room.id) is not room:
+            return False
+        await self._on_reading(room.id, found.get(room.id), started)
+        return True
 
     async def _announce(self, room: Room, message: dict[str, Any]) -> None:
         for role in {*room.participants, "clinician", PATIENT}:

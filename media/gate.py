@@ -1,0 +1,135 @@
+"""The consent gate: the relay checks the standing consent itself, and fails closed.
+
+A consent decision reaches the relay two ways. Fast: signaling calls `Relay.consent` when the
+decision is announced (an event after the commit, through Redis to the call's host). Durably:
+every POLL_SECONDS a `ConsentWatch` reads the standing consent of every call the relay holds,
+in one query by primary key, through the `ConsentGuard` signaling gives it. The event may be
+lost (the process that took the decision dies before announcing it, Redis is down); the
+reading is not, because the decision committed before the patient got their 201.
+
+A call whose latest good reading began more than STALE_SECONDS ago is in doubt: nothing of the
+patient's is forwarded or recorded until a reading answers again. The bound, for a withdrawal
+committed at t: readings that work include it from the first one begun after t, by
+t + POLL_SECONDS plus the query's time (a query slower than the rest of STALE_SECONDS is given
+up); readings that fail leave the last good one begun before t, and doubt closes the gate
+STALE_SECONDS after that. Either way the patient's media stops by t + STALE_SECONDS, plus the
+event loop's own delay; the contract allows 1 s from the 201.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
+
+from media.tracks import ForwardedTrack, Publisher
+from signaling.media import Consent, ConsentGuard
+
+logger = logging.getLogger("televisit.media")
+
+POLL_SECONDS = 0.25
+STALE_SECONDS = 0.75
+
+
+class Guarded(Protocol):
+    """What the watch needs of a call."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def consent_read_at(self) -> float: ...
+
+    @property
+    def in_doubt(self) -> bool: ...
+
+
+def set_gate(publisher: Publisher, allowed: bool) -> None:
+    """Open or close one publisher's gate. Closing drops what its subscribers still have queued
+    (up to about a second of it); opening starts them again at a keyframe."""
+    if publisher.allowed == allowed:
+        return
+    publisher.allowed = allowed
+    for track in publisher.subscribers:
+        if allowed:
+            track.need_keyframe()
+        else:
+            _flush(track)
+    if allowed:
+        publisher.ask_keyframe()
+
+
+def _flush(track: ForwardedTrack) -> None:
+    paused = track.paused
+    track.pause()  # empties its queue
+    if not paused:
+        track.resume()  # as it was, from the next keyframe
+
+
+class ConsentWatch:
+    """Reads the standing consent of the relay's calls, again and again, and says what it found."""
+
+    def __init__(
+        self,
+        guard: ConsentGuard,
+        calls: Callable[[], Collection[Guarded]],
+        *,
+        on_reading: Callable[[uuid.UUID, Consent | None, float], Awaitable[None]],
+        on_doubt: Callable[[uuid.UUID], Awaitable[None]],
+    ) -> None:
+        self.guard = guard
+        self._calls = calls
+        self._on_reading = on_reading
+        self._on_doubt = on_doubt
+        self._failing = False
+
+    async def read(
+        self, call_ids: Collection[uuid.UUID], *, within: float = STALE_SECONDS
+    ) -> dict[uuid.UUID, Consent] | None:
+        """Each call's consent as committed now (a call not under way is missing); None when
+        the database did not answer in time."""
+        try:
+            async with asyncio.timeout(within):
+                found = await self.guard.read_consent(call_ids)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._failing:
+                logger.warning(
+                    "consent reading failed: the patient's media is held until one answers",
+                    extra={"error_type": type(exc).__name__},
+                )
+            self._failing = True
+            return None
+        if self._failing:
+            logger.warning("consent readings answer again")
+        self._failing = False
+        return found
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            calls = list(self._calls())
+            if calls:
+                oldest = min(call.consent_read_at for call in calls)
+                within = max(oldest + STALE_SECONDS - started, POLL_SECONDS)
+                found = await self.read([call.id for call in calls], within=within)
+                if found is not None:
+                    for call in calls:
+                        await self._on_reading(call.id, found.get(call.id), started)
+                now = time.monotonic()
+                for call in list(self._calls()):
+                    if not call.in_doubt and now - call.consent_read_at > STALE_SECONDS:
+                        await self._on_doubt(call.id)
+            await asyncio.sleep(self._pause(started))
+
+    def _pause(self, started: float) -> float:
+        """Until the next reading is due, or sooner if a call falls into doubt before that."""
+        wake = started + POLL_SECONDS
+        for call in self._calls():
+            if not call.in_doubt:
+                wake = min(wake, call.consent_read_at + STALE_SECONDS)
+        return max(0.01, wake - time.monotonic())
