@@ -119,12 +119,22 @@ class ConsentWatch:
                 found = await self.read([call.id for call in calls], within=within)
                 if found is not None:
                     for call in calls:
-                        await self._on_reading(call.id, found.get(call.id), started)
+                        await self._each(self._on_reading(call.id, found.get(call.id), started))
                 now = time.monotonic()
                 for call in list(self._calls()):
                     if not call.in_doubt and now - call.consent_read_at > STALE_SECONDS:
-                        await self._on_doubt(call.id)
+                        await self._each(self._on_doubt(call.id))
             await asyncio.sleep(self._pause(started))
+
+    async def _each(self, step: Awaitable[None]) -> None:
+        """One call's part; its failure (a recording's row not written while the database is
+        away) must not end the watch of every call."""
+        try:
+            await step
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("consent gate step failed", extra={"error_type": type(exc).__name__})
 
     def _pause(self, started: float) -> float:
         """Until the next reading is due, or sooner if a call falls into doubt before that."""
