@@ -103,6 +103,84 @@ EARLY_LOSS_PACKETS = 30
 EARLY_LOSS = 0.2
 
 
+class LossEstimate:
+    """What a link carries, as its losses tell: the loss-based half of the estimate.
+
+    Loss is the only sign of a full queue that stays full (a delay-based REMB sees no trend in
+    a delay that no longer grows), so it sets the estimate: over CUT_LOSS, to a little under
+    what got through (at most every CUT_INTERVAL, unless the link has just fallen); under
+    LOW_LOSS, growing again, slowly near what got through last time. In between it holds.
+    """
+
+    def __init__(self) -> None:
+        self.cap_bps: float | None = None
+        self._capacity_bps: float | None = None  # what got through at the last overflow
+        self._cut_at: float | None = None
+
+    def update(
+        self, loss: float, *, through_bps: float, sending_bps: float, now: float
+    ) -> float | None:
+        """One interval's loss, with what got through and what was sent; the new cap."""
+        if loss > CUT_LOSS and through_bps > 0:
+            self._capacity_bps = through_bps
+            cap = max(MIN_BPS, through_bps * HEADROOM)
+            collapsed = self.cap_bps is None or cap < COLLAPSE * self.cap_bps
+            if self._cut_at is None or now - self._cut_at >= CUT_INTERVAL or collapsed:
+                self._cut_at = now
+                self.cap_bps = min(self.cap_bps or cap, cap)
+        elif loss < LOW_LOSS and self.cap_bps is not None:
+            capacity = self._capacity_bps
+            if capacity is not None and sending_bps > (2 - NEAR_CAPACITY) * capacity:
+                capacity = self._capacity_bps = None  # the link took more than before
+            if capacity is not None and self.cap_bps >= NEAR_CAPACITY * capacity:
+                self.cap_bps += CAPACITY_STEP_BPS
+            else:
+                self.cap_bps *= LOSS_GROWTH
+            if self.cap_bps >= MAX_BPS:
+                self.cap_bps = None
+        return self.cap_bps
+
+
+class Uplink:
+    """What a publisher's own leg carries as the relay receives it: loss-based.
+
+    The relay's receiver also estimates the leg from delay (aiortc's REMB, media.hooks.cap_remb),
+    but slowly, and it cannot see a queue that stays full: a patient's thin uplink kept
+    overflowing for the first ten or twenty seconds of a call. Fed the leg's loss over whole
+    intervals (LossMeter over the receiver's own counters) and what arrived.
+    """
+
+    def __init__(self) -> None:
+        self.estimate = LossEstimate()
+        self._counts = (0, 0)
+        self._since = time.monotonic()
+        self.received_bps = 0.0
+        self.audio_bps = 0.0
+
+    def arrived(self, video_bytes: int, audio_bytes: int, now: float) -> None:
+        """The publisher's byte counters as they stand now."""
+        elapsed = now - self._since
+        if elapsed >= RATE_WINDOW:
+            video, audio = video_bytes - self._counts[0], audio_bytes - self._counts[1]
+            if video >= 0 and audio >= 0:  # not a new source's counters
+                self.received_bps = (video + audio) * 8 / elapsed
+                self.audio_bps = audio * 8 / elapsed
+            self._counts, self._since = (video_bytes, audio_bytes), now
+
+    def on_loss(self, loss: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        # What arrived is what got through; what was sent is more by the share lost.
+        through = self.received_bps
+        sending = through / (1 - loss) if loss < 1 else through
+        self.estimate.update(loss, through_bps=through, sending_bps=sending, now=now)
+
+    @property
+    def video_cap_bps(self) -> float | None:
+        """What the publisher's video may be, its sound taken out; None: no loss seen."""
+        cap = self.estimate.cap_bps
+        return None if cap is None else max(MIN_BPS, cap - self.audio_bps)
+
+
 @dataclass
 class Downlink:
     """The relay's view of one subscriber's link."""
@@ -124,8 +202,7 @@ class Downlink:
     _video_payload_bytes: int = 0
     _congested_at: float | None = None
     _heavy_loss_at: float | None = None
-    _capacity_bps: float | None = None  # what got through at the last overflow
-    _cut_at: float | None = None
+    _by_loss_estimate: LossEstimate = field(default_factory=lambda: LossEstimate())
     _last_tick: float = field(default_factory=time.monotonic)
 
     @property
@@ -172,13 +249,7 @@ class Downlink:
         self._estimate()
 
     def on_loss(self, loss: float, now: float | None = None) -> None:
-        """The share (0-1) of what the relay sent this subscriber lost over the last interval.
-
-        Loss is the only sign of a full queue that stays full (a delay-based REMB sees no
-        trend in a delay that no longer grows), so it sets the estimate: over CUT_LOSS, to a
-        little under what got through; under LOW_LOSS, growing again, slowly near what got
-        through last time. In between it holds.
-        """
+        """The share (0-1) of what the relay sent this subscriber lost over the last interval."""
         now = time.monotonic() if now is None else now
         self.last_loss = loss
         sending = self.audio_bps + self.video_bps
@@ -186,24 +257,10 @@ class Downlink:
             self._congested_at = now
         if loss > HIGH_LOSS:
             self._heavy_loss_at = now
-        if loss > CUT_LOSS and sending > 0:
-            through = sending * (1 - loss)
-            self._capacity_bps = through
-            cap = max(MIN_BPS, through * HEADROOM)
-            collapsed = self.loss_cap_bps is None or cap < COLLAPSE * self.loss_cap_bps
-            if self._cut_at is None or now - self._cut_at >= CUT_INTERVAL or collapsed:
-                self._cut_at = now
-                self.loss_cap_bps = min(self.loss_cap_bps or cap, cap)
-        elif loss < LOW_LOSS and self.loss_cap_bps is not None:
-            capacity = self._capacity_bps
-            if capacity is not None and sending > (2 - NEAR_CAPACITY) * capacity:
-                capacity = self._capacity_bps = None  # the link took more than before
-            if capacity is not None and self.loss_cap_bps >= NEAR_CAPACITY * capacity:
-                self.loss_cap_bps += CAPACITY_STEP_BPS
-            else:
-                self.loss_cap_bps *= LOSS_GROWTH
-            if self.loss_cap_bps >= MAX_BPS:
-                self.loss_cap_bps = None
+        self._by_loss_estimate.cap_bps = self.loss_cap_bps
+        self.loss_cap_bps = self._by_loss_estimate.update(
+            loss, through_bps=sending * (1 - loss), sending_bps=sending, now=now
+        )
         self._estimate()
 
     def publisher_cap_bps(self, now: float) -> float:
@@ -420,4 +477,4 @@ def restamp_abs_send_time(data: bytes, ext_id: int) -> bytes:
     return data
 
 
-__all__ = ["Downlink", "LossMeter", "Pacer", "restamp_abs_send_time"]
+__all__ = ["Downlink", "LossEstimate", "LossMeter", "Pacer", "Uplink", "restamp_abs_send_time"]

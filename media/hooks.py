@@ -54,6 +54,7 @@ _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__decoder_thread",
     "_RTCRtpReceiver__rtx_ssrc",
     "_RTCRtpReceiver__rtcp_ssrc",
+    "_RTCRtpReceiver__remote_streams",
     "_send_rtcp_pli",
     "_send_rtcp",
     "_handle_rtp_packet",
@@ -162,6 +163,22 @@ def sources(receiver: RTCRtpReceiver) -> list[int]:
     """
     rtx: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
     return [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
+
+
+def incoming_counts(receiver: RTCRtpReceiver) -> tuple[int, int] | None:
+    """(packets expected, packets lost) so far on what this receiver hears, cumulative.
+
+    Lost means never received, retransmissions included, as in the receiver's own reports.
+    None before anything arrived.
+    """
+    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+    expected = lost = 0
+    for stream in list(streams.values()):
+        if stream.max_seq is None:
+            continue
+        expected += stream.packets_expected
+        lost += max(0, stream.packets_expected - stream.packets_received)
+    return (expected, lost) if expected else None
 
 
 def request_keyframe(receiver: RTCRtpReceiver) -> Awaitable[None] | None:

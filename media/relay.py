@@ -43,7 +43,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from app.config import Settings
 from media import hooks, network
-from media.bandwidth import MIN_BPS, Downlink, LossMeter, Pacer
+from media.bandwidth import MIN_BPS, Downlink, LossMeter, Pacer, Uplink
 from media.frames import FrameAssembler
 from media.gate import ConsentWatch, set_gate
 from media.peers import Peer, PeerFilter, PeerRegistry, ice_configuration, ice_ufrag
@@ -97,6 +97,9 @@ class Participant:
     stalled: bool = False
     sound_only: bool = False  # asked for: no video to them, theirs to nobody
     downlink: Downlink = field(default_factory=Downlink)
+    # Their own leg, as the relay receives their video: loss over the receiver's counters.
+    uplink: Uplink = field(default_factory=Uplink)
+    uplink_meter: tuple[object, LossMeter] | None = None  # (the receiver it counts, meter)
     pacer: Pacer | None = None
     senders: dict[tuple[str, str], RTCRtpSender] = field(default_factory=dict)
     described_at: float = 0.0  # the last debug line about their link
@@ -816,7 +819,9 @@ class Relay:
             if kind != "video":
                 continue
             publisher.repeat_keyframe_request(now)
-            publisher.remb_cap = self._publisher_cap(room, role, now)
+            cap = self._publisher_cap(room, role, now)
+            own = self._uplink_cap(room, role, publisher, now)
+            publisher.remb_cap = own if cap is None else cap if own is None else min(cap, own)
             if publisher.remb_cap is None or now - publisher.remb_sent_at < REMB_SECONDS:
                 continue
             receiver = publisher.source
@@ -841,6 +846,21 @@ class Relay:
             if kind == "video"
         )
         logger.debug("link", extra={"role": participant.role, "link": link})
+
+    def _uplink_cap(self, room: Room, role: str, publisher: Publisher, now: float) -> float | None:
+        """What `role`'s own leg carries for video, as its losses tell (None: no loss seen)."""
+        participant = room.participants.get(role)
+        receiver = publisher.source
+        if participant is None or receiver is None:
+            return None
+        audio = room.publishers.get((role, "audio"))
+        participant.uplink.arrived(publisher.bytes, audio.bytes if audio else 0, now)
+        counts = hooks.incoming_counts(receiver)  # type: ignore[arg-type]
+        if counts is not None:
+            if participant.uplink_meter is None or participant.uplink_meter[0] is not receiver:
+                participant.uplink_meter = (receiver, LossMeter(participant.uplink.on_loss))
+            participant.uplink_meter[1](*counts, now=now)
+        return participant.uplink.video_cap_bps
 
     def _publisher_cap(self, room: Room, role: str, now: float) -> float | None:
         """What `role`'s video may be: the least its receiving subscribers can take."""

@@ -145,6 +145,40 @@ class TestPublisherHearsItsSubscribers:
         await patient.close()
         await clinician.close()
 
+    async def test_a_publisher_whose_own_leg_loses_packets_is_asked_for_less(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        """The patient's thin uplink: the relay sees its losses and lowers what it asks for."""
+        plane, outbox = relay
+        call, patient, clinician = await call_of_two(plane, outbox)
+        patient_video = transceiver(patient, "video", receiving=False).sender
+        heard = record_feedback(patient_video)
+        video_ssrcs = {patient_video._ssrc, hooks.rtx_ssrc(patient_video)}
+        transport = patient_video.transport
+        original = transport._send_rtp
+        sent = 0
+
+        async def lossy(data: bytes) -> None:  # half its video never reaches the relay
+            nonlocal sent
+            if len(data) >= 12 and int.from_bytes(data[8:12], "big") in video_ssrcs:
+                sent += 1
+                if sent % 2:
+                    return
+            await original(data)
+
+        transport._send_rtp = lossy
+        uplink = plane.rooms[call].participants["patient"].uplink
+        await until(lambda: uplink.video_cap_bps is not None, 10)
+        cap = uplink.video_cap_bps
+        assert cap is not None
+        assert cap < 0.9 * uplink.received_bps
+        told = len(rembs(heard, patient_video._ssrc))
+        await until(lambda: len(rembs(heard, patient_video._ssrc)) > told, 5)
+        assert rembs(heard, patient_video._ssrc)[-1] <= cap
+        transport._send_rtp = original
+        await patient.close()
+        await clinician.close()
+
 
 class TestVideoPausesBeforeSoundSuffers:
     async def test_video_pauses_on_a_congested_link_audio_flows_and_video_comes_back(
@@ -280,7 +314,11 @@ class TestDownlink:
         link.on_loss(0.3, now=2.0)  # the publisher has not followed yet: no second cut
         assert link.loss_cap_bps == cut
         fallen = Downlink(loss_cap_bps=cut)  # the same, but the link has just fallen
-        fallen._cut_at, fallen.audio_bps, fallen.video_bps = 1.0, 40_000.0, 300_000.0
+        fallen._by_loss_estimate._cut_at, fallen.audio_bps, fallen.video_bps = (
+            1.0,
+            40_000.0,
+            300_000.0,
+        )
         fallen.on_loss(0.8, now=1.2)
         assert fallen.loss_cap_bps == pytest.approx(340_000 * 0.2 * bandwidth.HEADROOM)
         link.video_bps = link.video_budget_bps  # the publisher follows
@@ -289,7 +327,7 @@ class TestDownlink:
         link.on_loss(0.0, now=4.0)  # near what got through: a few kbit/s at a time
         assert link.loss_cap_bps == pytest.approx(cut + bandwidth.CAPACITY_STEP_BPS)
         second = 4
-        while link._capacity_bps is not None and second < 100:
+        while link._by_loss_estimate._capacity_bps is not None and second < 100:
             second += 1
             link.video_bps = link.video_budget_bps  # the publisher follows
             link.on_loss(0.0, now=float(second))
