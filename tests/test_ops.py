@@ -11,7 +11,7 @@ from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.main import create_app
-from app.observability import JsonFormatter, route_template
+from app.observability import JsonFormatter, logging_config, route_template
 from tests.conftest import TEST_SECRET
 from tests.factories import Staff, booking_body, local_instant, next_weekday
 from tests.live import free_port
@@ -118,3 +118,12 @@ class TestLogFormat:
         }
         assert route_template(scope) == "/api/v1/visits/{token}"
         assert route_template({"path": "/x"}) == "unmatched"
+
+
+def test_log_level_per_logger_never_lets_sql_parameters_through() -> None:
+    config = logging_config("warning, televisit.media=debug, sqlalchemy.engine=DEBUG")
+    assert config["root"]["level"] == "WARNING"
+    assert config["loggers"]["televisit.media"]["level"] == "DEBUG"
+    # Loggers that write SQL parameters (patient data) stay capped whatever is asked.
+    assert config["loggers"]["sqlalchemy.engine"]["level"] == "WARNING"
+    assert logging_config("INFO")["root"]["level"] == "INFO"
