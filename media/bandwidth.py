@@ -264,8 +264,12 @@ class Downlink:
         self._estimate()
 
     def publisher_cap_bps(self, now: float) -> float:
-        """What a publisher may send towards this subscriber (media.relay takes the least)."""
-        if self.congested(now):
+        """What a publisher may send towards this subscriber (media.relay takes the least).
+
+        No more than the budget while the link shows congestion, or while video is being tried
+        again after a pause (the try is at RESUME_BPS: its keyframe must stay small).
+        """
+        if self.congested(now) or self._resumed_at is not None:
             return self.video_budget_bps
         return min(self.video_budget_bps * PROBE_FACTOR, self._by_loss(), MAX_BPS)
 
