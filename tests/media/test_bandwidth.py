@@ -386,7 +386,8 @@ class TestDownlink:
         assert link.publisher_cap_bps(t) == pytest.approx(60_000 * bandwidth.PROBE_FACTOR)
         link.on_loss(0.2, now=t)  # an overflow
         assert link.publisher_cap_bps(t) == link.video_budget_bps
-        trying = Downlink(remb_bps=60_000.0)
+        trying = Downlink()
+        trying.on_remb(60_000, now=t)
         trying._resumed_at = t  # video tried again after a pause: exactly the try's rate
         assert trying.publisher_cap_bps(t + 5 * bandwidth.CONGESTION_MEMORY) == 60_000
 
