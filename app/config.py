@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     visit_birth_date_check: bool = False
     # How long a dropped patient keeps their place (or their call) to come back with the link.
     reconnect_grace_seconds: float = Field(default=30.0, ge=0.5, le=600)
+    # A patient may check in (open the waiting room) from this long before the visit's start.
+    checkin_minutes_before: int = Field(default=30, ge=0, le=24 * 60)
+    # A process whose heartbeat (in the database) is older than this is taken for dead.
+    liveness_seconds: float = Field(default=6.0, ge=0.5, le=300)
+    # A console is closed this long after its latest token expired (the contract says 60).
+    clinic_token_grace_seconds: float = Field(default=60.0, ge=0, le=3600)
     # Where call recordings are written (WebM files), relative to the working folder.
     recordings_dir: Path = Path("recordings")
     # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.

@@ -31,7 +31,7 @@ from app.ratelimit import RateLimiter
 from media.relay import Relay
 from scheduling import visits
 from scheduling.slot_cache import SlotCache
-from signaling.broker import Broker, Liveness, RedisBroker, RedisLiveness
+from signaling.broker import Broker, RedisBroker
 from signaling.hub import Signaling
 from signaling.records import CallRecords
 from signaling.router import router as signaling_router
@@ -57,14 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.slot_cache = SlotCache()
         app.state.events = EventBus()
         process_id = uuid.uuid4().hex
-        if redis is not None:
-            broker: Broker = RedisBroker(redis)
-            liveness: Liveness = RedisLiveness(process_id, redis)
-        else:
-            broker, liveness = Broker(), Liveness(process_id)
-        signaling = Signaling(
-            db=db, settings=settings, broker=broker, liveness=liveness, process_id=process_id
-        )
+        # Which processes live is kept in the database (signaling.liveness), not in Redis.
+        broker: Broker = RedisBroker(redis) if redis is not None else Broker()
+        signaling = Signaling(db=db, settings=settings, broker=broker, process_id=process_id)
         app.state.signaling = signaling
         signaling.media = Relay(
             settings=settings, emit=signaling.to_participant, recordings=CallRecords(db)

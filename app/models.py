@@ -11,6 +11,7 @@ from scheduling.models import (
     ConsentText,
     Recording,
 )
+from signaling.models import ServerProcess
 
 __all__ = [
     "Appointment",
@@ -21,5 +22,6 @@ __all__ = [
     "ConsentRecord",
     "ConsentText",
     "Recording",
+    "ServerProcess",
     "User",
 ]

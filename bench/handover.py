@@ -4,7 +4,7 @@ Two `televisit serve` processes share PostgreSQL and Redis. Process A holds the 
 sockets; process B holds a console and a probe (one more waiting patient, pinging every 30 ms,
 under the per-socket rate limit). A is killed (SIGKILL). Printed, side by side in one run:
 
-  - how soon B's console shows A's patients as `reconnecting` (B sees A's liveness key expire,
+  - how soon B's console shows A's patients as `reconnecting` (B sees A's heartbeat go stale,
     then takes its patients over);
   - the probe's round trip on B while nothing happens, while B takes the patients over, and
     while all of them reconnect to B (100 at a time, as fast as B lets them), as ratios of the
@@ -33,7 +33,6 @@ from signals import checked_in, console, harness_gc_paused, seed, serve, until_t
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from signaling.broker import RedisLiveness
 from signaling.hub import ORPHAN_CHECK_SECONDS
 
 PROBE_EVERY = 0.03
@@ -193,7 +192,7 @@ def main() -> None:
     )
     print(
         f"| A killed: B's console shows its patients reconnecting | after "
-        f"{result['seen_after']:.1f} s (liveness key expiry {RedisLiveness.TTL_SECONDS} s, "
+        f"{result['seen_after']:.1f} s (liveness {settings_for(backend.url).liveness_seconds:.0f} s, "
         f"orphan check every {ORPHAN_CHECK_SECONDS:.0f} s) | |"
     )
     print(summary("quiet, before the kill", result["quiet"], quiet_p99))

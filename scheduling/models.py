@@ -123,7 +123,9 @@ class Appointment(Base):
     end_reason: Mapped[str | None] = mapped_column(String(32))
     # Where the patient's socket is: which process holds it, or until when they may come back.
     patient_presence: Mapped[str | None] = mapped_column(String(16))
-    patient_process: Mapped[str | None] = mapped_column(String(32))
+    patient_process: Mapped[str | None] = mapped_column(String(32), index=True)
+    # The one socket (connection id) that is the patient's presence: only it may mark them gone.
+    patient_connection: Mapped[str | None] = mapped_column(String(32))
     presence_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     # The process whose relay carries this call's media.
     call_host: Mapped[str | None] = mapped_column(String(32))

@@ -14,8 +14,15 @@ own on which Redis sends no replies (`CLIENT REPLY OFF`), so a message costs one
 round trip. Redis handles one connection's commands in order, so posts to a channel arrive in
 the order they were made.
 
-Processes also announce that they live (`Liveness`): a key with a short expiry, refreshed by
-each live process, so the others can take over the rooms of one that died.
+Queues are bounded. A handler that may wait has at most `BACKLOG_LIMIT` messages waiting for
+it; past that, what arrives for that channel is dropped (and logged once per overflow) until it
+catches up: negotiation answers a dropped step with a timeout on the client, which starts
+again, and the hub's reconciliation catches a dropped teardown.
+
+When Redis goes away, publishing raises `BrokerUnavailable` (callers answer "try again" or
+let the message go, as pub/sub would have); the reader reconnects and subscribes every channel
+again, then calls `on_resubscribed`, so the hub can send what may have been missed (queues).
+Which processes live is the database's business, not Redis's (signaling.liveness).
 """
 
 from __future__ import annotations
@@ -32,15 +39,26 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from signaling.liveness import MEMORY, redis_fanout
 
 logger = logging.getLogger("televisit.broker")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
 PREFIX = "televisit:"
+# A channel no one uses, always subscribed: its confirmation after a reconnect says all are.
+HELLO = "hello"
 CONFIRM_SECONDS = 2.0
 WRITE_TIMEOUT_SECONDS = 5.0
 # How the posting connection shows in Redis's CLIENT LIST.
 POSTER_NAME = "televisit-poster"
+# Messages waiting for one channel's handlers that may wait; past it, arrivals are dropped.
+BACKLOG_LIMIT = 256
+
+
+class BrokerUnavailable(Exception):
+    """Redis did not take the message (it is down or restarting): nothing was sent."""
 
 
 class Subscription:
@@ -57,8 +75,13 @@ class Subscription:
 class Broker:
     """In-memory fan-out for one process; `RedisBroker` extends it across processes."""
 
+    # Processes of one database must fan out the same way (signaling.liveness).
+    fanout = MEMORY
+
     def __init__(self) -> None:
         self._handlers: dict[str, list[Subscription]] = {}
+        # Called after Redis came back and every channel was subscribed again.
+        self.on_resubscribed: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         return None
@@ -116,25 +139,42 @@ class RedisBroker(Broker):
     def __init__(self, redis: Redis) -> None:
         super().__init__()
         self._redis = redis
+        where = redis.connection_pool.connection_kwargs
+        self.fanout = redis_fanout(
+            str(where.get("host", where.get("path", ""))),
+            int(where.get("port", 0)),
+            int(where.get("db", 0)),
+        )
         self._pubsub: PubSub = redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
         self._poster = _Poster(redis)
         # Redis confirms a SUBSCRIBE asynchronously; until then a PUBLISH can pass it by.
+        # Every subscriber of a channel being confirmed waits for the same confirmation.
         self._confirming: dict[str, asyncio.Future[None]] = {}
         # Messages for handlers that may wait, per channel, and the task working through each.
         self._backlogs: dict[str, deque[tuple[Subscription, dict[str, Any]]]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._overflowing: set[str] = set()
+        self.dropped = 0
+        # The pub/sub connection failed: the next confirmation of the hello channel means
+        # every channel is subscribed again.
+        self._lost = False
+        self._resync: asyncio.Task[None] | None = None
+        # Channels subscribed in Redis (or that redis-py subscribes again on reconnecting),
+        # changed only under `_commands`.
+        self._subscribed: set[str] = set()
+        self._commands = asyncio.Lock()
 
     async def start(self) -> None:
         # A channel nobody uses keeps the connection subscribed, so the reader has work at once.
         # If Redis does not answer yet, the reader keeps trying (readyz reports it meanwhile);
         # redis-py subscribes every channel again on each new connection.
         with contextlib.suppress(Exception):
-            await self._pubsub.subscribe(PREFIX + "hello")
+            await self._pubsub.subscribe(PREFIX + HELLO)
         self._reader = asyncio.create_task(self._read(), name="redis-broker")
 
     async def stop(self) -> None:
-        for task in [self._reader, *self._workers.values()]:
+        for task in [self._reader, self._resync, *self._workers.values()]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -145,35 +185,64 @@ class RedisBroker(Broker):
         await super().stop()
 
     async def publish(self, channel: str, message: dict[str, Any]) -> int:
-        receivers = await self._redis.publish(PREFIX + channel, json.dumps(message))
+        try:
+            receivers = await self._redis.publish(PREFIX + channel, json.dumps(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(type(exc).__name__) from exc
         return int(receivers)
 
     async def post(self, channel: str, message: dict[str, Any]) -> None:
-        await self._poster.publish(PREFIX + channel, json.dumps(message))
+        try:
+            await self._poster.publish(PREFIX + channel, json.dumps(message))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(type(exc).__name__) from exc
 
     async def subscribe(
         self, channel: str, handler: Handler, *, may_wait: bool = False
     ) -> Subscription:
-        first = channel not in self._handlers
         subscription = await super().subscribe(channel, handler, may_wait=may_wait)
-        if first:
-            confirmed = asyncio.get_running_loop().create_future()
-            self._confirming[channel] = confirmed
+        # SUBSCRIBE and UNSUBSCRIBE go out one at a time, each decided on the handlers as they
+        # are then: a channel's last subscriber leaving while a new one arrives cannot leave
+        # the channel unsubscribed in Redis with a handler waiting on it.
+        async with self._commands:
+            if subscription not in self._handlers.get(channel, ()):
+                return subscription  # cancelled meanwhile
+            confirmed = self._confirming.get(channel)
+            if channel not in self._subscribed:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirming[channel] = confirmed
+                try:
+                    await self._pubsub.subscribe(PREFIX + channel)
+                except Exception as exc:
+                    # Not subscribed now; the reader subscribes it once Redis is back.
+                    logger.warning(
+                        "redis subscribe failed", extra={"error_type": type(exc).__name__}
+                    )
+                    self._lost = True
+                    del self._confirming[channel]
+                    confirmed.set_result(None)
+                    return subscription
+                self._subscribed.add(channel)
+        if confirmed is not None:
+            # Wait for Redis to confirm, so what is published next reaches this channel. A
+            # second subscriber arriving meanwhile waits for the same confirmation.
             try:
-                await self._pubsub.subscribe(PREFIX + channel)
-                # Wait for Redis to confirm, so what is published next reaches this channel.
                 await asyncio.wait_for(asyncio.shield(confirmed), CONFIRM_SECONDS)
-            except Exception as exc:
-                logger.warning("redis subscribe failed", extra={"error_type": type(exc).__name__})
-            finally:
-                self._confirming.pop(channel, None)
+            except TimeoutError:
+                logger.warning("redis subscribe not confirmed")
+            if self._confirming.get(channel) is confirmed and confirmed.done():
+                del self._confirming[channel]
         return subscription
 
     async def _unsubscribe(self, subscription: Subscription) -> bool:
         last = await super()._unsubscribe(subscription)
+        channel = subscription.channel
         if last:
-            with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(PREFIX + subscription.channel)
+            async with self._commands:
+                if channel not in self._handlers and channel in self._subscribed:
+                    self._subscribed.discard(channel)
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.unsubscribe(PREFIX + channel)
         return last
 
     async def _read(self) -> None:
@@ -186,12 +255,17 @@ class RedisBroker(Broker):
                 logger.warning(
                     "redis pub/sub read failed", extra={"error_type": type(exc).__name__}
                 )
+                self._lost = True
                 await asyncio.sleep(0.5)
-                with contextlib.suppress(Exception):
-                    if not self._pubsub.subscribed:
-                        await self._pubsub.subscribe(
-                            PREFIX + "hello", *(PREFIX + c for c in self._handlers)
-                        )
+                # redis-py subscribes again what it knew of on a new connection; channels whose
+                # SUBSCRIBE failed are not among them.
+                async with self._commands:
+                    known = self._pubsub.channels
+                    missing = [c for c in (HELLO, *self._handlers) if _key(c) not in known]
+                    if missing:
+                        with contextlib.suppress(Exception):
+                            await self._pubsub.subscribe(*(PREFIX + c for c in missing))
+                            self._subscribed.update(c for c in missing if c != HELLO)
                 continue
             if message is None:
                 continue
@@ -199,9 +273,12 @@ class RedisBroker(Broker):
             if isinstance(channel, bytes):
                 channel = channel.decode()
             if message.get("type") == "subscribe":
-                waiting = self._confirming.get(channel.removeprefix(PREFIX))
+                name = channel.removeprefix(PREFIX)
+                waiting = self._confirming.get(name)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(None)
+                if name == HELLO and self._lost:
+                    self._resubscribed()
                 continue
             if message.get("type") != "message":
                 continue
@@ -211,12 +288,27 @@ class RedisBroker(Broker):
                 continue
             await self._hand_over(channel.removeprefix(PREFIX), payload)
 
+    def _resubscribed(self) -> None:
+        self._lost = False
+        logger.info("redis pub/sub subscribed again")
+        callback = self.on_resubscribed
+        if callback is not None and (self._resync is None or self._resync.done()):
+            self._resync = asyncio.create_task(_run_quietly(callback()), name="redis-resync")
+
     async def _hand_over(self, channel: str, message: dict[str, Any]) -> None:
         for subscription in list(self._handlers.get(channel, ())):
             if not subscription.may_wait:
                 await _deliver(subscription, message)
                 continue
-            self._backlogs.setdefault(channel, deque()).append((subscription, message))
+            backlog = self._backlogs.setdefault(channel, deque())
+            if len(backlog) >= BACKLOG_LIMIT:
+                self.dropped += 1
+                if channel not in self._overflowing:
+                    self._overflowing.add(channel)
+                    logger.warning("channel backlog full: dropping its messages")
+                continue
+            self._overflowing.discard(channel)
+            backlog.append((subscription, message))
             if channel not in self._workers:
                 self._workers[channel] = asyncio.create_task(
                     self._work_through(channel), name="redis-broker-channel"
@@ -234,6 +326,18 @@ class RedisBroker(Broker):
             del self._workers[channel]
             if not backlog:
                 del self._backlogs[channel]
+
+
+def _key(channel: str) -> bytes:
+    """A channel's name as redis-py keeps it (bytes: responses are not decoded)."""
+    return (PREFIX + channel).encode()
+
+
+async def _run_quietly(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception as exc:
+        logger.exception("resync failed", extra={"error_type": type(exc).__name__})
 
 
 class _Poster:
@@ -315,58 +419,3 @@ class _Poster:
 
     async def close(self) -> None:
         await self._drop()
-
-
-class Liveness:
-    """Which processes live. Alone (no Redis), this process is the only one."""
-
-    def __init__(self, process_id: str) -> None:
-        self.process_id = process_id
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def alive(self, process_id: str) -> bool:
-        return process_id == self.process_id
-
-
-class RedisLiveness(Liveness):
-    TTL_SECONDS = 6
-    REFRESH_SECONDS = 2.0
-
-    def __init__(self, process_id: str, redis: Redis) -> None:
-        super().__init__(process_id)
-        self._redis = redis
-        self._task: asyncio.Task[None] | None = None
-
-    def _key(self, process_id: str) -> str:
-        return f"{PREFIX}process:{process_id}"
-
-    async def start(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._redis.set(self._key(self.process_id), "1", ex=self.TTL_SECONDS)
-        self._task = asyncio.create_task(self._refresh(), name="liveness")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self._redis.delete(self._key(self.process_id))
-
-    async def _refresh(self) -> None:
-        while True:
-            await asyncio.sleep(self.REFRESH_SECONDS)
-            try:
-                await self._redis.set(self._key(self.process_id), "1", ex=self.TTL_SECONDS)
-            except Exception as exc:
-                logger.warning("liveness refresh failed", extra={"error_type": type(exc).__name__})
-
-    async def alive(self, process_id: str) -> bool:
-        if process_id == self.process_id:
-            return True
-        return bool(await self._redis.exists(self._key(process_id)))

@@ -1,9 +1,14 @@
-"""The WebSocket endpoints: the patient's visit and the clinician's console."""
+"""The WebSocket endpoints: the patient's visit and the clinician's console.
+
+A patient checks in from `TELEVISIT_CHECKIN_MINUTES_BEFORE` the visit's start; earlier, the
+socket gets `{"type":"error","code":"too_early","opens_at"}` and is closed with 4425.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
@@ -12,16 +17,23 @@ from starlette.websockets import WebSocketDisconnect
 from app.auth.models import Role
 from app.auth.principal import Principal
 from app.config import Settings
+from app.db import Database
 from app.deps import principal_for_token
 from app.errors import NotAuthenticated
 from scheduling import calls, consent
 from scheduling import service as scheduling
+from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.hub import Signaling
 from signaling.sockets import ClinicSession, PatientSession, close_with
 
 router = APIRouter()
 AUTH_SECONDS = 5.0
+TOO_EARLY = 4425
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
@@ -75,23 +87,81 @@ async def patient_socket(websocket: WebSocket, token: str, verification: str | N
             4403,
         )
         return
-    checked_in = await calls.check_in(
-        app.state.db, appointment.id, process=signaling.process_id, now=now
-    )
-    if checked_in is None:
-        await close_with(websocket, messages.ended(appointment.status), 1000)
-        return
-    visit = PatientSession(websocket, signaling, checked_in)
-    await visit.attach()
+    window = dt.timedelta(minutes=settings.checkin_minutes_before)
+    visit = PatientSession(websocket, signaling, appointment)
+    # Known to this process before the row names it (see Signaling.reconcile).
+    signaling.patient_here(visit)
     try:
+        checked_in = await calls.check_in(
+            app.state.db,
+            appointment.id,
+            process=signaling.process_id,
+            connection=visit.id,
+            now=now,
+            opens_before=window,
+        )
+    except BaseException:
+        signaling.patient_gone(visit)
+        raise
+    if checked_in is None:
+        signaling.patient_gone(visit)
+        await _refuse_check_in(websocket, app.state.db, appointment, now=now, window=window)
+        return
+    visit.checked_in_as(checked_in)
+    try:
+        await visit.attach()
         await visit.serve(visit.handle)
     finally:
+        signaling.patient_gone(visit)
         await visit.detach()
         if not visit.finished:
-            await signaling.patient_dropped(checked_in)
+            await signaling.patient_dropped(checked_in, visit.id)
 
 
-async def _authenticate(websocket: WebSocket) -> Principal:
+async def _refuse_check_in(
+    websocket: WebSocket,
+    db: Database,
+    appointment: Appointment,
+    *,
+    now: dt.datetime,
+    window: dt.timedelta,
+) -> None:
+    """Why the check-in did not apply, read again (the visit may have changed meanwhile)."""
+    current = await calls.get(db, appointment.id) or appointment
+    if current.status == Status.BOOKED:
+        opens_at = current.start_at - window
+        if now < opens_at:
+            await close_with(
+                websocket,
+                {
+                    **messages.error(
+                        "too_early", "The waiting room opens shortly before the visit."
+                    ),
+                    "opens_at": _rfc3339(opens_at),
+                },
+                TOO_EARLY,
+            )
+            return
+        # Booked, open, and still refused: the consent was withdrawn meanwhile.
+        await close_with(
+            websocket,
+            messages.error("consent_required", "Accept the consent to the video visit first."),
+            4403,
+        )
+        return
+    await close_with(websocket, messages.ended(current.status), 1000)
+
+
+async def _verify(state: Any, token: str) -> tuple[Principal, float]:
+    """The active staff member a token names, and when the token expires (epoch seconds)."""
+    principal = await principal_for_token(state, token)
+    claims = state.tokens.verify(token)
+    if claims is None:
+        raise NotAuthenticated()
+    return principal, float(claims.expires_at)
+
+
+async def _authenticate(websocket: WebSocket) -> tuple[Principal, float]:
     """The console's first message must be `auth` with a clinician's bearer token."""
     try:
         text = await asyncio.wait_for(websocket.receive_text(), AUTH_SECONDS)
@@ -100,7 +170,7 @@ async def _authenticate(websocket: WebSocket) -> Principal:
         raise NotAuthenticated('Send {"type": "auth", "token": ...} first.') from None
     if not isinstance(first, messages.Auth):
         raise NotAuthenticated('Send {"type": "auth", "token": ...} first.')
-    return await principal_for_token(websocket.app.state, first.token)
+    return await _verify(websocket.app.state, first.token)
 
 
 @router.websocket("/ws/clinic")
@@ -112,7 +182,7 @@ async def clinic_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     try:
-        clinician = await _authenticate(websocket)
+        clinician, expires_at = await _authenticate(websocket)
     except NotAuthenticated as exc:
         await close_with(websocket, messages.error("not_authenticated", exc.message), 4401)
         return
@@ -121,9 +191,15 @@ async def clinic_socket(websocket: WebSocket) -> None:
             websocket, messages.error("forbidden", "Only clinicians run a consult queue."), 4403
         )
         return
-    console = ClinicSession(websocket, signaling, clinician)
-    await console.attach()
+    console = ClinicSession(
+        websocket,
+        signaling,
+        clinician,
+        token_expires_at=expires_at,
+        verify=lambda token: _verify(app.state, token),
+    )
     try:
+        await console.attach()
         await console.serve(console.handle)
     finally:
         await console.detach()

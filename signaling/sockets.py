@@ -4,32 +4,42 @@ A connection has two loops in one task group: a reader (size and rate limits, va
 dispatch) and a writer (a bounded queue, so a slow client never makes the server wait or grow);
 the first to end cancels the other. Nothing a client sends can crash or stall the server: an
 unknown, malformed, oversized or too frequent message gets an `error` message and is dropped.
+A message the server cannot act on just now (Redis or the database away) gets an `error` too
+(`unavailable`), and the socket stays.
+
+The outgoing queue holds at most `OUTBOX_SIZE` messages and `OUTBOX_BYTES` of JSON: a client
+that lets more pile up is too slow to follow the call, and is disconnected (1013, "try again
+later"); its page reconnects and gets the current state afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.auth.principal import Principal
+from app.errors import NotAuthenticated
+from scheduling import calls
 from scheduling.models import Appointment, Status
 from signaling import messages
-from signaling.broker import Subscription
-from signaling.hub import CLINICIAN, PATIENT, Signaling, SignalingError
+from signaling.broker import BrokerUnavailable, Subscription
+from signaling.hub import CLINICIAN, IN_ROOM, PATIENT, Signaling, SignalingError
 from signaling.queue import Snapshot
 
 logger = logging.getLogger("televisit.sockets")
 
 OUTBOX_SIZE = 256
+OUTBOX_BYTES = 1024 * 1024
 # Token bucket per socket: a burst of candidates is fine, a flood is not.
 RATE_PER_SECOND = 40.0
 RATE_BURST = 80.0
@@ -43,8 +53,10 @@ class Connection:
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
         self.id = uuid.uuid4().hex
-        # A deque and an event: lighter than asyncio.Queue on the hot path.
+        # A deque and an event: lighter than asyncio.Queue on the hot path. Messages wait as
+        # JSON text, so the queue's size in bytes is known.
         self._outbox: deque[Any] = deque()
+        self._outbox_bytes = 0
         self._queued = asyncio.Event()
         self._tokens, self._refilled = RATE_BURST, time.monotonic()
         self._dropped = 0
@@ -54,10 +66,13 @@ class Connection:
         """Queue a message; a client too slow to take its messages is disconnected."""
         if self.closing:
             return
-        if len(self._outbox) >= OUTBOX_SIZE:
+        text = json.dumps(message)
+        if len(self._outbox) >= OUTBOX_SIZE or self._outbox_bytes + len(text) > OUTBOX_BYTES:
+            logger.warning("outbox full: closing a socket that does not keep up")
             self.close(1013)
             return
-        self._outbox.append(message)
+        self._outbox.append(text)
+        self._outbox_bytes += len(text)
         self._queued.set()
 
     def close(self, code: int = 1000) -> None:
@@ -90,8 +105,9 @@ class Connection:
                 with contextlib.suppress(Exception):
                     await self.websocket.close(item[1])
                 return
+            self._outbox_bytes -= len(item)
             try:
-                await self.websocket.send_text(json.dumps(item))
+                await self.websocket.send_text(item)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 return
 
@@ -122,6 +138,12 @@ class Connection:
                 self._reject("invalid_message", str(exc))
             except SignalingError as exc:
                 self.error(exc.code, exc.message)
+            except BrokerUnavailable:
+                self.error("unavailable", "Could not do that just now; try again.")
+            except Exception as exc:
+                # The database away, or a fault of ours: the socket goes on.
+                logger.exception("message failed", extra={"error_type": type(exc).__name__})
+                self.error("unavailable", "Could not do that just now; try again.")
             if self.closing:
                 return
 
@@ -152,8 +174,20 @@ class PatientSession(Connection):
         self.appointment = appointment
         self.in_call = appointment.status == Status.IN_CALL
         self.finished = False
+        # Set once this socket's check-in is written: from then on the row names it.
+        self.checked_in = False
         self._last_place: tuple[int | None, int | None] | None = None
         self._subscription: Subscription | None = None
+
+    @property
+    def appointment_id(self) -> uuid.UUID:
+        return self.appointment.id
+
+    def checked_in_as(self, checked_in: Appointment) -> None:
+        """The row now names this socket as the patient's presence."""
+        self.appointment = checked_in
+        self.in_call = checked_in.status == Status.IN_CALL
+        self.checked_in = True
 
     async def attach(self) -> None:
         appointment = self.appointment
@@ -169,6 +203,27 @@ class PatientSession(Connection):
         await self.signaling.unwatch_queue(self.appointment.clinician_id, self)
         if self._subscription is not None:
             await self._subscription.cancel()
+
+    def on_presence(self, row: calls.Presence | None) -> None:
+        """The reconciliation's view of this patient (what pub/sub may have failed to say)."""
+        if self.finished or self.closing:
+            return
+        if row is not None and row.status in IN_ROOM:
+            if row.connection != self.id:
+                # Another socket of this patient checked in after this one.
+                self.finished = True
+                self.error("replaced", "This visit was opened in another window.")
+                self.close(4409)
+            return
+        self.finished = True
+        if row is not None and row.status == Status.BOOKED:
+            # Out of the room (the grace period ran out while this process was stalled): the
+            # page reconnects and checks in again.
+            self.close(1012)
+            return
+        reason = (row.end_reason or row.status) if row is not None else "ended"
+        self.send(messages.ended(reason))
+        self.close(1000)
 
     def on_queue(self, snapshot: Snapshot) -> None:
         if self.in_call or self.finished:
@@ -217,7 +272,7 @@ class PatientSession(Connection):
             if self.in_call:
                 await self.signaling.media_request(call_id, PATIENT, "leave", {})
                 return
-            await self.signaling.leave_waiting_room(self.appointment)
+            await self.signaling.leave_waiting_room(self.appointment, self.id)
             self.finished = True
             self.send(messages.ended("left"))
             self.close(1000)
@@ -244,16 +299,44 @@ class PatientSession(Connection):
             )
 
 
-class ClinicSession(Connection):
-    """A clinician's console: the live queue, and the calls it holds."""
+Verify = Callable[[str], Awaitable[tuple[Principal, float]]]
 
-    def __init__(self, websocket: WebSocket, signaling: Signaling, clinician: Principal) -> None:
+
+class ClinicSession(Connection):
+    """A clinician's console: the live queue, and the calls it holds.
+
+    Its token may be renewed at any time (`{"type":"auth","token"}` again, for the same user);
+    the console is closed (4401) once its latest token has been expired for
+    `TELEVISIT_CLINIC_TOKEN_GRACE_SECONDS` (60), and within seconds of the user's deactivation
+    (the hub's guard checks every console of the process).
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        signaling: Signaling,
+        clinician: Principal,
+        *,
+        token_expires_at: float,
+        verify: Verify,
+    ) -> None:
         super().__init__(websocket)
         self.signaling = signaling
         self.clinician = clinician
-        self._calls: dict[uuid.UUID, Subscription] = {}
+        self.token_expires_at = token_expires_at
+        self._verify = verify
+        # None while its subscription is being made: a release meanwhile removes the entry.
+        self._calls: dict[uuid.UUID, Subscription | None] = {}
+
+    @property
+    def clinician_id(self) -> uuid.UUID:
+        return self.clinician.id
+
+    def held_calls(self) -> Collection[uuid.UUID]:
+        return [call_id for call_id, held in self._calls.items() if held is not None]
 
     async def attach(self) -> None:
+        self.signaling.console_here(self)
         await self.signaling.watch_queue(self.clinician.id, self)
         snapshot = await self.signaling.snapshot(self.clinician.id)
         self.send(snapshot.message())
@@ -262,21 +345,64 @@ class ClinicSession(Connection):
             await self.take_call(appointment)
 
     async def detach(self) -> None:
+        self.signaling.console_gone(self)
         await self.signaling.unwatch_queue(self.clinician.id, self)
-        for call_id, subscription in list(self._calls.items()):
-            await subscription.cancel()
+        held, self._calls = self._calls, {}
+        for call_id, subscription in held.items():
+            if subscription is not None:
+                await subscription.cancel()
             await self.signaling.to_participant(call_id, PATIENT, messages.peer("left", CLINICIAN))
-        self._calls.clear()
 
     def on_queue(self, snapshot: Snapshot) -> None:
         self.send(snapshot.message())
 
+    def check_token(self, now: float) -> None:
+        grace = self.signaling.settings.clinic_token_grace_seconds
+        if not self.closing and now > self.token_expires_at + grace:
+            self.error("token_expired", "Your session expired; sign in again.")
+            self.close(4401)
+
+    def account_disabled(self) -> None:
+        if not self.closing:
+            self.error("not_authenticated", "This account is no longer active.")
+            self.close(4401)
+
+    async def call_gone(self, call_id: uuid.UUID, reason: str) -> None:
+        if self._calls.get(call_id) is not None:
+            self.send(messages.ended(reason, call_id))
+            await self._release(call_id)
+
+    async def _renew(self, token: str) -> None:
+        try:
+            principal, expires_at = await self._verify(token)
+        except NotAuthenticated:
+            raise SignalingError(
+                "not_authenticated", "That token is not valid; the current one still counts."
+            ) from None
+        if principal.id != self.clinician.id:
+            raise SignalingError("forbidden", "A console renews its own user's token only.")
+        self.token_expires_at = max(self.token_expires_at, expires_at)
+        expires = dt.datetime.fromtimestamp(self.token_expires_at, dt.UTC)
+        self.send(
+            {
+                "type": "authenticated",
+                "expires_at": expires.isoformat().replace("+00:00", "Z"),
+            }
+        )
+
     async def take_call(self, appointment: Appointment) -> None:
         call_id = appointment.id
         if call_id not in self._calls:
-            self._calls[call_id] = await self.signaling.join_participant(
+            self._calls[call_id] = None
+            subscription = await self.signaling.join_participant(
                 call_id, CLINICIAN, self.id, lambda message: self._on_channel(call_id, message)
             )
+            if call_id in self._calls:
+                self._calls[call_id] = subscription
+            else:
+                # Taken over by another console (or ended) while subscribing.
+                await subscription.cancel()
+                return
         self.send(messages.call(call_id, self.signaling.ice_servers(appointment)))
 
     async def _on_channel(self, call_id: uuid.UUID, message: dict[str, Any]) -> None:
@@ -302,7 +428,7 @@ class ClinicSession(Connection):
             await subscription.cancel()
 
     def _holding(self, call_id: uuid.UUID) -> None:
-        if call_id not in self._calls:
+        if self._calls.get(call_id) is None:
             raise SignalingError("not_in_call", "This console does not hold that call.")
 
     async def handle(self, text: str) -> None:
@@ -311,7 +437,8 @@ class ClinicSession(Connection):
             self.send(messages.pong())
             return
         if isinstance(message, messages.Auth):
-            raise SignalingError("already_authenticated", "This socket is authenticated.")
+            await self._renew(message.token)
+            return
         call_id = message.appointment_id
         if isinstance(message, messages.Admit):
             appointment = await self.signaling.admit(self.clinician.id, call_id)

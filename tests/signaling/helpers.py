@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +22,8 @@ from tests.conftest import TEST_SECRET
 from tests.factories import Person
 
 LINK_KEY = visits.link_key(TEST_SECRET.encode())
-_slots = itertools.count()
+# Where each clinician's next visit placed by `make_visit` starts (its previous one's end).
+_next_start: dict[uuid.UUID, dt.datetime] = {}
 
 
 @dataclass
@@ -43,10 +43,17 @@ async def make_visit(
     name: str = "Pat Visit",
     birth_date: dt.date | None = None,
 ) -> Visit:
-    """An appointment written straight to the database, as if booked (any time, no slot rules)."""
+    """An appointment written straight to the database, as if booked (any time, no slot rules).
+
+    Without `start`, the clinician's visits follow each other from 5 minutes from now (the
+    database refuses overlaps even here): the first two open their waiting room at once (it
+    opens 30 minutes before the start).
+    """
     now = dt.datetime.now(dt.UTC)
-    # Each visit of a test gets its own slot: the database refuses overlaps even here.
-    start = start or now.replace(microsecond=0) + dt.timedelta(minutes=5 + 30 * next(_slots))
+    if start is None:
+        soonest = now.replace(microsecond=0) + dt.timedelta(minutes=5)
+        start = max(soonest, _next_start.get(clinician.id, soonest))
+        _next_start[clinician.id] = start + dt.timedelta(minutes=minutes)
     salt = visits.new_salt()
     token = visits.token_for(LINK_KEY, salt)
     appointment = Appointment(

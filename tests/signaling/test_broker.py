@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from signaling.broker import POSTER_NAME, PREFIX, Broker, RedisBroker
+from signaling.broker import BACKLOG_LIMIT, POSTER_NAME, PREFIX, Broker, RedisBroker
 
 
 class Inbox:
@@ -198,3 +198,71 @@ async def test_what_waits_for_a_handler_that_left_is_dropped(
     release.set()
     assert await newcomer.until(1) == [{"i": 3}]
     assert seen == [0]
+
+
+async def test_a_backlog_that_fills_drops_what_arrives_and_stays_bounded(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    """A handler stuck on one message: its channel keeps at most BACKLOG_LIMIT waiting."""
+    here, there = brokers
+    channel, marker = f"test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def stuck(message: dict[str, Any]) -> None:
+        seen.append(message["i"])
+        await release.wait()
+
+    await there.subscribe(channel, stuck, may_wait=True)
+    marks = Inbox()
+    await there.subscribe(marker, marks)
+    total = BACKLOG_LIMIT + 50
+    dropped_before = there.dropped
+    for i in range(total):
+        await here.post(channel, {"i": i})
+    await here.post(marker, {})
+    await marks.until(1)  # everything before it was read
+    dropped = there.dropped - dropped_before
+    # One message is with the handler (if its task ran before the others arrived), the
+    # backlog holds BACKLOG_LIMIT, the rest was dropped.
+    assert total - BACKLOG_LIMIT - 1 <= dropped <= total - BACKLOG_LIMIT
+    release.set()
+    async with asyncio.timeout(5):
+        while len(seen) < total - dropped:  # noqa: ASYNC110 (the handler's task runs meanwhile)
+            await asyncio.sleep(0.01)
+    # What was kept is what came first (and, once the handler took its first message, one that
+    # came later), in order.
+    assert seen[:BACKLOG_LIMIT] == list(range(BACKLOG_LIMIT))
+    assert seen == sorted(seen)
+
+
+async def test_subscribers_racing_for_a_channel_both_wait_for_redis(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    """The second subscriber of a channel being subscribed returns only once Redis confirmed:
+    what is published right after reaches it."""
+    here, there = brokers
+    channel = f"test:{uuid.uuid4().hex}"
+    first, second = Inbox(), Inbox()
+    tasks = [
+        asyncio.create_task(there.subscribe(channel, first)),
+        asyncio.create_task(there.subscribe(channel, second)),
+    ]
+    done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    assert await here.publish(channel, {"n": 1}) == 1
+    await asyncio.gather(*tasks)
+    inbox = first if tasks[0] in done else second
+    assert await inbox.until(1) == [{"n": 1}]
+
+
+async def test_a_last_subscriber_leaving_as_another_arrives_leaves_the_channel_subscribed(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    here, there = brokers
+    for _ in range(5):
+        channel = f"test:{uuid.uuid4().hex}"
+        leaving = await there.subscribe(channel, Inbox())
+        arriving = Inbox()
+        await asyncio.gather(leaving.cancel(), there.subscribe(channel, arriving))
+        assert await here.publish(channel, {"n": 1}) == 1
+        assert await arriving.until(1) == [{"n": 1}]

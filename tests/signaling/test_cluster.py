@@ -97,7 +97,7 @@ class TestTwoProcesses:
                 a.process.send_signal(signal.SIGKILL)
                 a.process.wait()
                 await patient.expect_close(within=5)
-            # B notices A is gone (its liveness key expires) and shows the patient reconnecting.
+            # B notices A is gone (its heartbeat goes stale) and shows the patient reconnecting.
             while items(queue).get(key, {}).get("status") != "reconnecting":
                 queue = await desk.expect("queue", within=15)
             # The patient's page reconnects, now to B, and the visit goes on.

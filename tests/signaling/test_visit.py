@@ -94,11 +94,12 @@ class TestQueue:
     ) -> None:
         import datetime as dt
 
-        base = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=1)
+        # Three short visits around now: every waiting room is open.
+        base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
         visits = [
             await make_visit(
-                db, staff.clinician, by=staff.scheduler, start=base + dt.timedelta(minutes=20 * i),
-                name=f"Patient {i}",
+                db, staff.clinician, by=staff.scheduler, start=base + dt.timedelta(minutes=10 * i),
+                minutes=10, name=f"Patient {i}",
             )
             for i in range(3)
         ]  # fmt: skip
@@ -237,10 +238,10 @@ class TestReconnect:
     ) -> None:
         import datetime as dt
 
-        base = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(hours=2)
-        early = await make_visit(db, staff.clinician, by=staff.scheduler, start=base)
+        base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+        early = await make_visit(db, staff.clinician, by=staff.scheduler, start=base, minutes=10)
         late = await make_visit(
-            db, staff.clinician, by=staff.scheduler, start=base + dt.timedelta(minutes=20)
+            db, staff.clinician, by=staff.scheduler, start=base + dt.timedelta(minutes=10)
         )
         await grant(http, early.token)
         await grant(http, late.token)

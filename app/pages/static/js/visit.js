@@ -59,6 +59,7 @@ const state = {
   cameraOn: true,
   audioOnly: false, // sound only, by the patient's choice (the "Audio only" button)
   video: new VideoStates(), // what the relay said it paused, and for whom
+  opensTimer: null, // joins the waiting room when it opens (checked in too early)
 };
 
 // HTTP --------------------------------------------------------------------------------------
@@ -373,7 +374,7 @@ function connect() {
     onOpen: () => reportVerdict(),
     onMessage: (message) => onMessage(message).catch((error) => console.warn("message", error?.name)),
     onStatus: (status) => onSocketStatus(status),
-    retry: (event) => !state.finished && ![4401, 4403, 4404, 4409, 4410, 1008].includes(event.code),
+    retry: (event) => !state.finished && ![4401, 4403, 4404, 4409, 4410, 4425, 1008].includes(event.code),
   });
   state.channel = channel;
   channel.start();
@@ -458,6 +459,9 @@ function onError(message) {
       leaveCallMedia();
       visitProblem(new ApiError(message.code === "visit_closed" ? 410 : 404, message.code, message.message));
       break;
+    case "too_early":
+      waitingRoomOpensAt(message.opens_at);
+      break;
     case "negotiation_failed":
       // The relay could not use our description: start over on a new connection.
       if (state.phase === "call") startCall();
@@ -465,6 +469,22 @@ function onError(message) {
     default:
       break;
   }
+}
+
+// Too early to check in: say plainly when the waiting room opens, and come in by itself then.
+function waitingRoomOpensAt(opensAt) {
+  state.finished = true;
+  state.channel?.stop();
+  leaveCallMedia();
+  const when = `${formatDateTime(opensAt, undefined)} (your time, ${zoneName(opensAt, undefined)})`;
+  problem(
+    "The waiting room is not open yet",
+    `It opens at ${when}. Keep this page open: you will be taken to the waiting room then.`,
+  );
+  window.clearTimeout(state.opensTimer);
+  // A second late, so the server's clock agrees; setTimeout takes at most about 24 days.
+  const wait = Math.min(Math.max(new Date(opensAt) - Date.now() + 1000, 1000), 2 ** 31 - 1);
+  state.opensTimer = window.setTimeout(() => connect(), wait);
 }
 
 function enterWaiting(position, estimate) {
