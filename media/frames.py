@@ -19,6 +19,9 @@ from typing import Any
 GAP_PATIENCE = 0.15
 # Packets parked behind a gap; beyond this the gap is given up at once.
 MAX_PARKED = 256
+# Packets one video frame may have (a 4K keyframe has a few hundred): a sender that never
+# marks a frame's end cannot make the assembler hold its packets without bound.
+MAX_FRAME_PACKETS = 2048
 # Duplicates and stragglers are recognised within this many recent sequence numbers.
 SEQ_WINDOW = 1 << 15
 
@@ -135,6 +138,10 @@ class FrameAssembler:
             self._frame = []
             ask = self._lost()
         self._frame.append(packet)
+        if len(self._frame) > MAX_FRAME_PACKETS:
+            self._frame = []
+            self._resync = True  # resume at the next frame boundary, from a keyframe
+            return self._lost()
         if packet.marker:
             data = b"".join(p._data for p in self._frame)
             timestamp = self._frame[0].timestamp

@@ -69,6 +69,9 @@ WATCH_SECONDS = 1.0
 # Bandwidth control: how often downlinks are looked at, how often a publisher hears its cap.
 CONTROL_SECONDS = 0.25
 REMB_SECONDS = 0.5
+# Negotiation steps waiting for one participant (offers, answers, candidates); more are refused
+# with `media_busy` (a client flooding candidates), except a `leave`, which replaces them.
+WORK_LIMIT = 256
 # While every subscriber of a publisher's video is paused, it is asked for this: what a try to
 # resume starts at (media.bandwidth.RESUME_BPS), so the try's keyframe is a small one.
 PAUSED_CAP_BPS = 64_000
@@ -90,7 +93,9 @@ class Participant:
     relay_offer_pending: bool = False
     renegotiate: bool = False
     pending_candidates: list[dict[str, Any] | None] = field(default_factory=list)
-    work: asyncio.Queue[Callable[[], Awaitable[None]]] = field(default_factory=asyncio.Queue)
+    work: asyncio.Queue[Callable[[], Awaitable[None]]] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=WORK_LIMIT)
+    )
     worker: asyncio.Task[None] | None = None
     joined_at: float = field(default_factory=time.monotonic)
     media_seen: bool = False
@@ -225,7 +230,7 @@ class Relay:
 
     async def leave(self, call_id: uuid.UUID, role: str) -> None:
         room = self._room(call_id)
-        self._enqueue(room, role, lambda: self._drop_connection(room, role))
+        self._enqueue(room, role, lambda: self._drop_connection(room, role), teardown=True)
 
     async def consent(self, call_id: uuid.UUID, consent: Consent) -> None:
         """A decision as announced: applied at once (the patient's frames stop before this
@@ -344,8 +349,28 @@ class Relay:
             participant = room.participants[role] = Participant(role)
         return participant
 
-    def _enqueue(self, room: Room, role: str, step: Callable[[], Awaitable[None]]) -> None:
+    def _enqueue(
+        self,
+        room: Room,
+        role: str,
+        step: Callable[[], Awaitable[None]],
+        *,
+        teardown: bool = False,
+    ) -> None:
         participant = self._participant(room, role)
+        if participant.work.full():
+            if not teardown:
+                logger.warning("relay work queue full", extra={"role": role})
+                self._spawn(
+                    self.emit(
+                        room.id,
+                        role,
+                        messages.error("media_busy", "Too many media messages at once; slow down."),
+                    )
+                )
+                return
+            while not participant.work.empty():  # what would have been negotiated is moot
+                participant.work.get_nowait()
         participant.work.put_nowait(step)
         if participant.worker is None or participant.worker.done():
             participant.worker = asyncio.create_task(

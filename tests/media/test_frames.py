@@ -82,6 +82,20 @@ class TestVideo:
         assert any(asks)
         assert target.frames_dropped >= 1
 
+    def test_a_frame_that_never_ends_is_not_held_without_bound(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(frames, "MAX_FRAME_PACKETS", 50)
+        target, out = assembler()
+        endless = [Packet(100 + i, 7, 0, (KEY if i == 0 else b"") + b"x") for i in range(120)]
+        asks = feed(target, endless)
+        assert len(target._frame) <= 50
+        assert any(asks)  # the publisher is asked for a keyframe
+        feed(target, frame_packets(220, 8, [DELTA]))  # ends the runaway frame: resync
+        feed(target, frame_packets(221, 9, [DELTA]))
+        feed(target, frame_packets(222, 10, [KEY, b"k"]))
+        assert [f.data for f in out] == [KEY + b"k"]  # nothing undecodable went on
+
     def test_duplicates_and_stragglers_are_ignored(self) -> None:
         target, out = assembler()
         packets = frame_packets(10, 1, [KEY, b"a"])
