@@ -13,6 +13,7 @@ from tests.conftest import ServerFactory
 from tests.e2e.conftest import PHONE, Pages
 from tests.e2e.helpers import consent_and_join, sign_in, video_advances
 from tests.factories import Staff
+from tests.live import LiveServer
 from tests.signaling.helpers import make_visit
 
 
@@ -92,7 +93,11 @@ class TestBirthDateCheck:
         server_settings: dict[str, str],
         staff: Staff,
         db: Database,
+        server: LiveServer,
     ) -> None:
+        # One process serves a database without Redis (a second one is refused): this test's
+        # server takes the place of the usual one.
+        server.stop()
         strict = live_server_factory(**server_settings, visit_birth_date_check="true")
         pages.server = strict
         visit = await make_visit(
