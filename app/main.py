@@ -62,7 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signaling = Signaling(db=db, settings=settings, broker=broker, process_id=process_id)
         app.state.signaling = signaling
         signaling.media = Relay(
-            settings=settings, emit=signaling.to_participant, recordings=CallRecords(db)
+            settings=settings,
+            emit=signaling.to_participant,
+            recordings=CallRecords(db),
+            guard=signaling,  # the relay re-reads consent itself (media.gate)
         )
         app.state.events.subscribe(signaling.on_event)
         await signaling.start()

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
+from scheduling import lifecycle
 from scheduling.models import Appointment, Availability, Status
 
 CONNECTED, RECONNECTING = "connected", "reconnecting"
@@ -133,24 +135,30 @@ async def leave_queue(
     return await _update(db, appointment_id, where, {**_LEFT_ROOM, "updated_at": now})
 
 
+async def _move(
+    db: Database,
+    transition: lifecycle.Transition,
+    appointment_id: uuid.UUID,
+    where: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+) -> Appointment | None:
+    """A transition of the appointment's state machine, in a transaction of its own."""
+    async with db.session(write=True) as session:
+        return await lifecycle.move(session, transition, appointment_id, *where, **values)
+
+
 async def admit(
     db: Database, appointment_id: uuid.UUID, *, clinician_id: uuid.UUID, host: str, now: dt.datetime
 ) -> Appointment | None:
-    """`waiting` becomes `in_call`, only for this clinician's patient who is connected."""
-    return await _update(
+    """`waiting` becomes `in_call`, only for this clinician's patient who is connected and whose
+    consent to the video visit stands, all in the one statement: an admission racing a
+    withdrawal either sees it (and admits no one) or comes first (and the withdrawal ends it)."""
+    return await _move(
         db,
+        lifecycle.ADMIT,
         appointment_id,
-        [
-            Appointment.clinician_id == clinician_id,
-            Appointment.status == Status.WAITING.value,
-            Appointment.patient_presence == CONNECTED,
-        ],
-        {
-            "status": Status.IN_CALL.value,
-            "call_started_at": now,
-            "call_host": host,
-            "updated_at": now,
-        },
+        [Appointment.clinician_id == clinician_id, Appointment.patient_presence == CONNECTED],
+        {"call_started_at": now, "call_host": host, "updated_at": now},
     )
 
 
@@ -162,40 +170,74 @@ async def end_call(
     now: dt.datetime,
     clinician_id: uuid.UUID | None = None,
 ) -> Appointment | None:
-    where = [Appointment.status == Status.IN_CALL.value]
-    if clinician_id is not None:
-        where.append(Appointment.clinician_id == clinician_id)
-    return await _update(
+    where = [] if clinician_id is None else [Appointment.clinician_id == clinician_id]
+    return await _move(
         db,
+        lifecycle.END,
         appointment_id,
         where,
-        {
-            "status": Status.COMPLETED.value,
-            "call_ended_at": now,
-            "end_reason": reason,
-            "call_host": None,
-            "updated_at": now,
-        },
+        {"call_ended_at": now, "end_reason": reason, "call_host": None, "updated_at": now},
     )
 
 
 async def no_show(
     db: Database, appointment_id: uuid.UUID, *, clinician_id: uuid.UUID, now: dt.datetime
 ) -> Appointment | None:
-    return await _update(
+    return await _move(
         db,
+        lifecycle.NO_SHOW,
         appointment_id,
-        [
-            Appointment.clinician_id == clinician_id,
-            Appointment.status.in_([Status.BOOKED.value, Status.WAITING.value]),
-        ],
+        [Appointment.clinician_id == clinician_id],
         {
-            "status": Status.NO_SHOW.value,
             "end_reason": "no_show",
             "patient_presence": None,
             "presence_deadline": None,
             "updated_at": now,
         },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """What a withdrawal of the patient's video consent did to their visit."""
+
+    ended: Appointment | None = None  # the call, now `completed`
+    left_queue: Appointment | None = None  # out of the waiting room, `booked` again
+
+
+async def withdraw(
+    session: AsyncSession, appointment_id: uuid.UUID, *, now: dt.datetime
+) -> Withdrawal:
+    """In the decision's own transaction (its consent update holds the row's lock): the call
+    ends, or the patient leaves the waiting room.
+
+    The ended call keeps its `call_host` until its end has been announced (`release_host`), so
+    the process that announces it is exactly one, whichever hears of the withdrawal first.
+    """
+    ended = await lifecycle.move(
+        session,
+        lifecycle.END,
+        appointment_id,
+        call_ended_at=now,
+        end_reason="consent_withdrawn",
+        updated_at=now,
+    )
+    if ended is not None:
+        return Withdrawal(ended=ended)
+    left_room = {key: value for key, value in _LEFT_ROOM.items() if key != "status"}
+    left = await lifecycle.move(
+        session, lifecycle.LEAVE_QUEUE, appointment_id, **left_room, updated_at=now
+    )
+    return Withdrawal(left_queue=left)
+
+
+async def release_host(db: Database, appointment_id: uuid.UUID) -> Appointment | None:
+    """The call is over and its end not yet announced: this process announces it (once)."""
+    return await _update(
+        db,
+        appointment_id,
+        [Appointment.status != Status.IN_CALL.value, Appointment.call_host.is_not(None)],
+        {"call_host": None},
     )
 
 

@@ -10,6 +10,12 @@ head (`consent_chain`, one row) is locked by each append, so appends are serial 
 never forks. `verify_chain` walks it and names the first record that was altered, removed or
 reordered; the head catches records cut from the end. A hash chain without an outside anchor
 cannot stop a complete rewrite: `televisit audit verify` prints the head to be kept elsewhere.
+
+Each decision also rewrites, in its transaction, the appointment's `patient_consent` (the scopes
+the patient's decisions grant) and `consent_seq` (the latest record's `seq`). The appointment's
+transitions check that column in their own statement (scheduling.lifecycle), and the relay
+re-reads it several times a second (`of_calls`): a committed withdrawal reaches the call's media
+whatever becomes of the event announcing it.
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ import datetime as dt
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict
-from scheduling.models import ConsentChain, ConsentRecord, ConsentText
+from scheduling import calls
+from scheduling.models import Appointment, ConsentChain, ConsentRecord, ConsentText
 
 SCOPES = ("video_visit", "recording")
 GENESIS = "0" * 64
@@ -130,7 +137,33 @@ async def record(
     head.seq, head.hash = entry.seq, entry.hash
     session.add(entry)
     await session.flush()
+    values: dict[str, Any] = {"consent_seq": entry.seq}
+    if participant == PATIENT:
+        granted = (await standing(session, appointment_id, participant)).granted
+        values["patient_consent"] = scope_text(granted)
+    # This also locks the appointment's row until the decision commits: a transition racing
+    # it waits, then re-checks its conditions against the row as the decision left it.
+    await session.execute(
+        update(Appointment).where(Appointment.id == appointment_id).values(**values)
+    )
     return entry
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    record: ConsentRecord
+    standing: Standing
+    withdrawal: calls.Withdrawal | None = None  # the patient's video consent no longer stands
+
+
+async def take_effect(session: AsyncSession, entry: ConsentRecord, *, now: dt.datetime) -> Decision:
+    """What a decision just recorded does, in its transaction: when the patient's consent to
+    the video visit no longer stands, their call ends (`completed`) or they leave the waiting
+    room (`booked`), before anyone hears of it."""
+    after = await standing(session, entry.appointment_id, entry.participant)
+    if entry.participant != PATIENT or after.video_visit:
+        return Decision(entry, after)
+    return Decision(entry, after, await calls.withdraw(session, entry.appointment_id, now=now))
 
 
 async def records_of(session: AsyncSession, appointment_id: uuid.UUID) -> Sequence[ConsentRecord]:
@@ -174,6 +207,34 @@ async def standing(
     session: AsyncSession, appointment_id: uuid.UUID, participant: str = PATIENT
 ) -> Standing:
     return standing_of(await records_of(session, appointment_id), participant)
+
+
+@dataclass(frozen=True, slots=True)
+class CallConsent:
+    """What the appointment's row says: its status, the patient's standing, the latest `seq`."""
+
+    status: str
+    standing: Standing
+    seq: int
+
+
+async def of_calls(
+    session: AsyncSession, appointment_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, CallConsent]:
+    """The standing consent of these appointments, by primary key: cheap enough to ask often."""
+    if not appointment_ids:
+        return {}
+    rows = await session.execute(
+        select(
+            Appointment.id,
+            Appointment.status,
+            Appointment.patient_consent,
+            Appointment.consent_seq,
+        ).where(Appointment.id.in_(list(appointment_ids)))
+    )
+    return {
+        row[0]: CallConsent(row[1], Standing(frozenset(row[2].split())), row[3]) for row in rows
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,6 +131,11 @@ class Appointment(Base):
     call_host: Mapped[str | None] = mapped_column(String(32))
     # The patient's device check: can media reach the relay "direct", only through "turn", ...
     connection_check: Mapped[str | None] = mapped_column(String(16))
+    # The patient's standing consent (the scopes their latest decisions grant, space-separated)
+    # and the chain `seq` of the appointment's latest consent record: rewritten by every decision
+    # in its own transaction, so transitions and the relay can check consent on this row.
+    patient_consent: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    consent_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Duration, per-participant quality averages, forwarding or transcoding (media.stats).
     call_summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 

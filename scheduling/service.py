@@ -14,35 +14,19 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import Role, User
 from app.auth.principal import Principal
 from app.errors import Conflict, Gone, NotAuthenticated, NotFound, ValidationFailed
-from scheduling import repository, slots, visits
+from scheduling import lifecycle, repository, slots, visits
 from scheduling.models import Appointment, Availability, Status
 from scheduling.schemas import AvailabilityBody, Patient
 from scheduling.slot_cache import DAY, RenderedDay, SlotCache
 
 MAX_RANGE = dt.timedelta(days=62)
 DEFAULT_SLOT_MINUTES = 20
-
-# The status an appointment may move to, from each status. Anything else answers 409.
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.BOOKED: frozenset({Status.WAITING, Status.CANCELLED, Status.NO_SHOW}),
-    Status.WAITING: frozenset({Status.BOOKED, Status.IN_CALL, Status.CANCELLED, Status.NO_SHOW}),
-    Status.IN_CALL: frozenset({Status.COMPLETED}),
-    Status.COMPLETED: frozenset(),
-    Status.CANCELLED: frozenset(),
-    Status.NO_SHOW: frozenset(),
-}
-
-
-def sources_of(target: Status) -> list[str]:
-    """Every status from which `target` may be reached."""
-    return [source.value for source, targets in TRANSITIONS.items() if target in targets]
 
 
 class SlotUnavailable(Conflict):
@@ -363,24 +347,14 @@ async def book(
 async def _move(
     session: AsyncSession,
     appointment: Appointment,
-    target: Status,
+    move: lifecycle.Transition,
     values: dict[str, Any],
-    *,
-    from_statuses: Sequence[str] | None = None,
 ) -> Appointment:
-    """A conditional update: applied only if the status still allows it, else 409."""
-    statement = (
-        update(Appointment)
-        .where(
-            Appointment.id == appointment.id,
-            Appointment.status.in_(from_statuses or sources_of(target)),
-        )
-        .values(status=target.value, updated_at=dt.datetime.now(dt.UTC), **values)
-        .returning(Appointment)
-        .execution_options(populate_existing=True)
+    """A transition of the state machine (scheduling.lifecycle), applied only if the row still
+    allows it; else 409."""
+    moved = await lifecycle.move(
+        session, move, appointment.id, updated_at=dt.datetime.now(dt.UTC), **values
     )
-    result = await session.execute(statement)
-    moved = result.scalar_one_or_none()
     if moved is None:
         raise InvalidTransition()
     return moved
@@ -389,7 +363,11 @@ async def _move(
 async def transition(
     session: AsyncSession, appointment: Appointment, target: Status, **values: Any
 ) -> Appointment:
-    return await _move(session, appointment, target, values)
+    """Move the appointment to `target` by the table's transition from its current status."""
+    move = lifecycle.leading_to(target, Status(appointment.status))
+    if move is None:
+        raise InvalidTransition()
+    return await _move(session, appointment, move, values)
 
 
 async def cancel(
@@ -398,7 +376,7 @@ async def cancel(
     return await _move(
         session,
         appointment,
-        Status.CANCELLED,
+        lifecycle.CANCEL,
         {
             "cancelled_at": dt.datetime.now(dt.UTC),
             "cancel_reason": reason or None,
@@ -418,9 +396,8 @@ async def reschedule(
         return await _move(
             session,
             appointment,
-            Status.BOOKED,
+            lifecycle.RESCHEDULE,
             {"start_at": start, "end_at": end, "sequence": Appointment.sequence + 1},
-            from_statuses=[Status.BOOKED.value],
         )
     except IntegrityError:
         raise SlotUnavailable() from None

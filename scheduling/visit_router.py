@@ -177,6 +177,7 @@ async def record_consent(
     """The patient's decision for this appointment's call. A withdrawal takes effect at once."""
     appointment = await _visit(request, session, token, verification)
     await _limits(request).enforce(CONSENT_WRITES, visits.token_hash(token))
+    now = _now()
     entry = await consent.record(
         session,
         appointment_id=appointment.id,
@@ -186,9 +187,12 @@ async def record_consent(
         version=body.version,
         ip=client_address(request),
         user_agent=(request.headers.get("user-agent") or "")[:256] or None,
-        now=_now(),
+        now=now,
     )
-    standing = await consent.standing(session, appointment.id)
+    decided = await consent.take_effect(session, entry, now=now)
+    standing, withdrawal = decided.standing, decided.withdrawal
+    # Committed first: the call already ended, or the patient already left the queue. The event
+    # only hurries the news along; the relay re-reads the consent itself (media.gate).
     outbox.add(
         "consent.recorded",
         appointment.id,
@@ -197,6 +201,10 @@ async def record_consent(
         scopes=entry.scopes.split(),
         video_visit=standing.video_visit,
         recording=standing.recording,
+        seq=entry.seq,
+        clinician_id=str(appointment.clinician_id),
+        ended=withdrawal is not None and withdrawal.ended is not None,
+        left_queue=withdrawal is not None and withdrawal.left_queue is not None,
     )
     return _record_out(entry)
 

@@ -40,15 +40,15 @@ from sqlalchemy import select
 from app.audit import record_event
 from app.auth.models import User
 from app.config import Settings
-from app.db import Database, utcnow
+from app.db import Database, create_engine, utcnow
 from app.events import Event
-from scheduling import calls, consent
+from scheduling import calls, consent, lifecycle
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import Broker, BrokerUnavailable, Subscription
 from signaling.ice import ice_servers
 from signaling.liveness import Liveness
-from signaling.media import Consent, MediaPlane
+from signaling.media import NOTHING, Consent, MediaPlane
 from signaling.queue import Snapshot, build
 
 logger = logging.getLogger("televisit.signaling")
@@ -148,6 +148,12 @@ class Signaling:
         self._sweeper: asyncio.Task[None] | None = None
         self._heart: asyncio.Task[None] | None = None
         self.broker.on_resubscribed = self._resync
+        # The relay's consent readings (`read_consent`) have a connection of their own.
+        self._consent_db = (
+            db
+            if ":memory:" in settings.database_url
+            else Database(create_engine(settings.model_copy(update={"db_pool_size": 1})))
+        )
 
     # Life --------------------------------------------------------------------------------
 
@@ -177,6 +183,8 @@ class Signaling:
             await self.liveness.unregister()
         except Exception as exc:
             logger.warning("could not sign off", extra={"error_type": type(exc).__name__})
+        if self._consent_db is not self.db:
+            await self._consent_db.dispose()
 
     # Queue -------------------------------------------------------------------------------
 
@@ -325,6 +333,12 @@ class Signaling:
             current = await calls.get(self.db, appointment_id)
             if current is None or current.clinician_id != clinician_id:
                 raise SignalingError("not_found", "No such appointment in your queue.")
+            if current.status == Status.WAITING and lifecycle.VIDEO_VISIT not in (
+                current.patient_consent.split()
+            ):
+                raise SignalingError(
+                    "consent_required", "The patient's consent to the video visit does not stand."
+                )
             if current.status == Status.WAITING:
                 raise SignalingError("patient_not_connected", "The patient is reconnecting.")
             raise SignalingError("invalid_transition", f"The appointment is {current.status}.")
@@ -533,7 +547,11 @@ class Signaling:
             elif op == "consent":
                 await self.media.consent(
                     call_id,
-                    Consent(bool(request.get("video_visit")), bool(request.get("recording"))),
+                    Consent(
+                        bool(request.get("video_visit")),
+                        bool(request.get("recording")),
+                        int(request.get("seq") or 0),
+                    ),
                 )
             elif op == "record":
                 await self.media.record(call_id, str(request.get("action")))
@@ -548,9 +566,56 @@ class Signaling:
             )
 
     async def _standing(self, appointment_id: uuid.UUID) -> Consent:
-        async with self.db.session(write=False) as session:
-            standing = await consent.standing(session, appointment_id)
-        return Consent(video_visit=standing.video_visit, recording=standing.recording)
+        """The call's consent as its row says now (nothing, if it is not under way)."""
+        return (await self.read_consent([appointment_id])).get(appointment_id, NOTHING)
+
+    # Consent, as the relay checks it (signaling.media.ConsentGuard) -------------------------
+
+    async def read_consent(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
+        """Asked by the relay several times a second: one query by primary key, on a connection
+        of its own, so that requests holding the pool cannot make the relay doubt."""
+        async with self._consent_db.session(write=False) as session:
+            found = await consent.of_calls(session, call_ids)
+        return {
+            call_id: Consent(row.standing.video_visit, row.standing.recording, row.seq)
+            for call_id, row in found.items()
+            if row.status == Status.IN_CALL
+        }
+
+    async def call_over(self, call_id: uuid.UUID) -> None:
+        """The relay here found the patient's consent gone, or the call no longer under way:
+        close it here first (that needs neither Redis nor the database), then say so."""
+        await self._unhost(call_id)
+        appointment = await calls.get(self.db, call_id)
+        if appointment is None:
+            return
+        if appointment.status == Status.IN_CALL:
+            # A withdrawal ends its call in its own transaction; a call still under way without
+            # consent predates that: end it now.
+            ended = await calls.end_call(self.db, call_id, reason="consent_withdrawn", now=utcnow())
+            if ended is not None:
+                await self.finish_call(ended.id, ended.clinician_id, "consent_withdrawn")
+            return
+        await self._announce_end(appointment.id, appointment.clinician_id)
+
+    async def _announce_end(self, call_id: uuid.UUID, clinician_id: uuid.UUID) -> None:
+        """A call a withdrawal ended: whichever process comes first (the one announcing the
+        withdrawal, the relay's) releases the host and tells everyone, exactly once."""
+        released = await calls.release_host(self.db, call_id)
+        if released is not None:
+            await self.finish_call(call_id, clinician_id, released.end_reason or "ended")
+
+    async def recording_refused(self, call_id: uuid.UUID) -> None:
+        async with self.db.session(write=True) as session:
+            await record_event(
+                session,
+                actor_id=None,
+                actor_role="system",
+                action="recording.start",
+                resource_type="appointment",
+                resource_id=call_id,
+                outcome="recording_consent_required",
+            )
 
     # Domain events (from HTTP requests, after commit) --------------------------------------
 
@@ -566,34 +631,31 @@ class Signaling:
                 await self.queue_changed(uuid.UUID(str(clinician_id)))
 
     async def _consent_changed(self, event: Event) -> None:
-        appointment = await calls.get(self.db, event.appointment_id)
-        if appointment is None:
-            return
-        if appointment.status == Status.IN_CALL:
-            # The relay applies the new standing at once, before anything else happens.
-            await self.media_request(
-                appointment.id,
-                PATIENT,
-                "consent",
-                {"video_visit": event.data["video_visit"], "recording": event.data["recording"]},
-                reroute=False,
+        """A decision committed: what it does to the visit is in the database already
+        (scheduling.consent.take_effect); this only hurries the news along."""
+        data = event.data
+        call_id = event.appointment_id
+        # The call's relay first, wherever it runs: the patient's media stops before anything
+        # is announced. If this is lost, the relay's own reading finds it within a second.
+        await self.media_request(
+            call_id,
+            PATIENT,
+            "consent",
+            {
+                "video_visit": bool(data.get("video_visit")),
+                "recording": bool(data.get("recording")),
+                "seq": int(data.get("seq") or 0),
+            },
+            reroute=False,
+        )
+        clinician_id = uuid.UUID(str(data["clinician_id"]))
+        if data.get("ended"):
+            await self._announce_end(call_id, clinician_id)
+        elif data.get("left_queue"):
+            await self.close_participant(
+                call_id, PATIENT, messages.ended("consent_withdrawn"), 4403
             )
-        if event.data.get("video_visit"):
-            return
-        now = utcnow()
-        if appointment.status == Status.IN_CALL:
-            ended = await calls.end_call(
-                self.db, appointment.id, reason="consent_withdrawn", now=now
-            )
-            if ended is not None:
-                await self.finish_call(ended.id, ended.clinician_id, "consent_withdrawn")
-        elif appointment.status == Status.WAITING:
-            left = await calls.leave_queue(self.db, appointment.id, now=now)
-            if left is not None:
-                await self.close_participant(
-                    appointment.id, PATIENT, messages.ended("consent_withdrawn"), 4403
-                )
-                await self.queue_changed(appointment.clinician_id)
+            await self.queue_changed(clinician_id)
 
     # The sweeper: grace periods, processes that died, consoles' tokens and accounts ---------
 

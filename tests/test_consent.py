@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -11,16 +12,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import Database
-from scheduling import consent
+from scheduling import calls, consent, lifecycle
+from scheduling.models import Appointment
 from tests.factories import Staff
 from tests.signaling.helpers import Visit, grant, make_visit
 
 NEW_TEXT = "Consent to a video visit, second edition. " * 3
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 async def record(
@@ -136,6 +143,207 @@ class TestDecisions:
         )
         closed = await record(client, visit, "granted", ["video_visit"])
         assert closed.status_code == 410
+
+
+async def decide(db: Database, visit: Visit, decision: str, scopes: list[str]) -> consent.Decision:
+    """A decision and its effects in a transaction of their own, as the consent endpoint writes
+    them (without the event that announces them afterwards)."""
+    async with db.session(write=True) as session:
+        return await _decide(session, visit, decision, scopes)
+
+
+async def _decide(
+    session: AsyncSession, visit: Visit, decision: str, scopes: list[str]
+) -> consent.Decision:
+    entry = await consent.record(
+        session,
+        appointment_id=visit.appointment_id,
+        participant=consent.PATIENT,
+        decision=decision,
+        scopes=scopes,
+        version=(await consent.current_text(session)).version,
+        ip=None,
+        user_agent=None,
+        now=_now(),
+    )
+    return await consent.take_effect(session, entry, now=_now())
+
+
+async def put(db: Database, visit: Visit, **values: object) -> None:
+    """Set the appointment's row as a socket or the sweeper would have left it."""
+    async with db.session(write=True) as session:
+        await session.execute(
+            update(Appointment).where(Appointment.id == visit.appointment_id).values(**values)
+        )
+
+
+async def row(db: Database, visit: Visit) -> Appointment:
+    async with db.session(write=False) as session:
+        found = await session.get(Appointment, visit.appointment_id)
+        assert found is not None
+        return found
+
+
+WAITING = {"status": "waiting", "patient_presence": "connected", "patient_process": "elsewhere"}
+
+
+class TestConsentOnTheAppointment:
+    async def test_the_row_follows_every_decision(self, staff: Staff, db: Database) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        seen = []
+        for decision, scopes in [
+            ("granted", ["video_visit", "recording"]),
+            ("withdrawn", ["recording"]),
+            ("granted", ["recording"]),
+            ("declined", ["video_visit"]),
+        ]:
+            made = await decide(db, visit, decision, scopes)
+            appointment = await row(db, visit)
+            assert appointment.consent_seq == made.record.seq
+            seen.append(appointment.patient_consent)
+        assert seen == [
+            "recording video_visit",
+            "video_visit",
+            "recording video_visit",
+            "recording",
+        ]
+
+    async def test_check_in_and_admission_need_the_video_consent(
+        self, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+
+        async def move(transition: lifecycle.Transition) -> Appointment | None:
+            async with db.session(write=True) as session:
+                return await lifecycle.move(session, transition, visit.appointment_id)
+
+        assert await move(lifecycle.CHECK_IN) is None
+        await decide(db, visit, "granted", ["recording"])
+        assert await move(lifecycle.CHECK_IN) is None  # recording alone is not the visit
+        await decide(db, visit, "granted", ["video_visit"])
+        assert (await move(lifecycle.CHECK_IN)) is not None
+        await put(db, visit, patient_presence="connected")
+        admitted = await calls.admit(
+            db, visit.appointment_id, clinician_id=staff.clinician.id, host="h", now=_now()
+        )
+        assert admitted is not None
+        assert admitted.status == "in_call"
+
+    async def test_a_withdrawal_while_waiting_leaves_the_queue_in_its_transaction(
+        self, client: httpx.AsyncClient, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await record(client, visit, "granted", ["video_visit"])
+        await put(db, visit, **WAITING)
+        response = await record(client, visit, "withdrawn", ["video_visit"])
+        assert response.status_code == 201
+        appointment = await row(db, visit)
+        assert (appointment.status, appointment.patient_presence) == ("booked", None)
+        admitted = await calls.admit(
+            db, visit.appointment_id, clinician_id=staff.clinician.id, host="h", now=_now()
+        )
+        assert admitted is None
+
+    async def test_a_withdrawal_during_a_call_completes_it_in_its_transaction(
+        self, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await decide(db, visit, "granted", ["video_visit", "recording"])
+        await put(db, visit, **WAITING)
+        admitted = await calls.admit(
+            db, visit.appointment_id, clinician_id=staff.clinician.id, host="h", now=_now()
+        )
+        assert admitted is not None
+        made = await decide(db, visit, "withdrawn", ["video_visit"])
+        assert made.withdrawal is not None
+        assert made.withdrawal.ended is not None
+        appointment = await row(db, visit)
+        assert (appointment.status, appointment.end_reason) == ("completed", "consent_withdrawn")
+        # Its end is announced once, by whichever process releases the host first.
+        assert appointment.call_host == "h"
+        assert await calls.release_host(db, visit.appointment_id) is not None
+        assert await calls.release_host(db, visit.appointment_id) is None
+
+    async def test_withdrawing_recording_only_keeps_the_call(
+        self, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await decide(db, visit, "granted", ["video_visit", "recording"])
+        await put(db, visit, status="in_call")
+        made = await decide(db, visit, "withdrawn", ["recording"])
+        assert made.withdrawal is None
+        assert (await row(db, visit)).status == "in_call"
+
+    async def test_an_admission_waiting_on_a_withdrawal_admits_no_one(
+        self, staff: Staff, db: Database
+    ) -> None:
+        """The withdrawal holds the row's lock until it commits; the admission waiting on it then
+        re-checks the row as the withdrawal left it (PostgreSQL's READ COMMITTED re-reads the
+        row, not other tables: this is why the consent is on the row)."""
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+        await decide(db, visit, "granted", ["video_visit"])
+        await put(db, visit, **WAITING)
+        admission: asyncio.Task[Appointment | None] | None = None
+        async with db.session(write=True) as session:
+            await _decide(session, visit, "withdrawn", ["video_visit"])
+            admission = asyncio.create_task(
+                calls.admit(
+                    db,
+                    visit.appointment_id,
+                    clinician_id=staff.clinician.id,
+                    host="h",
+                    now=_now(),
+                )
+            )
+            await asyncio.sleep(0.2)  # let it reach the database and wait there
+            assert not admission.done()
+        assert await admission is None
+        assert (await row(db, visit)).status == "booked"
+
+
+async def _admit(db: Database, visit: Visit, staff: Staff, *, after: float) -> Appointment | None:
+    await asyncio.sleep(after)
+    return await calls.admit(
+        db, visit.appointment_id, clinician_id=staff.clinician.id, host="h", now=_now()
+    )
+
+
+async def _withdraw(db: Database, visit: Visit, *, after: float) -> consent.Decision:
+    await asyncio.sleep(after)
+    return await decide(db, visit, "withdrawn", ["video_visit"])
+
+
+class TestAdmissionRacingAWithdrawal:
+    async def test_never_a_call_in_progress_without_consent(
+        self, staff: Staff, db: Database
+    ) -> None:
+        """100 times: the admission and the withdrawal, at once, on their own connections."""
+        outcomes: dict[str, int] = {}
+        for round_ in range(100):
+            visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+            await decide(db, visit, "granted", ["video_visit"])
+            await put(db, visit, **WAITING)
+
+            # Either may start first, by up to a few milliseconds.
+            offset = (round_ % 7 - 3) / 1000
+            admitted, withdrawn = await asyncio.gather(
+                _admit(db, visit, staff, after=max(offset, 0)),
+                _withdraw(db, visit, after=max(-offset, 0)),
+            )
+            final = await row(db, visit)
+            assert final.status != "in_call"
+            assert final.patient_consent == ""
+            assert withdrawn.withdrawal is not None
+            if admitted is not None:
+                # Admitted first: the withdrawal ended that call, in its own transaction.
+                assert withdrawn.withdrawal.ended is not None
+                assert (final.status, final.end_reason) == ("completed", "consent_withdrawn")
+            else:
+                assert withdrawn.withdrawal.left_queue is not None
+                assert final.status == "booked"
+            outcomes[final.status] = outcomes.get(final.status, 0) + 1
+        # Both orders happened: admitted then ended, and withdrawn before any admission.
+        assert set(outcomes) == {"completed", "booked"}, outcomes
 
 
 class TestRecordList:

@@ -13,7 +13,7 @@ from icalendar import Calendar
 from sqlalchemy import select, text
 
 from app.db import Database
-from scheduling import service
+from scheduling import consent, service
 from scheduling.models import Appointment, Status
 from tests.factories import Staff, booking_body, local_instant, next_weekday, rfc3339, set_hours
 
@@ -374,6 +374,22 @@ class TestStateMachine:
             assert found is not None
             return found
 
+    async def _consented(self, db: Database, appointment_id: str) -> Appointment:
+        """The booked appointment, its patient having consented (check-in and admission need it)."""
+        async with db.session(write=True) as session:
+            await consent.record(
+                session,
+                appointment_id=uuid.UUID(appointment_id),
+                participant=consent.PATIENT,
+                decision="granted",
+                scopes=["video_visit"],
+                version=(await consent.current_text(session)).version,
+                ip=None,
+                user_agent=None,
+                now=dt.datetime.now(dt.UTC),
+            )
+        return await self._appointment(db, appointment_id)
+
     @pytest.mark.parametrize(
         ("path", "expected"),
         [
@@ -393,7 +409,7 @@ class TestStateMachine:
         expected: Status,
     ) -> None:
         booked = (await book(client, staff, slot("11:00", days_ahead=13))).json()
-        appointment = await self._appointment(db, booked["id"])
+        appointment = await self._consented(db, booked["id"])
         for target in path:
             async with db.session(write=True) as session:
                 appointment = await service.transition(session, appointment, target)
@@ -419,7 +435,7 @@ class TestStateMachine:
         refused: Status,
     ) -> None:
         booked = (await book(client, staff, slot("11:20", days_ahead=13))).json()
-        appointment = await self._appointment(db, booked["id"])
+        appointment = await self._consented(db, booked["id"])
         for target in path:
             async with db.session(write=True) as session:
                 appointment = await service.transition(session, appointment, target)
@@ -432,7 +448,7 @@ class TestStateMachine:
         self, client: httpx.AsyncClient, staff: Staff, db: Database
     ) -> None:
         booked = (await book(client, staff, slot("11:40", days_ahead=13))).json()
-        appointment = await self._appointment(db, booked["id"])
+        appointment = await self._consented(db, booked["id"])
         async with db.session(write=True) as session:
             await service.transition(session, appointment, Status.WAITING)
         response = await client.post(
