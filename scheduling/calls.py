@@ -91,7 +91,9 @@ async def check_in(
     checked_in = await _update(
         db,
         appointment_id,
-        [Appointment.status == Status.BOOKED.value, Appointment.start_at <= now + opens_before],
+        # The state machine's check-in: from booked, with the patient's video consent standing
+        # on the row in the same statement (a withdrawal racing it cannot be overtaken).
+        [*lifecycle.allows(lifecycle.CHECK_IN), Appointment.start_at <= now + opens_before],
         {"status": Status.WAITING.value, "checked_in_at": now, **presence},
     )
     if checked_in is not None:

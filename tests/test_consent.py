@@ -229,6 +229,28 @@ class TestConsentOnTheAppointment:
         assert admitted is not None
         assert admitted.status == "in_call"
 
+    async def test_the_patients_socket_checks_in_only_with_the_video_consent_standing(
+        self, staff: Staff, db: Database
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler)
+
+        async def check_in() -> Appointment | None:
+            return await calls.check_in(
+                db,
+                visit.appointment_id,
+                process="p1",
+                connection="c" * 32,
+                now=_now(),
+                opens_before=dt.timedelta(days=1),
+            )
+
+        assert await check_in() is None  # in the statement itself, not only in the socket
+        assert (await row(db, visit)).status == "booked"
+        await decide(db, visit, "granted", ["video_visit"])
+        checked_in = await check_in()
+        assert checked_in is not None
+        assert checked_in.status == "waiting"
+
     async def test_a_withdrawal_while_waiting_leaves_the_queue_in_its_transaction(
         self, client: httpx.AsyncClient, staff: Staff, db: Database
     ) -> None:
