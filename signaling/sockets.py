@@ -43,8 +43,10 @@ OUTBOX_BYTES = 1024 * 1024
 # Token bucket per socket: a burst of candidates is fine, a flood is not.
 RATE_PER_SECOND = 40.0
 RATE_BURST = 80.0
-# Dropped messages after which a flooding socket is closed.
-MAX_DROPPED = 200
+# Dropped messages after which a flooding socket is closed (each is answered: the burst's
+# answers and these refusals together stay under OUTBOX_SIZE, so a flood is closed as one,
+# 1008, rather than as a slow reader, 1013).
+MAX_DROPPED = 100
 
 _CLOSE = object()
 
