@@ -44,7 +44,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.main import create_app
 from scheduling.models import Appointment
-from tests.conftest import TEST_SECRET
+from tests.conftest import REDIS_URL, TEST_SECRET
 from tests.databases import own_database
 from tests.factories import Staff, booking_body, local_instant, make_staff, next_weekday
 
@@ -135,6 +135,9 @@ class World:
         return result
 
 
+FUZZ_REDIS_URL = re.sub(r"/\d+$", "", REDIS_URL) + "/7"
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -148,6 +151,10 @@ def world(
             public_url="http://testserver",  # type: ignore[arg-type]  # pydantic parses the URL
             db_pool_size=5,
             recordings_dir=folder / "recordings",
+            # Schemathesis serves a second app on this database: several processes of one
+            # database share a Redis (signaling.liveness). A Redis database of the fuzz tests'
+            # own, so their login throttles touch no other test's.
+            redis_url=FUZZ_REDIS_URL,
         )
         with ServedApp(app_settings) as served:
             staff: Staff = served.run(make_staff(served.app.state.db, secret=TEST_SECRET.encode()))

@@ -10,6 +10,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
+from app.db import Database, DatabaseUnavailable
 from app.main import create_app
 from app.observability import JsonFormatter, logging_config, route_template
 from tests.conftest import TEST_SECRET
@@ -24,20 +25,9 @@ class TestProbes:
         assert ready.status_code == 200
         assert ready.json()["checks"]["database"] == "ok"
 
-    @pytest.mark.parametrize("what", ["database", "redis"])
-    async def test_readyz_is_503_when_a_dependency_is_down(self, what: str) -> None:
+    async def test_readyz_is_503_when_redis_is_down(self, settings: Settings, db: Database) -> None:
         closed = free_port()  # nothing listens there
-        settings = Settings(
-            environment="test",
-            secret_key=TEST_SECRET,  # type: ignore[arg-type]  # pydantic makes a SecretStr
-            database_url=(
-                f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none"
-                if what == "database"
-                else "sqlite+aiosqlite:///:memory:"
-            ),
-            redis_url=f"redis://127.0.0.1:{closed}/0" if what == "redis" else None,
-        )
-        app = create_app(settings)
+        app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed}/0"}))
         async with LifespanManager(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
@@ -45,7 +35,21 @@ class TestProbes:
                 ready = await http.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "not_ready"
-        assert ready.json()["error"]["details"][what] == "unavailable"
+        assert ready.json()["error"]["details"]["redis"] == "unavailable"
+
+    async def test_a_process_needs_its_database_to_start(self) -> None:
+        """It registers its heartbeat there (`televisit serve` migrates it first anyway); a
+        database lost later answers /readyz 503 (tests/test_db_loss.py)."""
+        closed = free_port()
+        settings = Settings(
+            environment="test",
+            secret_key=TEST_SECRET,  # type: ignore[arg-type]  # pydantic makes a SecretStr
+            database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none",
+        )
+        app = create_app(settings)
+        with pytest.raises(DatabaseUnavailable):
+            async with LifespanManager(app):
+                pass
 
 
 class TestMetrics:
