@@ -59,7 +59,7 @@ from aioice.candidate import Candidate
 
 from app import metrics
 from media.hooks import HookError
-from signaling.hub import SignalingError
+from signaling.media import SignalingError
 
 logger = logging.getLogger("televisit.media")
 

@@ -52,8 +52,7 @@ from media.stats import CallStats, participant_stats
 from media.tracks import ForwardedTrack, Publisher
 from media.transcode import TranscodedTrack
 from signaling import messages
-from signaling.hub import SignalingError
-from signaling.media import Consent, ConsentGuard, Emit
+from signaling.media import Consent, ConsentGuard, Emit, SignalingError
 
 logger = logging.getLogger("televisit.media")
 

@@ -43,7 +43,7 @@ from scheduling.visit_schemas import (
     VerifyOut,
     VisitOut,
 )
-from signaling.hub import SignalingError
+from signaling.errors import SignalingError
 from signaling.ice import ice_servers
 
 router = APIRouter()

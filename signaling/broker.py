@@ -180,7 +180,7 @@ class RedisBroker(Broker):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         with contextlib.suppress(Exception):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            await self._pubsub.aclose()
         await self._poster.close()
         await super().stop()
 

@@ -46,6 +46,7 @@ from scheduling import calls, consent, lifecycle
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import Broker, BrokerUnavailable, Subscription
+from signaling.errors import SignalingError
 from signaling.ice import ice_servers
 from signaling.liveness import Liveness
 from signaling.media import NOTHING, Consent, MediaPlane
@@ -107,14 +108,6 @@ class ConsoleLink(Protocol):
 
 
 ParticipantHandler = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-class SignalingError(Exception):
-    """Answered to the socket as `{"type":"error","code","message"}`; the socket stays open."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class Signaling:

@@ -17,6 +17,10 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from signaling.errors import SignalingError
+
+__all__ = ["NOTHING", "Consent", "ConsentGuard", "Emit", "MediaPlane", "SignalingError"]
+
 # (call, role, message): deliver a server message to a participant of a call.
 Emit = Callable[[uuid.UUID, str, dict[str, Any]], Awaitable[None]]
 

@@ -33,7 +33,8 @@ from scheduling import calls
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import BrokerUnavailable, Subscription
-from signaling.hub import CLINICIAN, IN_ROOM, PATIENT, Signaling, SignalingError
+from signaling.errors import SignalingError
+from signaling.hub import CLINICIAN, IN_ROOM, PATIENT, Signaling
 from signaling.queue import Snapshot
 
 logger = logging.getLogger("televisit.sockets")

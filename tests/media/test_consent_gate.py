@@ -27,7 +27,8 @@ from app.main import create_app
 from media.recording import Recorder
 from media.relay import Relay, Room
 from scheduling.models import Recording
-from signaling.hub import Signaling, SignalingError
+from signaling.errors import SignalingError
+from signaling.hub import Signaling
 from tests.factories import Staff
 from tests.media.clients import until
 from tests.media.harness import Outbox, Peer

@@ -137,7 +137,7 @@ async def test_post_channels_carry_the_prefix(
         while message is None:
             message = await outside.get_message(timeout=1)
     assert message["data"] == b'{"x": 1}'
-    await outside.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    await outside.aclose()
 
 
 async def test_a_handler_that_waits_holds_up_only_its_own_channel(
