@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
+from app.audit_router import router as audit_router
 from app.auth.router import router as auth_router
 from app.validation import refuse_nul
 from scheduling.router import router as scheduling_router
@@ -10,5 +11,6 @@ from scheduling.visit_router import router as visit_router
 # A NUL in a query string, header or path parameter: 422 before any dependency runs.
 api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(refuse_nul)])
 api_router.include_router(auth_router)
+api_router.include_router(audit_router)
 api_router.include_router(scheduling_router)
 api_router.include_router(visit_router)
