@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends
 from app.audit_router import router as audit_router
 from app.auth.router import router as auth_router
 from app.validation import refuse_nul
+from scheduling.notifications.router import router as notifications_router
 from scheduling.router import router as scheduling_router
 from scheduling.visit_router import router as visit_router
 
@@ -13,4 +14,5 @@ api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(refuse_nul)])
 api_router.include_router(auth_router)
 api_router.include_router(audit_router)
 api_router.include_router(scheduling_router)
+api_router.include_router(notifications_router)
 api_router.include_router(visit_router)

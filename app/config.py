@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from dataclasses import dataclass
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -79,6 +82,81 @@ class Settings(BaseSettings):
     recordings_dir: Path = Path("recordings")
     # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
+
+    # Notifications (scheduling.notifications): mail over SMTP, SMS through the practice's
+    # webhook, reminders these many hours before the start. Neither channel set: none queued.
+    smtp_url: SecretStr | None = None
+    mail_from: str | None = None
+    sms_webhook_url: AnyHttpUrl | None = None
+    sms_webhook_token: SecretStr | None = None
+    reminder_hours: Annotated[tuple[int, ...], NoDecode] = (24, 1)
+    # Each step of a send (connect, each SMTP command, the HTTP request) is bounded by this.
+    notify_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    # A notification not sent after this many attempts is `failed`.
+    notify_attempts: int = Field(default=5, ge=1, le=50)
+    # The wait before the first retry; doubled each attempt, at most an hour.
+    notify_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How often each process's worker looks for notifications that came due.
+    notify_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _smtp_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            parse_smtp_url(value)
+        return value
+
+    @field_validator("mail_from", mode="before")
+    @classmethod
+    def _mail_from(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        address = parseaddr(value)[1]
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            raise ValueError(
+                "TELEVISIT_MAIL_FROM must be a mail address, e.g. "
+                "'Clinic <visits@clinic.example.org>'"
+            )
+        return value.strip()
+
+    @field_validator("sms_webhook_url", "sms_webhook_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("reminder_hours", mode="before")
+    @classmethod
+    def _reminder_hours(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        hours: set[int] = set()
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            if not item.isdigit() or not 1 <= int(item) <= 24 * 30:
+                raise ValueError(
+                    "TELEVISIT_REMINDER_HOURS must be whole hours before the start, 1-720, "
+                    f"comma-separated (e.g. 24,1), not {value!r}"
+                )
+            hours.add(int(item))
+        return tuple(sorted(hours, reverse=True))
+
+    @model_validator(mode="after")
+    def _channels_complete(self) -> Settings:
+        if self.smtp_url is not None and self.mail_from is None:
+            raise ValueError("TELEVISIT_SMTP_URL is set: set TELEVISIT_MAIL_FROM too")
+        if self.sms_webhook_url is not None and self.sms_webhook_token is None:
+            raise ValueError(
+                "TELEVISIT_SMS_WEBHOOK_URL is set: set TELEVISIT_SMS_WEBHOOK_TOKEN too "
+                "(sent as Authorization: Bearer)"
+            )
+        return self
+
+    @property
+    def smtp(self) -> SmtpServer | None:
+        return None if self.smtp_url is None else parse_smtp_url(self.smtp_url.get_secret_value())
 
     _split = field_validator(
         "stun_urls",
@@ -202,6 +280,64 @@ def check_port_range(low: int, high: int) -> None:
             f"TELEVISIT_MEDIA_PORTS is reversed: {low}-{high} starts above its end "
             f"(write {high}-{low})"
         )
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where mail goes: `TELEVISIT_SMTP_URL` taken apart."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    implicit_tls: bool
+    starttls: bool
+
+
+_SMTP_URL_FORM = "smtp://[user:password@]host:port (smtps:// for implicit TLS, ?starttls=1)"
+_TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
+
+
+def parse_smtp_url(value: str) -> SmtpServer:
+    """`smtp://[user:pass@]host:port`, `smtps://` (implicit TLS), `?starttls=1`; else ValueError.
+
+    The messages name what is wrong, never the URL itself (it may hold a password)."""
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"TELEVISIT_SMTP_URL is malformed ({what}); the form is {_SMTP_URL_FORM}")
+
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        raise refuse("the port is not a number from 1 to 65535") from None
+    if parts.scheme not in ("smtp", "smtps"):
+        raise refuse("the scheme must be smtp or smtps")
+    if not parts.hostname:
+        raise refuse("no host")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise refuse("a path or fragment")
+    if port == 0:
+        raise refuse("the port is not a number from 1 to 65535")
+    if (parts.username is None) != (parts.password is None) or parts.username == "":
+        raise refuse("give both user and password, or neither")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if set(query) - {"starttls"} or any(len(v) != 1 for v in query.values()):
+        raise refuse("the only query parameter is starttls, once")
+    flag = query.get("starttls", ["0"])[0].lower()
+    if flag not in _TRUE | _FALSE:
+        raise refuse("starttls is 1 or 0")
+    implicit = parts.scheme == "smtps"
+    if implicit and flag in _TRUE:
+        raise refuse("smtps:// is TLS already; starttls is for smtp://")
+    return SmtpServer(
+        host=parts.hostname,
+        port=port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        implicit_tls=implicit,
+        starttls=flag in _TRUE,
+    )
 
 
 def _is_loopback_host(host: str | None) -> bool:

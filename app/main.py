@@ -30,6 +30,8 @@ from app.pages.router import router as pages_router
 from app.ratelimit import RateLimiter
 from media.relay import Relay
 from scheduling import visits
+from scheduling.notifications.outbox import Plan
+from scheduling.notifications.worker import Worker
 from scheduling.slot_cache import SlotCache
 from signaling.broker import Broker, RedisBroker
 from signaling.hub import Signaling
@@ -70,6 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events.subscribe(signaling.on_event)
         await signaling.start()
         app.state.link_key = visits.link_key(secret)
+        # Invitations and reminders: queued by bookings, sent by this worker (one per process).
+        app.state.notices = Plan.of(settings)
+        notifications = Worker(db=db, settings=settings, link_key=app.state.link_key)
+        await notifications.start()
+        app.state.notifications = notifications
         # Shared by every process through Redis when there is one (app.ratelimit).
         app.state.rate_limits = rate_limits = RateLimiter(redis)
         app.state.login_throttle = LoginThrottle(rate_limits)
@@ -80,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await notifications.stop()
             await signaling.stop()
             await rate_limits.aclose()
             if redis is not None:

@@ -11,6 +11,7 @@ from scheduling.models import (
     ConsentText,
     Recording,
 )
+from scheduling.notifications.models import Notification
 from signaling.models import ServerProcess
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ConsentChain",
     "ConsentRecord",
     "ConsentText",
+    "Notification",
     "Recording",
     "ServerProcess",
     "User",

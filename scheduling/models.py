@@ -103,6 +103,8 @@ class Appointment(Base):
     patient_email: Mapped[str | None] = mapped_column(String(320))
     patient_phone: Mapped[str | None] = mapped_column(String(16))
     patient_birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    # The patient's own time zone, when the booking gave one: notifications show times in it.
+    patient_timezone: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     # The visit link is derived from this salt and the server secret; only its hash is stored.
     link_salt: Mapped[bytes] = mapped_column(LargeBinary(32))

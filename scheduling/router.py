@@ -62,6 +62,7 @@ def appointment_out(request: Request, appointment: Appointment) -> AppointmentOu
             email=appointment.patient_email,
             phone=appointment.patient_phone,
             birth_date=appointment.patient_birth_date,
+            timezone=appointment.patient_timezone,
         ),
         reason=appointment.reason,
         visit_url=visits.visit_url(request.app.state.settings.public_base, token),
@@ -167,6 +168,7 @@ async def create_appointment(
             body_fingerprint=service.fingerprint(body.model_dump(mode="json")),
             link_key=request.app.state.link_key,
             now=_now(),
+            notices=request.app.state.notices,
         )
     except Exception as exc:
         BOOKINGS.labels(outcome=getattr(exc, "code", "error")).inc()
@@ -233,7 +235,9 @@ async def cancel_appointment(
 ) -> AppointmentOut:
     audit.expect("appointment.cancel", "appointment", appointment_id)
     appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
-    cancelled = await service.cancel(session, appointment, body.reason if body else None)
+    cancelled = await service.cancel(
+        session, appointment, body.reason if body else None, notices=request.app.state.notices
+    )
     # A patient in the waiting room is told at once, once the cancellation is committed.
     outbox.add("appointment.cancelled", cancelled.id, clinician_id=str(cancelled.clinician_id))
     return appointment_out(request, cancelled)
@@ -250,7 +254,9 @@ async def reschedule_appointment(
 ) -> AppointmentOut:
     audit.expect("appointment.reschedule", "appointment", appointment_id)
     appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
-    moved = await service.reschedule(session, appointment, start=body.start, now=_now())
+    moved = await service.reschedule(
+        session, appointment, start=body.start, now=_now(), notices=request.app.state.notices
+    )
     return appointment_out(request, moved)
 
 

@@ -129,6 +129,8 @@ class Patient(BaseModel):
     email: EmailStr | None = None
     phone: E164 | None = None
     birth_date: BirthDate | None = None
+    # Where the patient is: their invitation and reminders give the time there.
+    timezone: TimeZoneName | None = None
 
 
 class PatientOut(BaseModel):
@@ -136,6 +138,7 @@ class PatientOut(BaseModel):
     email: str | None
     phone: str | None
     birth_date: dt.date | None
+    timezone: str | None = None
 
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), NulFree]

@@ -22,6 +22,7 @@ from app.auth.principal import Principal
 from app.errors import Conflict, Gone, NotAuthenticated, NotFound, ValidationFailed
 from scheduling import lifecycle, repository, slots, visits
 from scheduling.models import Appointment, Availability, Status
+from scheduling.notifications import outbox
 from scheduling.schemas import AvailabilityBody, Patient
 from scheduling.slot_cache import DAY, RenderedDay, SlotCache
 
@@ -293,8 +294,11 @@ async def book(
     body_fingerprint: str,
     link_key: bytes,
     now: dt.datetime,
+    notices: outbox.Plan,
 ) -> Appointment:
-    """Book a free slot; with an Idempotency-Key already used by this actor, answer that booking."""
+    """Book a free slot; with an Idempotency-Key already used by this actor, answer that booking.
+
+    The invitation and reminders are queued in the same transaction (scheduling.notifications)."""
     if idempotency_key is not None:
         existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
         if existing is not None:
@@ -314,6 +318,7 @@ async def book(
         "patient_email": patient.email,
         "patient_phone": patient.phone,
         "patient_birth_date": patient.birth_date,
+        "patient_timezone": patient.timezone,
         "reason": reason or None,
         "link_salt": salt,
         "link_hash": visits.token_hash(visits.token_for(link_key, salt)),
@@ -326,22 +331,25 @@ async def book(
         "cancelled_at": None,
         "cancel_reason": None,
     }
+    booked = Appointment(**values)
     if idempotency_key is None:
         try:
             await repository.insert_appointment(session, values)
         except IntegrityError:
             raise SlotUnavailable() from None
-        return Appointment(**values)
+        await outbox.booked(session, notices, booked, now=now)
+        return booked
     try:
         # A savepoint, so a racing request with the same key can be answered from this one.
         async with session.begin_nested():
             await repository.insert_appointment(session, values)
+            await outbox.booked(session, notices, booked, now=now)
     except IntegrityError:
         existing = await repository.by_idempotency_key(session, actor.id, idempotency_key)
         if existing is not None:
             return _replay(existing, body_fingerprint)
         raise SlotUnavailable() from None
-    return Appointment(**values)
+    return booked
 
 
 async def _move(
@@ -371,9 +379,10 @@ async def transition(
 
 
 async def cancel(
-    session: AsyncSession, appointment: Appointment, reason: str | None
+    session: AsyncSession, appointment: Appointment, reason: str | None, *, notices: outbox.Plan
 ) -> Appointment:
-    return await _move(
+    """Cancel; what was queued for the patient and not sent is cancelled, the notice queued."""
+    cancelled = await _move(
         session,
         appointment,
         lifecycle.CANCEL,
@@ -383,17 +392,25 @@ async def cancel(
             "sequence": Appointment.sequence + 1,
         },
     )
+    await outbox.cancelled(session, notices, cancelled, now=dt.datetime.now(dt.UTC))
+    return cancelled
 
 
 async def reschedule(
-    session: AsyncSession, appointment: Appointment, *, start: dt.datetime, now: dt.datetime
+    session: AsyncSession,
+    appointment: Appointment,
+    *,
+    start: dt.datetime,
+    now: dt.datetime,
+    notices: outbox.Plan,
 ) -> Appointment:
+    """Move to another free slot; the notice is queued and pending reminders move along."""
     found = await repository.clinician_hours(session, appointment.clinician_id, lock=True)
     if found is None:
         raise SlotUnavailable()
     end = offered_end(appointment.clinician_id, found[1], start, now)
     try:
-        return await _move(
+        moved = await _move(
             session,
             appointment,
             lifecycle.RESCHEDULE,
@@ -401,6 +418,8 @@ async def reschedule(
         )
     except IntegrityError:
         raise SlotUnavailable() from None
+    await outbox.rescheduled(session, notices, moved, now=now)
+    return moved
 
 
 # Visit links -------------------------------------------------------------------------------

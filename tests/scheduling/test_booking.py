@@ -63,6 +63,7 @@ class TestBook:
             "email": "pat@example.org",
             "phone": "+14155550100",
             "birth_date": None,
+            "timezone": None,
         }
         assert body["reason"] == "Follow-up"
         assert body["visit_url"].startswith("http://testserver/visit/")
