@@ -1,5 +1,6 @@
 // /schedule: a week of a clinician's free and booked slots, in the clinician's time zone;
-// book, copy the visit link, download the invite, reschedule and cancel.
+// book, copy the visit link, download the invite, reschedule and cancel; see which messages
+// (invitation, notices, reminders) went to the patient.
 
 import { api, ApiError, clearSession, describe, loginUrl, readSession, sessionValid, setReauthenticator } from "./api.js";
 import { byId, copyText, downloadBlob, el, randomId } from "./dom.js";
@@ -216,8 +217,15 @@ function entryButton(entry) {
 
 // Booking -----------------------------------------------------------------------------------
 
+function offerTimeZones() {
+  const list = byId("timezones");
+  if (list.childElementCount || typeof Intl.supportedValuesOf !== "function") return;
+  list.replaceChildren(...Intl.supportedValuesOf("timeZone").map((zone) => el("option", { value: zone })));
+}
+
 function openBooking(slot) {
   say("");
+  offerTimeZones();
   state.booking = slot;
   byId("book-error").textContent = "";
   byId("book-when").textContent = `${formatDateTime(slot.start, state.clinician.timezone)} with ${state.clinician.name}`;
@@ -233,6 +241,7 @@ function bookingBody() {
   if (value("patient-email")) patient.email = value("patient-email");
   if (value("patient-phone")) patient.phone = value("patient-phone").replace(/[\s()-]/g, "");
   if (value("patient-birth-date")) patient.birth_date = value("patient-birth-date");
+  if (value("patient-timezone")) patient.timezone = value("patient-timezone");
   const body = { clinician_id: state.clinician.id, start: state.booking.start, patient };
   if (value("visit-reason")) body.reason = value("visit-reason");
   return body;
@@ -303,6 +312,61 @@ function openAppointment(appointment, note = "") {
   byId("cancel-open").disabled = !["booked", "waiting"].includes(appointment.status);
   if (!appointmentDialog.open) appointmentDialog.showModal();
   byId("copy-link").focus();
+  loadDeliveries(appointment, 0);
+}
+
+// Messages to the patient: what went, what is due, what could not be delivered ---------------
+
+const KIND = { invitation: "Invitation", rescheduled: "New time", cancelled: "Cancellation" };
+const CHANNEL = { email: "email", sms: "text message" };
+// While something due is still on its way, look again this often, this many times.
+const DELIVERY_RECHECK_MS = 2000;
+const DELIVERY_RECHECKS = 15;
+
+function deliveryText(item, zone) {
+  const kind = item.kind === "reminder" ? `Reminder ${item.hours} h before` : KIND[item.kind] || item.kind;
+  const how = `${kind} by ${CHANNEL[item.channel] || item.channel}`;
+  if (item.status === "sent") return `${how}: sent ${formatDateTime(item.sent_at, zone)}`;
+  if (item.status === "failed") {
+    const tries = item.attempts === 1 ? "1 attempt" : `${item.attempts} attempts`;
+    return `${how}: not delivered (${tries}); please give the patient the link yourself`;
+  }
+  if (new Date(item.due_at) > new Date()) return `${how}: due ${formatDateTime(item.due_at, zone)}`;
+  return `${how}: being sent`;
+}
+
+async function loadDeliveries(appointment, round) {
+  const list = byId("delivery-list");
+  const status = byId("delivery-status");
+  if (round === 0) {
+    list.replaceChildren();
+    status.textContent = "Loading…";
+  }
+  let items;
+  try {
+    items = (await api(`/api/v1/appointments/${appointment.id}/notifications`)).items;
+  } catch (error) {
+    if (state.open === appointment) status.textContent = describe(error);
+    return;
+  }
+  if (state.open !== appointment || !appointmentDialog.open) return;
+  const zone = state.clinician.timezone;
+  list.replaceChildren(
+    ...items.map((item) =>
+      el("li", {
+        class: item.status === "failed" ? "delivery-failed" : null,
+        "data-status": item.status,
+        text: deliveryText(item, zone),
+      }),
+    ),
+  );
+  status.textContent = items.length
+    ? ""
+    : "None: the patient has no email or mobile number here, or the practice sends no messages.";
+  const onTheWay = items.some((item) => item.status === "queued" && new Date(item.due_at) <= new Date());
+  if (onTheWay && round < DELIVERY_RECHECKS) {
+    setTimeout(() => loadDeliveries(appointment, round + 1), DELIVERY_RECHECK_MS);
+  }
 }
 
 byId("appointment-close").addEventListener("click", () => appointmentDialog.close());
