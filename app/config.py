@@ -57,7 +57,13 @@ class Settings(BaseSettings):
     # The address offered in place of the relay's local one, behind 1:1 NAT; media.network.
     media_public_ip: str | None = None
 
-    access_token_minutes: int = Field(default=15, ge=1, le=15)
+    # Staff sessions and accounts (app.auth) ------------------------------------------------
+    # An access token's life; fractions of a minute are for tests (3 s at least).
+    access_token_minutes: float = Field(default=15, ge=0.05, le=15)
+    # A sign-in lasts at most this long, and ends after this long without a refresh.
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)
+    session_idle_minutes: float = Field(default=60, gt=0, le=24 * 60)
+    # ----------------------------------------------------------------------------------------
     # A visit link opens at booking and closes this long after the visit's end.
     visit_link_hours_after: int = Field(default=24, ge=1, le=24 * 14)
     log_level: str = "INFO"

@@ -7,7 +7,7 @@ The request is the unit of work: one session, committed before the response is s
 from __future__ import annotations
 
 import ipaddress
-import uuid
+import time
 from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar
@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from app.audit import Audit
-from app.auth.models import Role, User
+from app.auth import sessions
+from app.auth.models import Role
 from app.auth.principal import Principal, PrincipalCache
+from app.auth.tokens import TokenClaims
 from app.config import Settings
 from app.db import Database
 from app.errors import AppError, Forbidden, NotAuthenticated
@@ -142,28 +144,33 @@ def client_address(connection: HTTPConnection) -> str:
     return str(ip) if len(hops) <= MAX_FORWARDED_HOPS else str(peer)
 
 
-async def load_principal(state: Any, user_id: uuid.UUID) -> Principal | None:
-    """The active user behind a verified token, from the few-seconds cache or the database."""
+async def load_principal(state: Any, claims: TokenClaims) -> Principal | None:
+    """The active user behind a verified token whose session is open, from the few-seconds
+    cache or the database (one read of the session joined to its user, by primary key)."""
     cache: PrincipalCache = state.principals
-    known, principal = cache.get(user_id)
-    if known:
-        return principal
-    db: Database = state.db
-    async with db.session(write=False) as session:
-        user = await session.get(User, user_id)
-        principal = Principal.of(user) if user is not None and user.is_active else None
-    cache.put(user_id, principal)
-    return principal
+    standing = cache.get(claims.session_id)
+    if standing is None:
+        db: Database = state.db
+        async with db.session(write=False) as session:
+            standing = await sessions.standing(session, claims.session_id, state.settings)
+        cache.put(claims.session_id, standing)
+    return standing.allows(claims.user_id, time.time())
+
+
+async def verified_claims(state: Any, token: str) -> tuple[Principal, TokenClaims]:
+    """The active staff member a bearer token names, with its claims; else 401."""
+    claims: TokenClaims | None = state.tokens.verify(token)
+    if claims is None:
+        raise NotAuthenticated()
+    principal = await load_principal(state, claims)
+    if principal is None:
+        raise NotAuthenticated()
+    return principal, claims
 
 
 async def principal_for_token(state: Any, token: str) -> Principal:
     """The active staff member a bearer token names (HTTP header or socket message); else 401."""
-    claims = state.tokens.verify(token)
-    if claims is None:
-        raise NotAuthenticated()
-    principal = await load_principal(state, claims.user_id)
-    if principal is None:
-        raise NotAuthenticated()
+    principal, _ = await verified_claims(state, token)
     return principal
 
 
@@ -174,7 +181,8 @@ async def current_user(
     """The active staff member behind the bearer token; 401 for anything else."""
     if credentials is None:
         raise NotAuthenticated()
-    user = await principal_for_token(request.app.state, credentials.credentials)
+    user, claims = await verified_claims(request.app.state, credentials.credentials)
+    request.state.session_id = claims.session_id
     request.state.audit = Audit(
         actor_id=user.id,
         actor_role=user.role,

@@ -1,7 +1,7 @@
 """Every table's model, imported in one place for Alembic's metadata."""
 
 from app.audit import AuditEvent
-from app.auth.models import User
+from app.auth.models import RefreshToken, StaffSession, User
 from app.db import Base
 from scheduling.models import (
     Appointment,
@@ -24,6 +24,8 @@ __all__ = [
     "ConsentText",
     "Notification",
     "Recording",
+    "RefreshToken",
     "ServerProcess",
+    "StaffSession",
     "User",
 ]

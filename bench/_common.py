@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import Database, create_engine  # noqa: E402
-from tests.factories import access_token, make_user, set_hours  # noqa: E402
+from tests.factories import make_user, set_hours  # noqa: E402
 from tests.live import LiveServer, start_server  # noqa: E402
 
 # Readings of a process, from /proc ------------------------------------------------------------
@@ -123,7 +123,7 @@ async def seed(
         scheduler = await make_user(db, secret=SECRET.encode(), role="scheduler")
         clinician = await make_user(db, secret=SECRET.encode(), role="clinician", timezone="UTC")
         await set_hours(db, clinician.id, timezone="UTC", weekly=weekly, slot_minutes=slot_minutes)
-        token = access_token(SECRET.encode(), scheduler.user, minutes=15)
+        token = scheduler.token
         return Seeded(token, clinician.id)
     finally:
         await db.dispose()

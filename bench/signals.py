@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosed
 from app.db import Database, create_engine
 from scheduling import consent, visits
 from scheduling.models import Appointment, Status
-from tests.factories import access_token, make_user
+from tests.factories import make_user
 from tests.live import LiveServer, start_server
 
 LINK_KEY = visits.link_key(SECRET.encode())
@@ -128,8 +128,8 @@ async def seed(url: str, clinicians: int, per_clinician: int) -> dict[str, Any]:
                 )
     await db.dispose()
     return {
-        "scheduler": access_token(SECRET.encode(), scheduler.user),
-        "clinicians": [(p.id, access_token(SECRET.encode(), p.user)) for p in people],
+        "scheduler": scheduler.token,
+        "clinicians": [(p.id, p.token) for p in people],
         "links": links,
     }
 

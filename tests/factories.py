@@ -10,12 +10,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from app.auth import tokens
-from app.auth.models import User
+from app.auth.models import StaffSession, User
 from app.auth.passwords import hash_password_sync
 from app.db import Database
 from scheduling.models import Availability
 
 PASSWORD = "correct horse battery staple"
+# A factory's session outlives any test; its idle limit is the settings' own.
+SESSION_LIFE = dt.timedelta(hours=12)
 WEEKDAY_HOURS = [{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(5)]
 
 
@@ -28,6 +30,7 @@ def password_hash() -> str:
 class Person:
     user: User
     token: str
+    session_id: uuid.UUID
 
     @property
     def id(self) -> uuid.UUID:
@@ -46,11 +49,12 @@ class Staff:
     other_clinician: Person  # Europe/Berlin
 
 
-def access_token(secret: bytes, user: User, minutes: int = 15) -> str:
+def access_token(secret: bytes, user: User, session_id: uuid.UUID, minutes: float = 15) -> str:
     return tokens.issue(
         key=tokens.signing_key(secret),
         user_id=user.id,
         role=user.role,
+        session_id=session_id,
         lifetime=dt.timedelta(minutes=minutes),
     )
 
@@ -74,9 +78,22 @@ async def make_user(
         is_active=True,
         created_at=dt.datetime.now(dt.UTC),
     )
+    # A signed-in session, as a login would open (without Argon2 or a refresh token).
+    now = dt.datetime.now(dt.UTC)
+    staff_session = StaffSession(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        created_at=now,
+        expires_at=now + SESSION_LIFE,
+        refreshed_at=now,
+    )
     async with db.session(write=True) as session:
         session.add(user)
-    return Person(user=user, token=access_token(secret, user))
+        await session.flush()
+        session.add(staff_session)
+    return Person(
+        user=user, token=access_token(secret, user, staff_session.id), session_id=staff_session.id
+    )
 
 
 async def set_hours(

@@ -139,7 +139,16 @@ class TestLogin:
 class TestTokens:
     @pytest.mark.parametrize(
         "mutate",
-        ["expired", "wrong_audience", "wrong_key", "alg_none", "garbage", "unknown_user"],
+        [
+            "expired",
+            "wrong_audience",
+            "wrong_key",
+            "alg_none",
+            "garbage",
+            "unknown_user",
+            "unknown_session",
+            "no_session",
+        ],
     )
     async def test_bad_tokens_return_401(
         self, client: httpx.AsyncClient, staff: Staff, mutate: str
@@ -147,6 +156,7 @@ class TestTokens:
         now = dt.datetime.now(dt.UTC)
         claims = {
             "sub": str(staff.admin.id),
+            "sid": str(staff.admin.session_id),
             "role": "admin",
             "aud": tokens.AUDIENCE,
             "iss": tokens.ISSUER,
@@ -166,6 +176,10 @@ class TestTokens:
             key = b"k" * 32
         elif mutate == "unknown_user":
             claims["sub"] = str(uuid.uuid4())
+        elif mutate == "unknown_session":
+            claims["sid"] = str(uuid.uuid4())
+        elif mutate == "no_session":
+            del claims["sid"]
         if mutate == "alg_none":
             token = jwt.encode(claims, "", algorithm="none")
         elif mutate == "garbage":
@@ -282,6 +296,8 @@ class TestSettings:
             Settings(access_token_minutes=60)
 
     def test_token_of_a_test_user_is_accepted(self, staff: Staff) -> None:
-        claims = tokens.verify(access_token(TEST_SECRET.encode(), staff.admin.user), key=KEY)
+        claims = tokens.verify(
+            access_token(TEST_SECRET.encode(), staff.admin.user, staff.admin.session_id), key=KEY
+        )
         assert claims is not None
         assert claims.user_id == staff.admin.id

@@ -1,16 +1,82 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Depends, Form, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth import service, tokens
-from app.auth.schemas import TokenOut, UserCreate, UserOut
-from app.deps import AdminUser, CurrentUser, SessionDep, SettingsDep, client_address, read_only
+from app.audit import Audit
+from app.auth import service, sessions, tokens
+from app.auth.models import RefreshToken, StaffSession, User
+from app.auth.schemas import LogoutIn, RefreshIn, TokenOut, UserCreate, UserOut
+from app.auth.sessions import Refused
+from app.deps import (
+    AdminUser,
+    CurrentUser,
+    DatabaseDep,
+    SessionDep,
+    SettingsDep,
+    client_address,
+    read_only,
+)
+from app.errors import NotAuthenticated
 from app.validation import Text
 
 router = APIRouter(tags=["auth"])
+_bearer = HTTPBearer(auto_error=False)
+
+_REFUSED = {
+    Refused.UNKNOWN: ("not_authenticated", "That refresh token is not valid."),
+    Refused.REUSED: (
+        "refresh_token_reused",
+        "That refresh token was used already; the session has ended. Sign in again.",
+    ),
+    Refused.ENDED: ("session_ended", "The session has ended. Sign in again."),
+}
+
+
+def audit_as(request: Request, actor_id: uuid.UUID | None, actor_role: str) -> Audit:
+    """An audit context for a request whose actor is known without a bearer token."""
+    return Audit(
+        actor_id=actor_id,
+        actor_role=actor_role,
+        ip=client_address(request),
+        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+        request_id=getattr(request.state, "request_id", None),
+    )
+
+
+def token_pair(request: Request, renewed: sessions.Renewed) -> TokenOut:
+    settings = request.app.state.settings
+    lifetime = dt.timedelta(minutes=settings.access_token_minutes)
+    token = tokens.issue(
+        key=request.app.state.jwt_key,
+        user_id=renewed.user.id,
+        role=renewed.user.role,
+        session_id=renewed.session_id,
+        lifetime=lifetime,
+    )
+    return TokenOut(
+        access_token=token,
+        expires_in=max(1, int(lifetime.total_seconds())),
+        refresh_token=renewed.refresh_token,
+    )
+
+
+async def start_session(request: Request, user: User) -> TokenOut:
+    """A new session for a user who has just proved who they are, audited."""
+    async with request.app.state.db.session(write=True) as session:
+        renewed = await sessions.start(
+            session, user_id=user.id, settings=request.app.state.settings
+        )
+        audit = audit_as(request, user.id, user.role)
+        audit.expect("session.start", "session", renewed.session_id)
+        await audit.write(session, "success")
+    return token_pair(request, renewed)
 
 
 @router.post("/auth/token", response_model=TokenOut)
@@ -18,7 +84,6 @@ router = APIRouter(tags=["auth"])
 async def login(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     username: Annotated[Text, Form(max_length=320)],
     password: Annotated[Text, Form(max_length=256)],
 ) -> TokenOut:
@@ -30,11 +95,75 @@ async def login(
         password=password,
         address=client_address(request),
     )
-    lifetime = dt.timedelta(minutes=settings.access_token_minutes)
-    token = tokens.issue(
-        key=request.app.state.jwt_key, user_id=user.id, role=user.role, lifetime=lifetime
-    )
-    return TokenOut(access_token=token, expires_in=int(lifetime.total_seconds()))
+    return await start_session(request, user)
+
+
+@router.post("/auth/refresh", response_model=TokenOut)
+async def refresh(
+    request: Request, body: RefreshIn, db: DatabaseDep, settings: SettingsDep
+) -> TokenOut:
+    """Spend a refresh token for a new access and refresh token (a replay ends the session)."""
+    async with db.session(write=True) as session:
+        outcome = await sessions.rotate(
+            session, refresh_token=body.refresh_token, settings=settings
+        )
+        if not isinstance(outcome, sessions.Renewed) and outcome[0] is Refused.REUSED:
+            audit = audit_as(request, *await _session_owner(session, outcome[1]))
+            event = audit.expect("session.revoke", "session", outcome[1])
+            event.details = {"reason": sessions.EndReason.REFRESH_REUSED.value}
+            await audit.write(session, "success")
+    if isinstance(outcome, sessions.Renewed):
+        return token_pair(request, outcome)
+    refused, session_id = outcome
+    if session_id is not None:
+        request.app.state.principals.forget(session_id)
+    code, message = _REFUSED[refused]
+    raise NotAuthenticated(message, code=code)
+
+
+async def _session_owner(
+    session: AsyncSession, session_id: uuid.UUID | None
+) -> tuple[uuid.UUID | None, str]:
+    """The id and role of a session's user, for the audit trail."""
+    row = (
+        await session.execute(
+            select(User.id, User.role)
+            .join(StaffSession, StaffSession.user_id == User.id)
+            .where(StaffSession.id == session_id)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row is not None else (None, "unknown")
+
+
+@router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(
+    request: Request,
+    db: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    body: LogoutIn | None = None,
+) -> Response:
+    """End the session named by the bearer token (even an expired one's) or the refresh token."""
+    session_id: uuid.UUID | None = None
+    if credentials is not None:
+        claims = tokens.verify(
+            credentials.credentials, key=request.app.state.jwt_key, check_expiry=False
+        )
+        session_id = claims.session_id if claims is not None else None
+    async with db.session(write=True) as session:
+        if session_id is None and body is not None and body.refresh_token:
+            session_id = await session.scalar(
+                select(RefreshToken.session_id).where(
+                    RefreshToken.token_hash == sessions.digest(body.refresh_token)
+                )
+            )
+        if session_id is None:
+            raise NotAuthenticated()
+        if await sessions.end(session, session_id, sessions.EndReason.LOGOUT):
+            audit = audit_as(request, *await _session_owner(session, session_id))
+            audit.expect("session.end", "session", session_id)
+            await audit.write(session, "success")
+    request.app.state.principals.forget(session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)

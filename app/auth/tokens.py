@@ -1,4 +1,8 @@
-"""Short-lived staff access tokens (JWT, HS256) with audience, expiry and algorithm checked."""
+"""Short-lived staff access tokens (JWT, HS256) with audience, expiry and algorithm checked.
+
+Each names the session it was issued in (`sid`): a token is good only while that session lives
+(app.auth.sessions), however long its own expiry.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ ISSUER = "televisit"
 class TokenClaims:
     user_id: uuid.UUID
     role: str
+    session_id: uuid.UUID
     expires_at: float
 
 
@@ -27,10 +32,18 @@ def signing_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"televisit/jwt/v1", hashlib.sha256).digest()
 
 
-def issue(*, key: bytes, user_id: uuid.UUID, role: str, lifetime: dt.timedelta) -> str:
+def issue(
+    *,
+    key: bytes,
+    user_id: uuid.UUID,
+    role: str,
+    session_id: uuid.UUID,
+    lifetime: dt.timedelta,
+) -> str:
     now = dt.datetime.now(dt.UTC)
     claims = {
         "sub": str(user_id),
+        "sid": str(session_id),
         "role": role,
         "aud": AUDIENCE,
         "iss": ISSUER,
@@ -41,8 +54,8 @@ def issue(*, key: bytes, user_id: uuid.UUID, role: str, lifetime: dt.timedelta) 
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def verify(token: str, *, key: bytes) -> TokenClaims | None:
-    """The token's claims if it is ours, unexpired and for staff; otherwise None."""
+def verify(token: str, *, key: bytes, check_expiry: bool = True) -> TokenClaims | None:
+    """The token's claims if it is ours, unexpired (unless told) and for staff; else None."""
     try:
         claims = jwt.decode(
             token,
@@ -50,12 +63,16 @@ def verify(token: str, *, key: bytes) -> TokenClaims | None:
             algorithms=[ALGORITHM],
             audience=AUDIENCE,
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            options={
+                "require": ["exp", "iat", "sub", "sid", "aud", "iss"],
+                "verify_exp": check_expiry,
+            },
         )
         return TokenClaims(
             user_id=uuid.UUID(claims["sub"]),
             role=str(claims["role"]),
+            session_id=uuid.UUID(claims["sid"]),
             expires_at=float(claims["exp"]),
         )
-    except (jwt.PyJWTError, KeyError, ValueError):
+    except (jwt.PyJWTError, KeyError, ValueError, TypeError, AttributeError):
         return None

@@ -1,24 +1,38 @@
-"""Signing in, where each role lands, wrong passwords, and a staff token that expires."""
+"""Signing in, where each role lands, wrong passwords, tokens renewed silently, a session that
+ends (the dialog), and signing out."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.async_api import expect
+import pytest
+from playwright.async_api import WebSocket, expect
 
 from app.db import Database
-from tests.e2e.conftest import Pages, shot
+from tests.e2e.conftest import SERVER_SETTINGS, Pages, shot
 from tests.e2e.helpers import consent_and_join, sign_in, video_advances
 from tests.factories import PASSWORD, Staff
 from tests.signaling.helpers import make_visit
 
-# Make the page's stored token unusable, as if its 15 minutes were over.
+# Make the page's stored access token unusable, as if its 15 minutes were over.
 EXPIRE_TOKEN = """() => {
     const key = "televisit.session";
     const session = JSON.parse(sessionStorage.getItem(key));
     session.token = "expired." + session.token;
     sessionStorage.setItem(key, JSON.stringify(session));
 }"""
+# End the page's session on the server behind its back (as a logout in another tab would).
+END_SESSION_ELSEWHERE = """async () => {
+    const session = JSON.parse(sessionStorage.getItem("televisit.session"));
+    const response = await fetch("/api/v1/auth/logout", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ refresh_token: session.refreshToken }),
+    });
+    if (response.status !== 204) throw new Error(`logout answered ${response.status}`);
+}"""
+READ_SESSION = """() => JSON.parse(sessionStorage.getItem("televisit.session"))"""
+READ_TOKEN = """() => JSON.parse(sessionStorage.getItem("televisit.session")).token"""
 
 
 class TestSignIn:
@@ -59,13 +73,28 @@ class TestSignIn:
 
 
 class TestExpiredToken:
-    async def test_the_schedule_asks_for_the_password_and_carries_on(
+    async def test_a_refused_token_is_renewed_without_asking(
         self, pages: Pages, staff: Staff
     ) -> None:
         page = await pages.page()
         await sign_in(page, staff.scheduler, lands_on="/schedule")
-        await expect(page.get_by_test_id("free-slot").first).to_be_visible()
+        # This week is shown (its free times may be over, late on a Friday).
+        await expect(page.get_by_role("heading", name="(today)")).to_be_visible()
         await page.evaluate(EXPIRE_TOKEN)
+        await page.get_by_role("button", name="Next week →").click()
+        await expect(page.get_by_test_id("free-slot").first).to_be_visible()
+        await expect(page.locator("#reauth")).to_have_count(0)
+        token = await page.evaluate(READ_TOKEN)
+        assert not token.startswith("expired.")
+
+    async def test_the_schedule_asks_for_the_password_once_the_session_ended(
+        self, pages: Pages, staff: Staff
+    ) -> None:
+        page = await pages.page()
+        await sign_in(page, staff.scheduler, lands_on="/schedule")
+        # This week is shown (its free times may be over, late on a Friday).
+        await expect(page.get_by_role("heading", name="(today)")).to_be_visible()
+        await page.evaluate(END_SESSION_ELSEWHERE)
         await page.get_by_role("button", name="Next week →").click()
         dialog = page.locator("#reauth")
         await expect(dialog).to_be_visible()
@@ -91,7 +120,7 @@ class TestExpiredToken:
             .click()
         )
         await video_advances(clinician)
-        await clinician.evaluate(EXPIRE_TOKEN)
+        await clinician.evaluate(END_SESSION_ELSEWHERE)
 
         # A new arrival makes the console reload today's schedule: the API refuses the token.
         newcomer = await pages.page()
@@ -108,3 +137,66 @@ class TestExpiredToken:
         await expect(clinician.locator("#today")).to_contain_text("Pat Next")
         await clinician.get_by_test_id("end-call").click()
         await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
+
+
+class TestSilentRenewal:
+    """Access tokens of 6 s, and a console closed 1 s after its token expired: the console
+    renews before each expiry and hands the socket every new token, never asking."""
+
+    @pytest.fixture
+    def server_settings(self, tmp_path: Path) -> dict[str, str]:
+        return {
+            **SERVER_SETTINGS,
+            "recordings_dir": str(tmp_path / "recordings"),
+            "access_token_minutes": "0.1",
+            "clinic_token_grace_seconds": "1",
+        }
+
+    async def test_the_console_renews_and_its_socket_stays_open_past_several_expiries(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        clinician = await pages.page()
+        sockets: list[WebSocket] = []
+        renewals: list[str] = []
+
+        def on_socket(socket: WebSocket) -> None:
+            if socket.url.endswith("/ws/clinic"):
+                sockets.append(socket)
+                socket.on(
+                    "framereceived",
+                    lambda frame: (
+                        renewals.append(str(frame)) if '"authenticated"' in str(frame) else None
+                    ),
+                )
+
+        clinician.on("websocket", on_socket)
+        await sign_in(clinician, staff.clinician, lands_on="/clinic")
+        first = await clinician.evaluate(READ_TOKEN)
+        # Five lifetimes of the access token, at least.
+        await clinician.wait_for_timeout(31_000)
+        assert len(renewals) >= 5, renewals
+        assert len(sockets) == 1
+        assert not sockets[0].is_closed()
+        await expect(clinician.locator("#reauth")).to_have_count(0)
+        await expect(clinician.locator("#socket-banner")).to_be_hidden()
+        assert await clinician.evaluate(READ_TOKEN) != first
+        # The socket still serves the queue: a patient arriving now shows up.
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Late")
+        patient = await pages.page()
+        await consent_and_join(patient, visit.token)
+        await expect(
+            clinician.get_by_test_id("queue-item").filter(has_text="Pat Late")
+        ).to_be_visible()
+        assert len(sockets) == 1
+
+    async def test_signing_out_ends_the_session(self, pages: Pages, staff: Staff) -> None:
+        page = await pages.page()
+        await sign_in(page, staff.clinician, lands_on="/clinic")
+        session = await page.evaluate(READ_SESSION)
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_url("**/login?reason=signed_out")
+        answer = await page.request.post(
+            "/api/v1/auth/refresh", data={"refresh_token": session["refreshToken"]}
+        )
+        assert answer.status == 401
+        assert (await answer.json())["error"]["code"] == "session_ended"

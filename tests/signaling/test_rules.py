@@ -30,6 +30,7 @@ def token_for(person: Person, seconds: float) -> str:
         key=tokens.signing_key(TEST_SECRET.encode()),
         user_id=person.id,
         role=person.user.role,
+        session_id=person.session_id,
         lifetime=dt.timedelta(seconds=seconds),
     )
 

@@ -1,13 +1,15 @@
 // /clinic: the clinician's console. The live queue and today's schedule, an audible and
 // visible alert when a patient arrives, and the call (admit, end, no-show, quality, consent).
 //
-// The console socket is authenticated once, by its first message; API calls carry the
-// short-lived bearer token, renewed through an in-page dialog so a call is never interrupted.
+// The console socket is authenticated by its first message, and again with every renewed
+// token (api.js renews them silently before they expire); API calls carry the short-lived
+// bearer token. Only a session that has really ended asks for the password, in an in-page
+// dialog, so a call is never interrupted.
 
-import { api, ApiError, clearSession, describe, freshToken, loginUrl, readSession, sessionValid, setReauthenticator, socketUrl } from "./api.js";
+import { api, ApiError, describe, freshToken, keepFresh, loginUrl, onRenewed, readSession, reauthenticate, setReauthenticator, signedIn, signOut, socketUrl } from "./api.js";
 import { byId, confirmDialog, el, setText } from "./dom.js";
 import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
-import { reauthenticate } from "./reauth.js";
+import { reauthenticate as signInAgain } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
 import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
@@ -54,11 +56,12 @@ async function start() {
     location.replace(loginUrl());
     return;
   }
-  if (!sessionValid()) {
+  if (!(await signedIn())) {
     location.replace(loginUrl("expired"));
     return;
   }
-  setReauthenticator(reauthenticate);
+  setReauthenticator(signInAgain);
+  keepFresh();
   try {
     state.me = await api("/api/v1/me");
   } catch (error) {
@@ -87,10 +90,10 @@ function pageProblem(text) {
   problem.hidden = false;
 }
 
-byId("sign-out").addEventListener("click", () => {
+byId("sign-out").addEventListener("click", async () => {
   state.channel?.stop();
   endLocalMedia();
-  clearSession();
+  await signOut();
   location.assign("/login?reason=signed_out");
 });
 
@@ -116,6 +119,13 @@ for (const kind of ["pointerdown", "keydown"]) {
 }
 
 // The console socket ------------------------------------------------------------------------
+
+// A renewed token goes to the socket at once: the server closes a console whose latest token
+// has been expired for a minute.
+onRenewed((token) => {
+  state.socketToken = token;
+  state.channel?.send({ type: "auth", token });
+});
 
 function connect() {
   state.channel = new Channel({

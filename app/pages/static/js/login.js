@@ -1,6 +1,6 @@
 // /login: staff sign in, then go to their page (a clinician always lands on /clinic).
 
-import { api, ApiError, clearSession, describe, saveSession } from "./api.js";
+import { api, ApiError, describe, sessionFromSignIn, signOut } from "./api.js";
 import { byId } from "./dom.js";
 
 const form = byId("login-form");
@@ -20,7 +20,8 @@ if (REASONS[params.get("reason")]) {
   notice.textContent = REASONS[params.get("reason")];
   notice.hidden = false;
 }
-clearSession();
+// Whoever comes back here is done with their session: end it on the server too.
+signOut();
 
 /** The page a role lands on; `next` is honoured only where that role belongs. */
 function destination(role) {
@@ -55,7 +56,7 @@ form.addEventListener("submit", async (event) => {
       auth: false,
       headers: { Authorization: `Bearer ${answer.access_token}` },
     });
-    saveSession({ token: answer.access_token, expiresIn: answer.expires_in, email: me.email, user: me });
+    sessionFromSignIn(answer, me);
     location.replace(destination(me.role));
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) {

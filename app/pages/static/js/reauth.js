@@ -1,8 +1,9 @@
-// Signing in again without leaving the page: staff tokens last at most 15 minutes, and a
-// clinician in a call must not be sent to /login. A modal dialog asks for the password;
-// every API call waiting on it goes on once it succeeds.
+// Signing in again without leaving the page, once the session has really ended (the tokens
+// themselves are renewed silently by api.js): a clinician in a call must not be sent to
+// /login. A modal dialog asks for the password; every API call waiting on it goes on once it
+// succeeds, and the console's socket takes the new token.
 
-import { api, ApiError, clearSession, describe, readSession, saveSession } from "./api.js";
+import { announce, api, ApiError, clearSession, describe, readSession, sessionFromSignIn } from "./api.js";
 import { el } from "./dom.js";
 
 let pending = null;
@@ -10,7 +11,7 @@ let pending = null;
 function build() {
   const heading = el("h2", { id: "reauth-title", text: "Please sign in again" });
   const note = el("p", {
-    text: "Your session has expired. Sign in again to continue; nothing on this page is lost.",
+    text: "Your session has ended. Sign in again to continue; nothing on this page is lost.",
   });
   const email = el("input", {
     id: "reauth-email",
@@ -63,19 +64,17 @@ export function reauthenticate() {
           form: { username: ui.email.value.trim(), password: ui.password.value },
           auth: false,
         });
-        const session = saveSession({
-          token: answer.access_token,
-          expiresIn: answer.expires_in,
-          email: ui.email.value.trim(),
-          user: previous?.user,
+        const me = await api("/api/v1/me", {
+          auth: false,
+          headers: { Authorization: `Bearer ${answer.access_token}` },
         });
-        const me = await api("/api/v1/me", { auth: false, headers: { Authorization: `Bearer ${session.token}` } });
         if (previous?.user && me.id !== previous.user.id) {
           clearSession();
           location.assign("/login");
           return;
         }
-        saveSession({ token: answer.access_token, expiresIn: answer.expires_in, email: me.email, user: me });
+        sessionFromSignIn(answer, me);
+        announce(answer.access_token);
         ui.dialog.close();
         ui.dialog.remove();
         pending = null;

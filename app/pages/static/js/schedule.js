@@ -2,9 +2,9 @@
 // book, copy the visit link, download the invite, reschedule and cancel; see which messages
 // (invitation, notices, reminders) went to the patient.
 
-import { api, ApiError, clearSession, describe, loginUrl, readSession, sessionValid, setReauthenticator } from "./api.js";
+import { api, ApiError, describe, keepFresh, loginUrl, readSession, setReauthenticator, signedIn, signOut } from "./api.js";
 import { byId, copyText, downloadBlob, el, randomId } from "./dom.js";
-import { reauthenticate } from "./reauth.js";
+import { reauthenticate as signInAgain } from "./reauth.js";
 import {
   addDays,
   dateKey,
@@ -54,11 +54,12 @@ async function start() {
     location.replace(loginUrl());
     return;
   }
-  if (!sessionValid()) {
+  if (!(await signedIn())) {
     location.replace(loginUrl("expired"));
     return;
   }
-  setReauthenticator(reauthenticate);
+  setReauthenticator(signInAgain);
+  keepFresh();
   try {
     state.me = await api("/api/v1/me");
     if (state.me.role === "clinician") {
@@ -94,8 +95,8 @@ function say(text, kind = "info") {
   message.hidden = !text;
 }
 
-byId("sign-out").addEventListener("click", () => {
-  clearSession();
+byId("sign-out").addEventListener("click", async () => {
+  await signOut();
   location.assign("/login?reason=signed_out");
 });
 
