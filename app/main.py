@@ -32,10 +32,11 @@ from media.relay import Relay
 from scheduling import visits
 from scheduling.notifications.outbox import Plan
 from scheduling.notifications.worker import Worker
+from scheduling.recordings import RecordingFiles
 from scheduling.slot_cache import SlotCache
 from signaling.broker import Broker, RedisBroker
 from signaling.hub import Signaling
-from signaling.records import CallRecords
+from signaling.recording_log import CallRecords
 from signaling.router import router as signaling_router
 
 logger = logging.getLogger("televisit")
@@ -63,10 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker: Broker = RedisBroker(redis) if redis is not None else Broker()
         signaling = Signaling(db=db, settings=settings, broker=broker, process_id=process_id)
         app.state.signaling = signaling
+        # Every recording's file is kept, served and removed through this (scheduling.recordings).
+        app.state.recording_files = files = RecordingFiles(settings.recordings_dir)
         signaling.media = Relay(
             settings=settings,
             emit=signaling.to_participant,
-            recordings=CallRecords(db),
+            recordings=CallRecords(db, files),
             guard=signaling,  # the relay re-reads consent itself (media.gate)
         )
         app.state.events.subscribe(signaling.on_event)

@@ -483,6 +483,11 @@ async def set_connection_check(db: Database, appointment_id: uuid.UUID, verdict:
     await _update(db, appointment_id, [], {"connection_check": verdict})
 
 
+async def keep_summary(db: Database, appointment_id: uuid.UUID, summary: dict[str, Any]) -> None:
+    """The call's quality summary (duration, per-participant averages), kept with the visit."""
+    await _update(db, appointment_id, [], {"call_summary": summary})
+
+
 async def in_progress(db: Database, clinician_id: uuid.UUID) -> list[Appointment]:
     async with db.session(write=False) as session:
         result = await session.execute(

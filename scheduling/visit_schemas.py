@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.validation import NulFree
+from scheduling.models import ConsentRecord
 
 Scope = Literal["video_visit", "recording"]
 Decision = Literal["granted", "declined", "withdrawn"]
@@ -34,12 +35,6 @@ class VisitOut(BaseModel):
     birth_date_check: bool = False
     # For the page's connection test (TURN credentials are short-lived and carry no patient data).
     ice_servers: list[dict[str, Any]] = []
-
-
-class Sdp(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    sdp: Annotated[str, StringConstraints(min_length=1, max_length=64 * 1024), NulFree]
 
 
 class VerifyBody(BaseModel):
@@ -103,15 +98,15 @@ class ConsentTextOut(BaseModel):
     published_at: dt.datetime
 
 
-class RecordingOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    started_at: dt.datetime
-    ended_at: dt.datetime | None
-    bytes: int | None
-    stop_reason: str | None = None
+def scopes_of(entry: ConsentRecord) -> list[Scope]:
+    return cast(list[Scope], entry.scopes.split())
 
 
-class RecordingList(BaseModel):
-    items: list[RecordingOut]
+def record_out(entry: ConsentRecord) -> ConsentRecordOut:
+    return ConsentRecordOut(
+        id=entry.id,
+        decision=entry.decision,  # type: ignore[arg-type]  # checked by the database
+        scopes=scopes_of(entry),
+        version=entry.version,
+        recorded_at=entry.recorded_at,
+    )

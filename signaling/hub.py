@@ -42,12 +42,12 @@ from app.auth.models import User
 from app.config import Settings
 from app.db import Database, create_engine, utcnow
 from app.events import Event
+from app.ice import ice_servers
 from scheduling import calls, consent, lifecycle
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import Broker, BrokerUnavailable, Subscription
 from signaling.errors import SignalingError
-from signaling.ice import ice_servers
 from signaling.liveness import Liveness
 from signaling.media import NOTHING, Consent, MediaPlane
 from signaling.queue import Snapshot, build

@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.db import Database
+from app.ice import turn_credentials
 from media import network
-from signaling.ice import turn_credentials
 from tests.conftest import ServerFactory, unavailable
 from tests.factories import Staff
 from tests.live import LiveServer, free_port
