@@ -121,10 +121,14 @@ class Worker:
 
     async def _run(self) -> None:
         poll = self.settings.notify_poll_seconds
+        reaped = -poll
+        loop = asyncio.get_running_loop()
         while True:
             claimed = 0
             try:
-                await self.reap()
+                if loop.time() - reaped >= poll:
+                    await self.reap()
+                    reaped = loop.time()
                 free = SENDS_AT_ONCE - len(self._sends)
                 if free > 0:
                     jobs = await self.claim(free)
