@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -97,7 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await redis.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    app = Televisit(
+        hsts=settings.public_url.scheme == "https",
         title="Televisit",
         version=televisit.__version__,
         lifespan=lifespan,
@@ -108,7 +110,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.public_url.scheme == "https")
     app.include_router(ops_router)
     app.include_router(api_router)
     app.include_router(signaling_router)
@@ -117,12 +118,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+class Televisit(FastAPI):
+    """The application, its security headers outermost: on every response it sends.
+
+    Starlette answers an unhandled exception (the 500, in the contract's shape, from
+    app.errors) in its ServerErrorMiddleware, which wraps every middleware added with
+    `add_middleware`: a header middleware added there never sees that response. This one
+    wraps the whole stack instead, ServerErrorMiddleware included.
+    """
+
+    def __init__(self, *, hsts: bool, **kwargs: Any) -> None:
+        self.hsts = hsts
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack(), hsts=self.hsts)
+
+
 # A year: browsers keep to https for this long after any response that says so.
 HSTS = "max-age=31536000"
 
 
 class SecurityHeadersMiddleware:
-    """Headers every response needs, whatever route answers (errors and 413s included).
+    """Headers every response needs, whatever answers (errors, 413s and 500s included).
 
     Every API response may carry a token or patient data: `Cache-Control: no-store` (no copy in
     any cache or the browser's history) and `X-Content-Type-Options: nosniff`. Pages set their

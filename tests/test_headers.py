@@ -1,4 +1,6 @@
-"""Security headers: no-store and nosniff on API responses and pages, HSTS only over https."""
+"""Security headers: no-store and nosniff on API responses and pages, HSTS only over https.
+
+On every response, a bug's 500 included."""
 
 from __future__ import annotations
 
@@ -109,3 +111,35 @@ class TestSecurityHeaders:
         assert too_large.status_code == 413
         assert too_large.headers.get("strict-transport-security") == HSTS
         assert too_large.headers.get("cache-control") == "no-store"
+
+
+class TestUnhandledError:
+    """A bug's 500 keeps the contract's headers and error shape (Starlette answers it outside
+    every middleware added to the app: app.main.Televisit)."""
+
+    @pytest.mark.parametrize("path", ["/api/v1/test-raises", "/test-raises"])
+    async def test_a_500_carries_the_security_headers_and_the_error_shape(
+        self, settings: Settings, path: str
+    ) -> None:
+        app = create_app(
+            settings.model_copy(update={"public_url": AnyHttpUrl("https://visits.example.org")})
+        )
+
+        async def raises() -> None:
+            raise RuntimeError("a bug, with patient data in its message")
+
+        app.add_api_route(path, raises)
+        async with LifespanManager(app):
+            # The server sees the exception too (uvicorn logs its type); the client the 500.
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                response = await http.get(path)
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {"code": "internal_error", "message": "An unexpected error occurred."}
+        }
+        assert "patient data" not in response.text
+        assert response.headers.get("x-content-type-options") == "nosniff"
+        assert response.headers.get("strict-transport-security") == HSTS
+        if path.startswith("/api/"):
+            assert response.headers.get("cache-control") == "no-store"
