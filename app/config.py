@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # A sign-in lasts at most this long, and ends after this long without a refresh.
     session_hours: float = Field(default=12, gt=0, le=24 * 30)
     session_idle_minutes: float = Field(default=60, gt=0, le=24 * 60)
+    # Admins must sign in with a second factor (TOTP); until they enrol they may only enrol.
+    require_2fa_admins: bool = False
     # ----------------------------------------------------------------------------------------
     # A visit link opens at booking and closes this long after the visit's end.
     visit_link_hours_after: int = Field(default=24, ge=1, le=24 * 14)

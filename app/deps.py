@@ -29,12 +29,24 @@ from app.events import Outbox
 
 F = TypeVar("F", bound=Callable[..., Any])
 _READ_ONLY = "televisit_read_only"
+_ENROLMENT = "televisit_enrolment_allowed"
 
 
 def read_only(endpoint: F) -> F:
     """Mark an endpoint that never writes: its session needs no write lock on SQLite."""
     setattr(endpoint, _READ_ONLY, True)
     return endpoint
+
+
+def enrolment_allowed(endpoint: F) -> F:
+    """Mark an endpoint an admin who must enrol in two-factor sign-in may still use."""
+    setattr(endpoint, _ENROLMENT, True)
+    return endpoint
+
+
+def must_enrol(user: Principal, settings: Settings) -> bool:
+    """An admin without two-factor while TELEVISIT_REQUIRE_2FA_ADMINS is on: may only enrol."""
+    return settings.require_2fa_admins and user.role == Role.ADMIN and not user.otp_enabled
 
 
 def get_db(request: Request) -> Database:
@@ -183,6 +195,13 @@ async def current_user(
         raise NotAuthenticated()
     user, claims = await verified_claims(request.app.state, credentials.credentials)
     request.state.session_id = claims.session_id
+    if must_enrol(user, request.app.state.settings) and not getattr(
+        request.scope.get("endpoint"), _ENROLMENT, False
+    ):
+        raise Forbidden(
+            "Administrators sign in with two-factor: enrol first (POST /api/v1/me/otp).",
+            code="otp_enrolment_required",
+        )
     request.state.audit = Audit(
         actor_id=user.id,
         actor_role=user.role,

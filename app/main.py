@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import app as televisit
 from app import bootstrap
 from app.api import api_router
-from app.auth import passwords, tokens
+from app.auth import otp, passwords, tokens
 from app.auth.passwords import HashingSlots
 from app.auth.principal import PrincipalCache, TokenCache
 from app.auth.throttle import LoginThrottle
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.jwt_key = tokens.signing_key(secret)
         app.state.tokens = TokenCache(app.state.jwt_key)
+        app.state.otp_key = otp.sealing_key(secret)
         app.state.principals = PrincipalCache()
         app.state.slot_cache = SlotCache()
         app.state.events = EventBus()

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 import uuid
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, String, Uuid
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, String, Uuid, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -32,6 +32,11 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200))
     timezone: Mapped[str] = mapped_column(String(64))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Two-factor sign-in (app.auth.otp): the TOTP secret sealed with AES-GCM, whether it was
+    # confirmed (then sign-in needs a code), and the last time step a code was accepted for.
+    otp_secret: Mapped[str | None] = mapped_column(String(255))
+    otp_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    otp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -28,11 +28,17 @@ class Principal:
     role: str
     name: str
     timezone: str
+    otp_enabled: bool = False
 
     @classmethod
     def of(cls, user: User) -> Principal:
         return cls(
-            id=user.id, email=user.email, role=user.role, name=user.name, timezone=user.timezone
+            id=user.id,
+            email=user.email,
+            role=user.role,
+            name=user.name,
+            timezone=user.timezone,
+            otp_enabled=bool(user.otp_enabled),
         )
 
 

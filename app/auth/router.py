@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Annotated
@@ -10,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import Audit
-from app.auth import service, sessions, tokens
+from app.auth import accounts, otp, service, sessions, tokens
 from app.auth.models import RefreshToken, StaffSession, User
-from app.auth.schemas import LogoutIn, RefreshIn, TokenOut, UserCreate, UserOut
+from app.auth.schemas import LogoutIn, MeOut, RefreshIn, TokenOut, UserCreate, UserOut
 from app.auth.sessions import Refused
 from app.deps import (
     AdminUser,
@@ -21,6 +22,8 @@ from app.deps import (
     SessionDep,
     SettingsDep,
     client_address,
+    enrolment_allowed,
+    must_enrol,
     read_only,
 )
 from app.errors import NotAuthenticated
@@ -67,9 +70,12 @@ def token_pair(request: Request, renewed: sessions.Renewed) -> TokenOut:
     )
 
 
-async def start_session(request: Request, user: User) -> TokenOut:
-    """A new session for a user who has just proved who they are, audited."""
+async def start_session(request: Request, user: User, otp_step: int | None = None) -> TokenOut:
+    """A new session for a user who has just proved who they are, audited; `otp_step`, the
+    TOTP step of their code, is consumed in the same transaction (a replay is refused)."""
     async with request.app.state.db.session(write=True) as session:
+        if otp_step is not None and not await otp.consume(session, user.id, otp_step):
+            raise NotAuthenticated(service.OTP_INVALID, code="otp_invalid")
         renewed = await sessions.start(
             session, user_id=user.id, settings=request.app.state.settings
         )
@@ -86,16 +92,19 @@ async def login(
     session: SessionDep,
     username: Annotated[Text, Form(max_length=320)],
     password: Annotated[Text, Form(max_length=256)],
+    code: Annotated[Text | None, Form(alias="otp", max_length=16)] = None,
 ) -> TokenOut:
-    user = await service.authenticate(
+    user, step = await service.authenticate(
         session,
         throttle=request.app.state.login_throttle,
         slots=request.app.state.password_slots,
         email=username,
         password=password,
         address=client_address(request),
+        code=code,
+        otp_key=request.app.state.otp_key,
     )
-    return await start_session(request, user)
+    return await start_session(request, user, step)
 
 
 @router.post("/auth/refresh", response_model=TokenOut)
@@ -182,7 +191,13 @@ async def create_user(
     return UserOut.model_validate(user)
 
 
-@router.get("/me", response_model=UserOut)
+@router.get("/me", response_model=MeOut)
 @read_only
-async def me(user: CurrentUser) -> UserOut:
-    return UserOut.model_validate(user)
+@enrolment_allowed
+async def me(user: CurrentUser, settings: SettingsDep) -> MeOut:
+    return MeOut.model_validate(
+        {**dataclasses.asdict(user), "otp_enrolment_required": must_enrol(user, settings)}
+    )
+
+
+router.include_router(accounts.router)

@@ -31,6 +31,20 @@ class LogoutIn(BaseModel):
     refresh_token: str | None = Field(default=None, min_length=1, max_length=128)
 
 
+class OtpEnrolment(BaseModel):
+    otpauth_uri: str
+
+
+class OtpConfirm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    otp: str = Field(min_length=1, max_length=16)
+
+
+class OtpStatus(BaseModel):
+    otp_enabled: bool
+
+
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,3 +64,10 @@ class UserOut(BaseModel):
     role: str
     name: str
     timezone: str
+
+
+class MeOut(UserOut):
+    # Whether sign-in needs a TOTP code; and whether the caller must enrol before anything else
+    # (an admin without it while TELEVISIT_REQUIRE_2FA_ADMINS is on).
+    otp_enabled: bool
+    otp_enrolment_required: bool

@@ -3,14 +3,16 @@ ends (the dialog), and signing out."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pyotp
 import pytest
 from playwright.async_api import WebSocket, expect
 
 from app.db import Database
 from tests.e2e.conftest import SERVER_SETTINGS, Pages, shot
-from tests.e2e.helpers import consent_and_join, sign_in, video_advances
+from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in, video_advances
 from tests.factories import PASSWORD, Staff
 from tests.signaling.helpers import make_visit
 
@@ -200,3 +202,46 @@ class TestSilentRenewal:
         )
         assert answer.status == 401
         assert (await answer.json())["error"]["code"] == "session_ended"
+
+
+class TestTwoFactor:
+    """Admins must sign in with a code: the first time, they enrol on the sign-in page."""
+
+    @pytest.fixture
+    def server_settings(self, tmp_path: Path) -> dict[str, str]:
+        return {
+            **SERVER_SETTINGS,
+            "recordings_dir": str(tmp_path / "recordings"),
+            "require_2fa_admins": "true",
+        }
+
+    async def test_an_admin_enrols_then_signs_in_with_a_code(
+        self, pages: Pages, staff: Staff, axe_source: str, artifacts: Path
+    ) -> None:
+        page = await pages.page()
+        await sign_in(page, staff.admin, lands_on="/login")
+        enrol = page.get_by_role("heading", name="Set up two-factor sign-in")
+        await expect(enrol).to_be_visible()
+        key = (await page.get_by_test_id("enrol-key").text_content() or "").replace(" ", "")
+        totp = pyotp.TOTP(key)
+        await assert_accessible(page, axe_source, "two-factor enrolment")
+        await shot(page, artifacts, "20-two-factor-enrolment")
+        await page.get_by_test_id("enrol-otp").fill("000000")
+        await page.get_by_test_id("enrol-submit").click()
+        await expect(page.locator("#enrol-error")).to_contain_text("not right")
+        await page.get_by_test_id("enrol-otp").fill(totp.now())
+        await page.get_by_test_id("enrol-submit").click()
+        await page.wait_for_url("**/schedule")
+
+        # Next time: the password first, then the code field appears.
+        await page.goto("/login")
+        await page.get_by_test_id("login-email").fill(staff.admin.user.email)
+        await page.get_by_test_id("login-password").fill(PASSWORD)
+        await page.get_by_test_id("login-submit").click()
+        code = page.get_by_test_id("login-otp")
+        await expect(code).to_be_visible()
+        await expect(code).to_be_focused()
+        await assert_accessible(page, axe_source, "sign-in asking for a code")
+        await code.fill(totp.at(time.time() + 30))
+        await page.get_by_test_id("login-submit").click()
+        await page.wait_for_url("**/schedule")

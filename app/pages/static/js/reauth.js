@@ -25,6 +25,16 @@ function build() {
     autocomplete: "current-password",
     required: true,
   });
+  // Shown when the account has two-factor sign-in (the server answers otp_required).
+  const codeLabel = el("label", { for: "reauth-otp", text: "Code from your authenticator app", hidden: true });
+  const code = el("input", {
+    id: "reauth-otp",
+    type: "text",
+    inputmode: "numeric",
+    autocomplete: "one-time-code",
+    maxlength: "6",
+    hidden: true,
+  });
   const error = el("p", { class: "form-error", role: "alert" });
   const submit = el("button", { type: "submit", class: "primary", text: "Sign in" });
   const leave = el("a", { href: "/login", text: "Sign in as someone else" });
@@ -37,6 +47,8 @@ function build() {
     email,
     el("label", { for: "reauth-password", text: "Password" }),
     password,
+    codeLabel,
+    code,
     error,
     el("div", { class: "row" }, submit, leave),
   );
@@ -44,7 +56,7 @@ function build() {
   // Escape must not dismiss it: there is no way on without signing in.
   dialog.addEventListener("cancel", (event) => event.preventDefault());
   document.body.append(dialog);
-  return { dialog, form, email, password, error, submit };
+  return { dialog, form, email, password, codeLabel, code, error, submit };
 }
 
 /** Resolves once the person has signed in again (the same account). */
@@ -61,7 +73,11 @@ export function reauthenticate() {
       try {
         const answer = await api("/api/v1/auth/token", {
           method: "POST",
-          form: { username: ui.email.value.trim(), password: ui.password.value },
+          form: {
+            username: ui.email.value.trim(),
+            password: ui.password.value,
+            ...(ui.code.hidden || !ui.code.value.trim() ? {} : { otp: ui.code.value.trim() }),
+          },
           auth: false,
         });
         const me = await api("/api/v1/me", {
@@ -80,11 +96,22 @@ export function reauthenticate() {
         pending = null;
         resolve();
       } catch (error) {
-        ui.error.textContent =
-          error instanceof ApiError && error.status === 401
-            ? "That email and password do not match."
-            : describe(error);
-        ui.password.select();
+        const otp = error instanceof ApiError && ["otp_required", "otp_invalid"].includes(error.code);
+        if (otp) {
+          ui.codeLabel.hidden = ui.code.hidden = false;
+          ui.error.textContent =
+            error.code === "otp_required"
+              ? "Enter the code from your authenticator app."
+              : "That code is not right, or was used already. Enter the current one.";
+          ui.code.select();
+          ui.code.focus();
+        } else {
+          ui.error.textContent =
+            error instanceof ApiError && error.status === 401
+              ? "That email and password do not match."
+              : describe(error);
+          ui.password.select();
+        }
       } finally {
         ui.submit.disabled = false;
       }
