@@ -98,6 +98,8 @@ class Worker:
     async def start(self) -> None:
         if not self.enabled:
             return
+        # httpx logs every request's URL at INFO; a gateway's URL may carry a credential.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(self.settings.notify_timeout_seconds), follow_redirects=False
         )

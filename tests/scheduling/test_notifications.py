@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import subprocess
 import sys
 import uuid
@@ -348,6 +349,38 @@ class TestRescheduleAndCancel:
         assert booked["visit_url"] not in notice.raw.decode()
         assert calendar_of(notice.message)["METHOD"] == "CANCEL"
         assert "cancelled" in gateway.to(phone)[1].body["text"]
+
+
+class TestPrivacy:
+    async def test_no_patient_data_or_link_in_any_log_line(
+        self,
+        clinic: Clinic,
+        mail: MailServer,
+        gateway: SmsGateway,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        canary = {"email": "zelda.qanary@example.org", "phone": "+15550009876"}
+        mail.inbox.refusals[canary["email"]] = 1  # a retry, logged, too
+        booked = await clinic.book(slot("16:20"), name="Zelda Qanary", **canary)
+        await clinic.settled(booked["id"], count=2)
+        response = await clinic.client.post(
+            f"/api/v1/appointments/{booked['id']}/cancel",
+            json={},
+            headers=clinic.staff.scheduler.headers,
+        )
+        assert response.status_code == 200
+        await clinic.settled(booked["id"], count=4)
+        token = booked["visit_url"].rsplit("/", 1)[1]
+        # Ours: every logger but the test's own SMTP server's (aiosmtpd's "mail.log").
+        logged = "\n".join(
+            f"{record.name} {record.getMessage()} {record.__dict__}"
+            for record in caplog.records
+            if not record.name.startswith("mail.")
+        )
+        assert "notification" in logged  # the worker did log
+        for needle in ("Qanary", "qanary", "5550009876", token, TOKEN, "Follow-up"):
+            assert needle not in logged
 
 
 class TestAccess:
