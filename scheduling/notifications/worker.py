@@ -51,6 +51,9 @@ CLAIM_LEASE = dt.timedelta(seconds=10)
 LEASE_MARGIN = dt.timedelta(seconds=10)
 MAX_BACKOFF_SECONDS = 3600.0
 UNKNOWN = "outcome_unknown"
+# How long a clean stop waits for sends in flight; one still going is left `sending` (and so
+# ends `failed` when its lease does: it may have been handed over).
+STOP_WAIT_SECONDS = 10.0
 
 
 def send_deadline(settings: Settings) -> float:
@@ -106,13 +109,13 @@ class Worker:
         self._loop = asyncio.create_task(self._run(), name="notifications")
 
     async def stop(self) -> None:
-        """Claim nothing more; let sends in flight finish (they are bounded), then close."""
+        """Claim nothing more; let sends in flight finish (up to STOP_WAIT_SECONDS), then close."""
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
         if self._sends:
-            await asyncio.wait(self._sends, timeout=self.deadline + 1)
+            await asyncio.wait(self._sends, timeout=min(self.deadline + 1, STOP_WAIT_SECONDS))
             for task in self._sends:
                 task.cancel()
         if self._http is not None:
