@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
+from app.admin_router import router as admin_router
 from app.audit_router import router as audit_router
 from app.auth.router import router as auth_router
 from app.validation import refuse_nul
@@ -15,6 +16,7 @@ from signaling.device_check import router as device_check_router
 # A NUL in a query string, header or path parameter: 422 before any dependency runs.
 api_router = APIRouter(prefix="/api/v1", dependencies=[Depends(refuse_nul)])
 api_router.include_router(auth_router)
+api_router.include_router(admin_router)
 api_router.include_router(audit_router)
 api_router.include_router(scheduling_router)
 api_router.include_router(notifications_router)

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     clinic_token_grace_seconds: float = Field(default=60.0, ge=0, le=3600)
     # Where call recordings are written (WebM files), relative to the working folder.
     recordings_dir: Path = Path("recordings")
+    # Recordings are deleted this many days after the call (shown on /admin).
+    recordings_retention_days: int = Field(default=30, ge=1, le=3650)
     # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
 

@@ -12,7 +12,13 @@ import pytest
 
 from app.pages.router import STATIC_DIR, TEMPLATE_DIR
 
-PAGES = ["/login", "/clinic", "/schedule", "/visit/aVisitTokenThatIsLongEnough0123456789"]
+PAGES = [
+    "/login",
+    "/clinic",
+    "/schedule",
+    "/admin",
+    "/visit/aVisitTokenThatIsLongEnough0123456789",
+]
 CONTRACT_HOOKS = [
     "login-email",
     "login-password",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import stat
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -22,6 +21,7 @@ from app.sealed import (
     open_sealed,
     plaintext_size,
 )
+from tests.webm import write_webm
 
 KEY = bytes(range(32))
 
@@ -108,18 +108,7 @@ def test_a_writer_never_closed_reads_as_cut_short(tmp_path: Path) -> None:
 def test_a_webm_muxed_into_it_plays_back(tmp_path: Path) -> None:
     path = tmp_path / "call.webm.sealed"
     with SealedWriter(path, KEY) as writer:
-        container = av.open(writer, "w", format="webm")
-        stream = container.add_stream("libvpx", rate=15)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        for number in range(30):
-            image = np.full((120, 160, 3), number * 8, dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = number, Fraction(1, 15)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-        container.close()
+        write_webm(writer, frames=30)  # type: ignore[arg-type]  # a writable file, unseekable
     plain = b"".join(open_sealed(path, KEY))
     assert not path.read_bytes()[HEADER_BYTES:].startswith(b"\x1a\x45\xdf\xa3")
     with av.open(io.BytesIO(plain), "r") as played:

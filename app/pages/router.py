@@ -1,4 +1,4 @@
-"""The four HTML pages and their static assets, served by the API's own process.
+"""The HTML pages and their static assets, served by the API's own process.
 
 Pages are plain HTML that load JavaScript modules; nothing is rendered per request except the
 asset prefix. Assets live under `/static/{version}/…`, where the version is a digest of every
@@ -158,6 +158,12 @@ async def clinic_page(request: Request) -> Response:
 @router.get("/schedule")
 async def schedule_page(request: Request) -> Response:
     return _page(request, "schedule")
+
+
+@router.get("/admin")
+async def admin_page(request: Request) -> Response:
+    """For administrators; the page's script says so to anyone else (the API enforces it)."""
+    return _page(request, "admin")
 
 
 @router.get("/visit/{token}")

@@ -239,7 +239,7 @@ async function errorFrom(response) {
 export async function api(path, options = {}) {
   const { method = "GET", json, form, headers = {}, auth = true, raw = false } = options;
   const attempt = async () => {
-    const sent = { ...headers, Accept: raw ? "*/*" : "application/json" };
+    const sent = { Accept: raw ? "*/*" : "application/json", ...headers };
     let body;
     if (json !== undefined) {
       sent["Content-Type"] = "application/json";

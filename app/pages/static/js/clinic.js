@@ -6,10 +6,10 @@
 // bearer token. Only a session that has really ended asks for the password, in an in-page
 // dialog, so a call is never interrupted.
 
-import { api, ApiError, describe, freshToken, keepFresh, loginUrl, onRenewed, readSession, reauthenticate, setReauthenticator, signedIn, signOut, socketUrl } from "./api.js";
+import { api, ApiError, describe, freshToken, onRenewed, reauthenticate, signOut, socketUrl } from "./api.js";
 import { byId, confirmDialog, el, setText } from "./dom.js";
 import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
-import { reauthenticate as signInAgain } from "./reauth.js";
+import { signedInStaff } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
 import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
@@ -52,27 +52,19 @@ const STATUS = { waiting: "Waiting", reconnecting: "Reconnecting", in_call: "In 
 // Start-up ----------------------------------------------------------------------------------
 
 async function start() {
-  if (!readSession()) {
-    location.replace(loginUrl());
-    return;
-  }
-  if (!(await signedIn())) {
-    location.replace(loginUrl("expired"));
-    return;
-  }
-  setReauthenticator(signInAgain);
-  keepFresh();
   try {
-    state.me = await api("/api/v1/me");
+    state.me = await signedInStaff();
   } catch (error) {
     pageProblem(describe(error));
     return;
   }
+  if (!state.me) return;
   if (state.me.role === "scheduler") {
     location.replace("/schedule");
     return;
   }
   byId("who").textContent = `${state.me.name}`;
+  byId("admin-link").hidden = state.me.role !== "admin";
   if (state.me.role !== "clinician") {
     pageProblem("The consult console is for clinicians. Administrators and schedulers book visits on the schedule page.");
     byId("page-problem").append(" ", el("a", { href: "/schedule", text: "Go to the schedule" }));

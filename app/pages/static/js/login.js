@@ -30,7 +30,7 @@ function destination(role) {
   const pages = {
     clinician: ["/clinic"],
     scheduler: ["/schedule"],
-    admin: ["/schedule", "/clinic"],
+    admin: ["/schedule", "/clinic", "/admin"],
   };
   const allowed = pages[role] || [];
   if (next && allowed.includes(next)) return next;

@@ -3,7 +3,19 @@
 // /login. A modal dialog asks for the password; every API call waiting on it goes on once it
 // succeeds, and the console's socket takes the new token.
 
-import { announce, api, ApiError, clearSession, describe, readSession, sessionFromSignIn } from "./api.js";
+import {
+  announce,
+  api,
+  ApiError,
+  clearSession,
+  describe,
+  keepFresh,
+  loginUrl,
+  readSession,
+  sessionFromSignIn,
+  setReauthenticator,
+  signedIn,
+} from "./api.js";
 import { el } from "./dom.js";
 
 let pending = null;
@@ -120,4 +132,24 @@ export function reauthenticate() {
   ui.dialog.showModal();
   (ui.email.value ? ui.password : ui.email).focus();
   return pending;
+}
+
+/**
+ * Start a staff page: without a session (or with one that cannot be renewed) the browser goes
+ * to /login and this resolves to null; otherwise the tokens are kept fresh, the sign-in
+ * dialog stands ready for a session that ends, and this resolves to the signed-in person
+ * (`GET /api/v1/me`; it throws what the API said).
+ */
+export async function signedInStaff() {
+  if (!readSession()) {
+    location.replace(loginUrl());
+    return null;
+  }
+  if (!(await signedIn())) {
+    location.replace(loginUrl("expired"));
+    return null;
+  }
+  setReauthenticator(reauthenticate);
+  keepFresh();
+  return api("/api/v1/me");
 }

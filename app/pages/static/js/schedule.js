@@ -2,9 +2,9 @@
 // book, copy the visit link, download the invite, reschedule and cancel; see which messages
 // (invitation, notices, reminders) went to the patient.
 
-import { api, ApiError, describe, keepFresh, loginUrl, readSession, setReauthenticator, signedIn, signOut } from "./api.js";
+import { api, ApiError, describe, signOut } from "./api.js";
 import { byId, copyText, downloadBlob, el, randomId } from "./dom.js";
-import { reauthenticate as signInAgain } from "./reauth.js";
+import { signedInStaff } from "./reauth.js";
 import {
   addDays,
   dateKey,
@@ -50,23 +50,15 @@ const STATUS = {
 // Start-up ----------------------------------------------------------------------------------
 
 async function start() {
-  if (!readSession()) {
-    location.replace(loginUrl());
-    return;
-  }
-  if (!(await signedIn())) {
-    location.replace(loginUrl("expired"));
-    return;
-  }
-  setReauthenticator(signInAgain);
-  keepFresh();
   try {
-    state.me = await api("/api/v1/me");
+    state.me = await signedInStaff();
+    if (!state.me) return;
     if (state.me.role === "clinician") {
       location.replace("/clinic");
       return;
     }
     byId("who").textContent = state.me.name;
+    byId("admin-link").hidden = state.me.role !== "admin";
     state.clinicians = (await api("/api/v1/clinicians")).items;
   } catch (error) {
     problem(describe(error));
