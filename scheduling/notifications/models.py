@@ -82,7 +82,7 @@ class Notification(Base):
     status: Mapped[str] = mapped_column(String(16), default=State.QUEUED.value)
     due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # Who holds it ("<pid>.<random>", new for every claim) and until when.
+    # Who holds it ("<pid>.<worker>.<claim>", new for every claim) and until when.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -83,7 +83,8 @@ class Worker:
         self.db = db
         self.settings = settings
         self.link_key = link_key
-        self.identity = str(os.getpid())
+        # "<pid>.<random>": which process, and which worker in it; each claim adds its own part.
+        self.identity = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.deadline = send_deadline(settings)
         self.send_lease = dt.timedelta(seconds=self.deadline) + LEASE_MARGIN
         self._smtp = settings.smtp
@@ -186,7 +187,7 @@ class Worker:
 
     async def claim(self, limit: int) -> list[tuple[str, uuid.UUID]]:
         now = utcnow()
-        token = f"{self.identity}.{uuid.uuid4().hex[:16]}"
+        token = f"{self.identity}.{uuid.uuid4().hex[:12]}"
         due = (
             select(Notification.id)
             .where(Notification.status == State.QUEUED.value, Notification.due_at <= now)

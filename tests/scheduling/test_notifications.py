@@ -18,12 +18,15 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from icalendar import Calendar
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from app.config import Settings
-from app.db import Database
+from app.db import Database, create_engine
 from app.main import create_app
+from scheduling import visits
+from scheduling.models import Appointment
 from scheduling.notifications.models import Notification
+from scheduling.notifications.worker import Worker
 from tests.conftest import TEST_SECRET
 from tests.factories import Staff, booking_body, local_instant, next_weekday
 from tests.outside import MailServer, Silent, SmsGateway
@@ -148,6 +151,12 @@ def calendar_of(message: Any) -> Calendar:
     parts = [p for p in message.iter_attachments() if p.get_content_type() == "text/calendar"]
     assert len(parts) == 1
     return Calendar.from_ical(parts[0].get_content())
+
+
+async def rows_of_ids(db: Database, ids: set[uuid.UUID]) -> list[Notification]:
+    async with db.session(write=False) as session:
+        result = await session.execute(select(Notification).where(Notification.id.in_(ids)))
+        return list(result.scalars())
 
 
 async def rows_of(db: Database, appointment_id: str) -> list[Notification]:
@@ -499,6 +508,89 @@ class TestFailures:
         assert (item["status"], item["attempts"]) == ("sent", 3)
         assert len(gateway.to(phone)) == 1
         assert gateway.to(phone)[0].idempotency_key
+
+
+async def due_reminders(db: Database, staff: Staff, count: int) -> set[uuid.UUID]:
+    """`count` booked appointments far ahead, each with an email reminder due now."""
+    now = dt.datetime.now(dt.UTC)
+    first = local_instant(next_weekday(200), "00:00", "UTC")
+    appointments: list[dict[str, Any]] = []
+    reminders: list[dict[str, Any]] = []
+    for n in range(count):
+        start = first + dt.timedelta(minutes=20 * n)
+        appointment_id, salt = uuid.uuid4(), visits.new_salt()
+        appointments.append(
+            {
+                "id": appointment_id,
+                "clinician_id": staff.clinician.id,
+                "start_at": start,
+                "end_at": start + dt.timedelta(minutes=20),
+                "status": "booked",
+                "patient_name": "Pat Race",
+                "patient_email": f"race-{n}-{uuid.uuid4().hex[:6]}@example.org",
+                "link_salt": salt,
+                "link_hash": visits.token_hash(visits.token_for(b"k" * 32, salt)),
+                "sequence": 0,
+                "created_by_id": staff.scheduler.id,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        reminders.append(
+            {
+                "id": uuid.uuid4(),
+                "appointment_id": appointment_id,
+                "kind": "reminder",
+                "channel": "email",
+                "hours": 24,
+                "sequence": 0,
+                "status": "queued",
+                "due_at": now,
+                "attempts": 0,
+                "created_at": now,
+            }
+        )
+    async with db.session(write=True) as session:
+        await session.execute(insert(Appointment), appointments)
+        await session.execute(insert(Notification), reminders)
+    return {uuid.UUID(str(row["id"])) for row in reminders}
+
+
+class TestClaiming:
+    async def test_two_workers_one_outbox_each_sent_once(
+        self, database_url: str, staff: Staff, db: Database, mail: MailServer
+    ) -> None:
+        """Two workers with engines of their own (as two processes have) race over one
+        outbox: every reminder arrives exactly once, and both did part of the work."""
+        mail.inbox.data_delay = 0.02
+        settings = notify_settings(database_url, smtp_url=mail.url)
+        ids = await due_reminders(db, staff, 60)
+        databases = [Database(create_engine(settings)) for _ in range(2)]
+        workers = [
+            Worker(db=database, settings=settings, link_key=b"k" * 32) for database in databases
+        ]
+        try:
+            for worker in workers:
+                await worker.start()
+            async with asyncio.timeout(60):
+                while True:
+                    rows = await rows_of_ids(db, ids)
+                    if all(r.status == "sent" for r in rows):
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            for worker in workers:
+                await worker.stop()
+            for database in databases:
+                await database.dispose()
+        arrived = mail.inbox.message_ids()
+        ours = {f"<{row_id}@testserver>" for row_id in ids}
+        assert {key: arrived[key] for key in ours} == dict.fromkeys(ours, 1)
+        assert {r.attempts for r in rows} == {1}
+        # Both took part: the claims' tokens name both workers.
+        assert {str(r.claimed_by).rsplit(".", 1)[0] for r in rows} == {
+            worker.identity for worker in workers
+        }
 
 
 class TestSettings:
