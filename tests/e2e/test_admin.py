@@ -385,7 +385,13 @@ class TestRecordings:
 class TestAccessibility:
     @pytest.mark.parametrize("width", ["phone", "desktop"])
     async def test_the_page_and_its_dialogs(
-        self, pages: Pages, staff: Staff, db: Database, axe_source: str, width: str
+        self,
+        pages: Pages,
+        staff: Staff,
+        db: Database,
+        axe_source: str,
+        width: str,
+        artifacts: Path,
     ) -> None:
         visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Axe")
         async with httpx.AsyncClient(base_url=pages.server.url) as http:
@@ -393,6 +399,7 @@ class TestAccessibility:
         options = {"viewport": PHONE} if width == "phone" else {}
         page = await admin_page(pages, staff.admin, **options)
         await assert_accessible(page, axe_source, f"admin ({width})")
+        await shot(page, artifacts, f"34-admin-{width}")
         if width == "phone":
             scroll = await page.evaluate("() => document.documentElement.scrollWidth")
             assert scroll <= PHONE["width"]
@@ -423,3 +430,5 @@ class TestKeyboard:
         await page.keyboard.press("Enter")
         await expect(rows).not_to_have_count(100)
         assert 100 < await rows.count() <= 200
+        # The keyboard stays with the log: on Older, or on the table once there is no older page.
+        await expect(page.locator("#audit-older:focus, #audit-table:focus")).to_have_count(1)

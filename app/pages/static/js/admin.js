@@ -228,6 +228,11 @@ function userItem(user) {
   );
 }
 
+function focusInUser(id, testId) {
+  const item = byId("user-list").querySelector(`[data-id="${CSS.escape(id)}"]`);
+  item?.querySelector(`[data-testid="${testId}"]`)?.focus();
+}
+
 function usersMessage(text) {
   show(byId("users-message"), text);
 }
@@ -331,6 +336,8 @@ async function setActive(user, active) {
     state.users.set(user.id, { ...user, ...changed });
     renderUsers();
     usersMessage(active ? `${user.name} can sign in again.` : `${user.name} is deactivated.`);
+    // The row was drawn again: keep the keyboard where it was, on the button that undoes it.
+    focusInUser(user.id, active ? "deactivate" : "reactivate");
   } catch (error) {
     usersMessage(missingEndpoint(error) ? "That account was not found, or this server cannot deactivate accounts yet." : describe(error));
   }
@@ -553,7 +560,8 @@ async function loadAudit({ older = false } = {}) {
   const params = new URLSearchParams(audit.filters);
   if (older && audit.cursor) params.set("cursor", audit.cursor);
   audit.loading = true;
-  byId("audit-older").disabled = true;
+  const olderButton = byId("audit-older");
+  olderButton.disabled = true;
   byId("audit-status").textContent = older ? "Loading older events…" : "Loading the audit log…";
   try {
     const page = await api(`/api/v1/audit-events?${params}`);
@@ -562,7 +570,9 @@ async function loadAudit({ older = false } = {}) {
     if (older) body.append(...rows);
     else body.replaceChildren(...rows);
     audit.cursor = page.next_cursor;
-    byId("audit-older").hidden = !page.next_cursor;
+    olderButton.hidden = !page.next_cursor;
+    // The last page hides the button: the keyboard goes on to the table, not to the page's top.
+    if (older && olderButton.hidden) byId("audit-table").focus();
     const shown = body.children.length;
     byId("audit-status").textContent = shown
       ? `${shown} event${shown === 1 ? "" : "s"} shown, newest first${page.next_cursor ? "; older ones follow." : "; that is all."}`
