@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.sealed import key_for
+
 # Values people paste from examples; any of them as a secret outside development is refused.
 _PLACEHOLDER_SECRETS = frozenset(
     {"", "changethis", "change-me", "changeme", "secret", "please-change", "televisit", "dev"}
@@ -86,9 +88,11 @@ class Settings(BaseSettings):
     liveness_seconds: float = Field(default=6.0, ge=0.5, le=300)
     # A console is closed this long after its latest token expired (the contract says 60).
     clinic_token_grace_seconds: float = Field(default=60.0, ge=0, le=3600)
-    # Where call recordings are written (WebM files), relative to the working folder.
+    # Where call recordings are written (sealed WebM files), relative to the working folder.
     recordings_dir: Path = Path("recordings")
-    # Recordings are deleted this many days after the call (shown on /admin).
+    # The key recordings are sealed with (32 bytes, base64); unset: derived from SECRET_KEY.
+    recordings_key: SecretStr | None = None
+    # A recording is deleted this many days after its call ended (scheduling.recordings.Retention; shown on /admin).
     recordings_retention_days: int = Field(default=30, ge=1, le=3650)
     # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
@@ -132,6 +136,16 @@ class Settings(BaseSettings):
                 "'Clinic <visits@clinic.example.org>'"
             )
         return value.strip()
+
+    @field_validator("recordings_key", mode="before")
+    @classmethod
+    def _recordings_key(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            key_for(value.strip(), "")  # the message names what is wrong, never the key
+            return value.strip()
+        return value
 
     @field_validator("sms_webhook_url", "sms_webhook_token", mode="before")
     @classmethod
@@ -250,6 +264,11 @@ class Settings(BaseSettings):
     @property
     def public_base(self) -> str:
         return str(self.public_url).rstrip("/")
+
+    def recordings_seal_key(self) -> bytes:
+        """The 32-byte key recordings are sealed with (app.sealed)."""
+        configured = self.recordings_key.get_secret_value() if self.recordings_key else None
+        return key_for(configured, self.secret_bytes().decode())
 
     def secret_bytes(self) -> bytes:
         """The server secret; in development without one, a random one kept in a local file."""

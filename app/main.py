@@ -33,7 +33,7 @@ from media.relay import Relay
 from scheduling import visits
 from scheduling.notifications.outbox import Plan
 from scheduling.notifications.worker import Worker
-from scheduling.recordings import RecordingFiles
+from scheduling.recordings import RecordingFiles, Retention
 from scheduling.slot_cache import SlotCache
 from signaling.broker import Broker, RedisBroker
 from signaling.hub import Signaling
@@ -67,11 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         signaling = Signaling(db=db, settings=settings, broker=broker, process_id=process_id)
         app.state.signaling = signaling
         # Every recording's file is kept, served and removed through this (scheduling.recordings).
-        app.state.recording_files = files = RecordingFiles(settings.recordings_dir)
+        app.state.recording_files = files = RecordingFiles(
+            settings.recordings_dir, settings.recordings_seal_key()
+        )
         signaling.media = Relay(
             settings=settings,
             emit=signaling.to_participant,
-            recordings=CallRecords(db, files),
+            recordings=CallRecords(db),
             guard=signaling,  # the relay re-reads consent itself (media.gate)
         )
         app.state.events.subscribe(signaling.on_event)
@@ -82,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifications = Worker(db=db, settings=settings, link_key=app.state.link_key)
         await notifications.start()
         app.state.notifications = notifications
+        # Recordings past TELEVISIT_RECORDINGS_RETENTION_DAYS are deleted (one pass per process).
+        retention = Retention(db=db, files=files, retention_days=settings.recordings_retention_days)
+        await retention.start()
         # Shared by every process through Redis when there is one (app.ratelimit).
         app.state.rate_limits = rate_limits = RateLimiter(redis)
         app.state.login_throttle = LoginThrottle(rate_limits)
@@ -92,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await retention.stop()
             await notifications.stop()
             await signaling.stop()
             await rate_limits.aclose()

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"TVSEAL1\x00"
+SEALED_SUFFIX = ".sealed"  # what a sealed file's name ends with (after what it holds: .webm)
 PREFIX_BYTES = 7
 HEADER_BYTES = len(MAGIC) + PREFIX_BYTES
 SEGMENT = 64 * 1024
@@ -145,6 +146,37 @@ def plaintext_size(path: Path) -> int:
     if rest < TAG_BYTES:
         raise SealError("a sealed file cut inside a segment")
     return whole * SEGMENT + rest - TAG_BYTES
+
+
+def is_sealed(path: Path) -> bool:
+    """Whether the file begins as a sealed one (says nothing of its key or its integrity)."""
+    with path.open("rb") as file:
+        return file.read(len(MAGIC)) == MAGIC
+
+
+def check(path: Path, key: bytes) -> None:
+    """Open the first and the last segment: `SealError` for a file that is not ours, has
+    another key or was cut short (a crash mid-write), before anything is served. A change
+    in between is found by `open_sealed` when it reaches it."""
+    size = path.stat().st_size
+    plaintext_size(path)  # a cut inside a segment
+    aead = AESGCM(key)
+    stride = SEGMENT + TAG_BYTES
+    last_number = max(0, (size - HEADER_BYTES - 1) // stride)
+    with path.open("rb") as file:
+        header = file.read(HEADER_BYTES)
+        if not header.startswith(MAGIC):
+            raise SealError("not a sealed file")
+        prefix = header[len(MAGIC) :]
+        for number in sorted({0, last_number}):
+            file.seek(HEADER_BYTES + number * stride)
+            chunk = file.read(stride)
+            try:
+                aead.decrypt(_nonce(prefix, number, number == last_number), chunk, header)
+            except InvalidTag as exc:
+                raise SealError(
+                    "the sealed file was changed, cut short or has another key"
+                ) from exc
 
 
 def open_sealed(path: Path, key: bytes) -> Iterator[bytes]:

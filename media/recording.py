@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import av
 
+from app.sealed import SEALED_SUFFIX, SealedWriter
 from media.frames import EncodedFrame
 from media.tracks import CLOCK, Publisher
 
@@ -74,6 +75,7 @@ class Recorder:
         publishers: Iterable[Publisher],
         video_codec: str | None,
         *,
+        key: bytes,
         held: bool = False,
     ) -> None:
         self.id = uuid.uuid4()
@@ -82,7 +84,10 @@ class Recorder:
         # The call's negotiated codec, known before any frame arrives (WebM cannot hold H.264).
         suffix = "mkv" if video_codec == "h264" else "webm"
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.path = folder / f"{call_id}-{stamp}-{self.id.hex[:8]}.{suffix}"
+        # Sealed while it is written (app.sealed): never on disk in clear, not even mid-call.
+        self.path = folder / f"{call_id}-{stamp}-{self.id.hex[:8]}.{suffix}{SEALED_SUFFIX}"
+        self._key = key
+        self._sink: SealedWriter | None = None
         self._format = "matroska" if suffix == "mkv" else "webm"
         self._started = time.monotonic()
         # Appended by the event loop, drained by the writer thread (deque operations are atomic).
@@ -143,7 +148,7 @@ class Recorder:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         if self.dropped:
             logger.warning("recording dropped frames", extra={"count": self.dropped})
-        return self.path.stat().st_size if self.path.exists() else 0
+        return self._sink.tell() if self._sink is not None else 0
 
     # The writer thread -------------------------------------------------------------------
 
@@ -191,6 +196,8 @@ class Recorder:
             if container is not None:
                 with contextlib.suppress(Exception):
                     container.close()
+            if self._sink is not None:
+                self._sink.close()  # the last segment: only now does the file read as whole
 
     def _ready(self, pending: list[tuple[Publisher, str, EncodedFrame]]) -> bool:
         if time.monotonic() - self._started >= OPEN_AFTER:
@@ -202,7 +209,8 @@ class Recorder:
     def _open(
         self, pending: list[tuple[Publisher, str, EncodedFrame]]
     ) -> tuple[Any, dict[Publisher, Any]]:
-        container = av.open(str(self.path), "w", format=self._format)
+        self._sink = SealedWriter(self.path, self._key)
+        container = av.open(self._sink, "w", format=self._format)
         streams: dict[Publisher, Any] = {}
         for publisher in self.publishers:
             frames = [(c, f) for p, c, f in pending if p is publisher]

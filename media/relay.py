@@ -713,6 +713,7 @@ class Relay:
             room.id,
             room.publishers.values(),
             room.video_codec,
+            key=self.settings.recordings_seal_key(),
             held=self.guard is not None,
         )
         room.recorder = recorder

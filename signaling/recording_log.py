@@ -14,9 +14,8 @@ from scheduling import calls, recordings
 
 
 class CallRecords:
-    def __init__(self, db: Database, files: recordings.RecordingFiles) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.files = files
 
     async def started(self, call_id: uuid.UUID, recording_id: uuid.UUID, file_name: str) -> None:
         await recordings.started(
@@ -28,7 +27,6 @@ class CallRecords:
     ) -> None:
         await recordings.stopped(
             self.db,
-            self.files,
             call_id=call_id,
             recording_id=recording_id,
             size=size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -251,12 +252,25 @@ class TestRecordingThroughTheServer:
             assert (await http.get(url, headers=staff.scheduler.headers)).status_code == 403
             other = await http.get(url, headers=staff.other_clinician.headers)
             assert other.status_code == 404
-            download = await http.get(f"{url}/{item['id']}/file", headers=staff.admin.headers)
-            assert download.status_code == 200
-            saved = tmp_path / "download.webm"
-            saved.write_bytes(download.content)
-            with av.open(str(saved)) as container:
-                assert sum(1 for _ in container.decode(video=0)) > 10
+            # On disk: sealed while written, never a WebM in clear, readable by the owner only.
+            [on_disk] = list(folder.iterdir())
+            assert on_disk.name.endswith(".webm.sealed")
+            assert stat.S_IMODE(on_disk.stat().st_mode) == 0o600
+            raw = on_disk.read_bytes()
+            assert not raw.startswith(b"\x1a\x45\xdf\xa3")  # EBML: what a WebM begins with
+            assert b"webm" not in raw
+            for path in (
+                f"{url}/{item['id']}/file",
+                f"/api/v1/recordings/{item['id']}/file",
+            ):
+                download = await http.get(path, headers=staff.admin.headers)
+                assert download.status_code == 200
+                assert download.headers["cache-control"] == "no-store"
+                assert len(download.content) == item["bytes"]
+                saved = tmp_path / "download.webm"
+                saved.write_bytes(download.content)
+                with av.open(str(saved)) as container:
+                    assert sum(1 for _ in container.decode(video=0)) > 10
 
     async def test_recording_needs_the_patients_recording_consent(
         self, live_server: LiveServer, staff: Staff, db: Database

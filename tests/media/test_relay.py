@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import av
 import pytest
 
 from app.config import Settings
+from app.sealed import open_sealed
 from media import relay as relay_module
 from media.relay import Relay
 from tests.media.clients import until
@@ -258,10 +260,11 @@ class TestRecording:
         assert recording["reason"] == "stopped"
         assert recording["bytes"] > 10_000
         path = tmp_path / "recordings" / recording["file"]
-        assert path.suffix == ".webm"
+        assert path.name.endswith(".webm.sealed")
+        plain = b"".join(open_sealed(path, plane.settings.recordings_seal_key()))
         colours: dict[int, list[tuple[float, ...]]] = {}
         audio = 0
-        with av.open(str(path)) as container:
+        with av.open(io.BytesIO(plain), "r") as container:
             assert sorted(s.type for s in container.streams) == ["audio", "audio", "video", "video"]
             for packet in container.demux():
                 for frame in packet.decode():
