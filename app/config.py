@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     recordings_dir: Path = Path("recordings")
     # The key recordings are sealed with (32 bytes, base64); unset: derived from SECRET_KEY.
     recordings_key: SecretStr | None = None
-    # A recording is deleted this many days after its call ended (scheduling.recordings.Retention; shown on /admin).
+    # Recordings are deleted this many days after the call (scheduling.recordings; on /admin).
     recordings_retention_days: int = Field(default=30, ge=1, le=3650)
     # Reverse proxies whose X-Forwarded-For names the client (addresses or CIDRs); app.deps.
     trusted_proxies: CommaList = Field(default_factory=lambda: ["127.0.0.1"])
