@@ -117,19 +117,20 @@ class Worker:
                 await self._loop
         if self._sends:
             await asyncio.wait(self._sends, timeout=min(self.deadline + 1, STOP_WAIT_SECONDS))
-            for task in self._sends:
+            left = list(self._sends)
+            for task in left:
                 task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def _run(self) -> None:
         poll = self.settings.notify_poll_seconds
         reaped = -poll
         loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the work: a send ending meanwhile wakes the wait below at once.
+            self._wake.clear()
             claimed = 0
             try:
                 if loop.time() - reaped >= poll:
@@ -151,7 +152,6 @@ class Worker:
                 )
             if claimed and len(self._sends) < SENDS_AT_ONCE:
                 continue  # more may be due
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll):
                     await self._wake.wait()
