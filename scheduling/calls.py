@@ -30,9 +30,8 @@ CONNECTED, RECONNECTING = "connected", "reconnecting"
 # Presence matters only while the patient is in the waiting room or the call: a finished visit
 # may keep the presence it last had, and must never be taken for a live one.
 _IN_ROOM = Appointment.status.in_([Status.WAITING.value, Status.IN_CALL.value])
-# What a patient leaving the room (or never coming back) clears.
+# What a patient leaving the room (or never coming back) clears, beside the status.
 _LEFT_ROOM: dict[str, Any] = {
-    "status": Status.BOOKED.value,
     "patient_presence": None,
     "patient_process": None,
     "patient_connection": None,
@@ -88,13 +87,14 @@ async def check_in(
         "presence_deadline": None,
         "updated_at": now,
     }
-    checked_in = await _update(
+    checked_in = await _move(
         db,
+        # From booked, with the patient's video consent standing on the row in the same
+        # statement (a withdrawal racing it cannot be overtaken).
+        lifecycle.CHECK_IN,
         appointment_id,
-        # The state machine's check-in: from booked, with the patient's video consent standing
-        # on the row in the same statement (a withdrawal racing it cannot be overtaken).
-        [*lifecycle.allows(lifecycle.CHECK_IN), Appointment.start_at <= now + opens_before],
-        {"status": Status.WAITING.value, "checked_in_at": now, **presence},
+        [Appointment.start_at <= now + opens_before],
+        {"checked_in_at": now, **presence},
     )
     if checked_in is not None:
         return checked_in
@@ -131,10 +131,10 @@ async def leave_queue(
     With `connection`, only while that connection is the patient's presence (an old socket's
     `leave` does not take out the patient who came back on a new one).
     """
-    where = [Appointment.status == Status.WAITING.value]
-    if connection is not None:
-        where.append(Appointment.patient_connection == connection)
-    return await _update(db, appointment_id, where, {**_LEFT_ROOM, "updated_at": now})
+    where = [] if connection is None else [Appointment.patient_connection == connection]
+    return await _move(
+        db, lifecycle.LEAVE_QUEUE, appointment_id, where, {**_LEFT_ROOM, "updated_at": now}
+    )
 
 
 async def _move(
@@ -226,9 +226,8 @@ async def withdraw(
     )
     if ended is not None:
         return Withdrawal(ended=ended)
-    left_room = {key: value for key, value in _LEFT_ROOM.items() if key != "status"}
     left = await lifecycle.move(
-        session, lifecycle.LEAVE_QUEUE, appointment_id, **left_room, updated_at=now
+        session, lifecycle.LEAVE_QUEUE, appointment_id, **_LEFT_ROOM, updated_at=now
     )
     return Withdrawal(left_queue=left)
 
@@ -263,15 +262,12 @@ async def unadmit(
 ) -> Appointment | None:
     """Undo an admission whose call could not be set up (the relay or the message to the
     patient failed): `in_call` back to `waiting`, only if it still is that very admission."""
-    return await _update(
+    return await _move(
         db,
+        lifecycle.UNADMIT,
         appointment_id,
-        [
-            Appointment.status == Status.IN_CALL.value,
-            Appointment.call_host == host,
-            Appointment.call_started_at == started_at,
-        ],
-        {"status": Status.WAITING.value, "call_started_at": None, "call_host": None},
+        [Appointment.call_host == host, Appointment.call_started_at == started_at],
+        {"call_started_at": None, "call_host": None},
     )
 
 
@@ -334,19 +330,18 @@ async def expire_grace(
     async with db.session(write=False) as session:
         if await session.scalar(select(Appointment.id).where(gone).limit(1)) is None:
             return expired
+    # The table's transitions, each one statement over every row whose grace ran out.
     async with db.session(write=True) as session:
         waiting = await session.execute(
-            update(Appointment)
-            .where(gone, Appointment.status == Status.WAITING.value)
-            .values(**_LEFT_ROOM, updated_at=now)
-            .returning(Appointment.id, Appointment.clinician_id)
+            lifecycle.statement(
+                lifecycle.LEAVE_QUEUE, gone, **_LEFT_ROOM, updated_at=now
+            ).returning(Appointment.id, Appointment.clinician_id)
         )
         expired += [Expired(row[0], row[1], False) for row in waiting]
         calling = await session.execute(
-            update(Appointment)
-            .where(gone, Appointment.status == Status.IN_CALL.value)
-            .values(
-                status=Status.COMPLETED.value,
+            lifecycle.statement(
+                lifecycle.END,
+                gone,
                 call_ended_at=now,
                 end_reason="patient_left",
                 call_host=None,
@@ -355,8 +350,7 @@ async def expire_grace(
                 patient_connection=None,
                 presence_deadline=None,
                 updated_at=now,
-            )
-            .returning(Appointment.id, Appointment.clinician_id)
+            ).returning(Appointment.id, Appointment.clinician_id)
         )
         expired += [Expired(row[0], row[1], True) for row in calling]
     return expired

@@ -1,7 +1,9 @@
 """The appointment's state machine: one table, each transition one conditional statement.
 
-Every status change, over HTTP (cancel, reschedule, a consent withdrawal) or from a socket
-(check-in, admit, end, no-show), is a `Transition` of the table below, applied by `move` as
+Every status change, over HTTP (cancel, reschedule, a consent withdrawal), from a socket
+(check-in, leaving the queue, admit, undoing an admission, end, no-show) or from the sweeper (a
+patient's grace period run out), is a `Transition` of the table below, applied by `move` (or by
+`statement`, for the sweeper's rows at once) as
 ``UPDATE appointments SET status = <target>, ... WHERE id = :id AND status IN (<sources>)
 AND <what it depends on> RETURNING ...``. Of two racing changes one wins; the other finds the
 row moved on and gets nothing back (409 `invalid_transition` over HTTP, an error message on a
@@ -43,10 +45,12 @@ class Transition:
 BOOKED, WAITING, IN_CALL = Status.BOOKED, Status.WAITING, Status.IN_CALL
 
 CHECK_IN = Transition("check_in", frozenset({BOOKED}), WAITING, needs_consent=True)
+# The patient's `leave`, a withdrawal of their consent, or their grace period run out.
 LEAVE_QUEUE = Transition("leave_queue", frozenset({WAITING}), BOOKED)
 ADMIT = Transition("admit", frozenset({WAITING}), IN_CALL, needs_consent=True)
 # An admission whose call could not be set up is undone.
 UNADMIT = Transition("unadmit", frozenset({IN_CALL}), WAITING)
+# The clinician's end, a withdrawal, the relay's, or the patient's grace period run out.
 END = Transition("end", frozenset({IN_CALL}), Status.COMPLETED)
 NO_SHOW = Transition("no_show", frozenset({BOOKED, WAITING}), Status.NO_SHOW)
 CANCEL = Transition("cancel", frozenset({BOOKED, WAITING}), Status.CANCELLED)
@@ -96,8 +100,16 @@ def allows(transition: Transition) -> list[ColumnElement[bool]]:
     return where
 
 
+class NotInTable(ValueError):
+    """A status change that is not one of the table's transitions: never applied."""
+
+
 def statement(transition: Transition, *where: ColumnElement[bool], **values: Any) -> Update:
     """The conditional UPDATE of `transition` over the rows `where` selects."""
+    if transition not in TRANSITIONS:
+        raise NotInTable(f"{transition.name} is not a transition of the appointment's table")
+    if "status" in values:
+        raise NotInTable("the status is the transition's target, never a value of its own")
     return (
         update(Appointment)
         .where(*allows(transition), *where)
