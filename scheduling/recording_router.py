@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from app.auth.models import Role
 from app.auth.principal import Principal
@@ -127,28 +128,29 @@ async def list_all_recordings(
     )
 
 
-def _stream(recording_id: uuid.UUID, chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _log_unreadable(recording: Recording, message: str) -> None:
+    extra = {"event": "recording.unreadable", "appointment_id": str(recording.appointment_id)}
+    logger.warning(message, extra=extra)
+
+
+def _stream(recording: Recording, chunks: Iterator[bytes]) -> Iterator[bytes]:
     """The plaintext; a change found mid-file ends the response short of its length (the
-    client sees a broken download, never a wrong one) and is logged."""
+    client sees a broken download, never a wrong one) and is logged (the request's id leads
+    to the download's audit event, which names the recording)."""
     try:
         yield from chunks
     except SealError:
-        logger.warning(
-            "recording changed mid-file: download cut short",
-            extra={"event": "recording.unreadable", "recording_id": str(recording_id)},
-        )
+        _log_unreadable(recording, "recording changed mid-file: download cut short")
 
 
-def _serve(files: recordings.RecordingFiles, recording: Recording) -> StreamingResponse:
+async def _serve(files: recordings.RecordingFiles, recording: Recording) -> StreamingResponse:
     if recording.ended_at is None:
         raise Conflict("The recording is still being made.", code="recording_in_progress")
     try:
-        stored = files.open(recording.file_name)
+        # Two segments read and opened: off the event loop, which also carries the calls.
+        stored = await run_in_threadpool(files.open, recording.file_name)
     except recordings.Unreadable:
-        logger.warning(
-            "recording file unreadable",
-            extra={"event": "recording.unreadable", "recording_id": str(recording.id)},
-        )
+        _log_unreadable(recording, "recording file unreadable")
         raise Conflict(
             "The recording's file was changed, cut short or sealed with another key; "
             "it cannot be played.",
@@ -157,7 +159,7 @@ def _serve(files: recordings.RecordingFiles, recording: Recording) -> StreamingR
     if stored is None:
         raise Gone("The recording's file is no longer there.", code="recording_file_missing")
     return StreamingResponse(
-        _stream(recording.id, stored.chunks),
+        _stream(recording, stored.chunks),
         media_type=stored.media_type,
         headers={
             "Content-Length": str(stored.size),
@@ -183,7 +185,7 @@ async def download_recording(
     )
     if recording is None:
         raise NotFound()
-    return _serve(files, recording)
+    return await _serve(files, recording)
 
 
 async def _visible(session: SessionDep, user: Principal, recording_id: uuid.UUID) -> Recording:
@@ -202,7 +204,7 @@ async def recording_file(
     recording_id: uuid.UUID, user: CurrentUser, audit: AuditDep, db: SessionDep, files: FilesDep
 ) -> StreamingResponse:
     audit.expect("recording.download", "recording", recording_id)
-    return _serve(files, await _visible(db, user, recording_id))
+    return await _serve(files, await _visible(db, user, recording_id))
 
 
 @router.delete("/recordings/{recording_id}", status_code=204)

@@ -26,6 +26,7 @@ from app.main import create_app
 from app.sealed import HEADER_BYTES, SEGMENT, TAG_BYTES, SealedWriter
 from scheduling.models import Recording
 from scheduling.recordings import RecordingFiles, Retention
+from tests.conftest import ServerFactory
 from tests.factories import Person, Staff
 from tests.signaling.helpers import make_visit
 from tests.webm import write_webm
@@ -112,6 +113,17 @@ async def exists(db: Database, recording_id: uuid.UUID) -> bool:
         return await session.get(Recording, recording_id) is not None
 
 
+async def read_into(
+    into: bytearray, http: httpx.AsyncClient, url: str, person: Person, length: int
+) -> None:
+    """Stream the file into `into` as it comes (what arrived stays when the stream breaks)."""
+    async with http.stream("GET", url, headers=person.headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-length"] == str(length)
+        async for chunk in response.aiter_bytes():
+            into += chunk
+
+
 def file_url(recording: Recording) -> str:
     return f"/api/v1/recordings/{recording.id}/file"
 
@@ -184,6 +196,29 @@ class TestStreamed:
         assert await audit_outcomes(db, "recording.download", recording.id) == [
             "recording_unreadable"
         ]
+
+    async def test_a_change_found_mid_file_cuts_the_download_short(
+        self,
+        live_server_factory: ServerFactory,
+        db: Database,
+        files: RecordingFiles,
+        staff: Staff,
+    ) -> None:
+        server = live_server_factory(recordings_dir=str(files.folder))
+        data = np.random.default_rng(2).bytes(4 * SEGMENT + 100)
+        recording = await add_recording(db, files, staff.clinician, staff.scheduler, data=data)
+        path = files.folder / recording.file_name
+        raw = bytearray(path.read_bytes())
+        raw[HEADER_BYTES + 2 * (SEGMENT + TAG_BYTES) + 7] ^= 1  # the third segment
+        path.write_bytes(bytes(raw))
+        received = bytearray()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            with pytest.raises(httpx.RemoteProtocolError):  # never a whole, wrong file
+                await read_into(received, http, file_url(recording), staff.admin, len(data))
+        assert bytes(received) == data[: len(received)]
+        assert len(received) <= 2 * SEGMENT
+        assert "recording.unreadable" in server.logs()
+        assert "Pat Visit" not in server.logs()
 
     async def test_another_key_a_missing_file_and_one_still_written(
         self, client: httpx.AsyncClient, db: Database, files: RecordingFiles, staff: Staff
