@@ -138,6 +138,24 @@ def cmd_audit_verify(_args: argparse.Namespace) -> None:
     print("intact: every record is unaltered, present and in order")
 
 
+def cmd_recordings_seal(_args: argparse.Namespace) -> None:
+    from scheduling import recordings
+
+    settings = _settings()
+
+    async def seal() -> int:
+        db = Database(create_engine(settings))
+        try:
+            files = recordings.RecordingFiles(
+                settings.recordings_dir, settings.recordings_seal_key()
+            )
+            return await recordings.seal_plain(db, files)
+        finally:
+            await db.dispose()
+
+    print(f"recordings sealed: {asyncio.run(seal())}")
+
+
 def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 (a comparison)
 
@@ -171,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="walk the chain; name the first record altered, removed or reordered"
     )
     verify.set_defaults(handler=cmd_audit_verify)
+
+    kept = commands.add_parser("recordings", help="call recordings at rest")
+    kept_commands = kept.add_subparsers(dest="recordings_command", required=True)
+    seal = kept_commands.add_parser(
+        "seal", help="seal recordings written before sealing (plain WebM) with the key"
+    )
+    seal.set_defaults(handler=cmd_recordings_seal)
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)

@@ -8,7 +8,7 @@ ever on disk in clear), and reports its start and its stop, which are kept here 
 Every file goes through `RecordingFiles`: `open` to serve it (decrypted as it is streamed),
 `delete` to remove it. Nothing else reads or removes a recording's file. Files written before
 recordings were sealed (plain WebM, recognised by their first bytes) are served as they are
-until retention removes them.
+until retention removes them, or sealed in place by `televisit recordings seal` (`seal_plain`).
 
 A recording is deleted, file and row, `TELEVISIT_RECORDINGS_RETENTION_DAYS` after its call
 ended (`Retention`, one in every process; each recording is deleted by exactly one of them), or
@@ -36,7 +36,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import record_event
 from app.db import Database, utcnow
-from app.sealed import SEALED_SUFFIX, SealError, check, is_sealed, open_sealed, plaintext_size
+from app.sealed import (
+    SEALED_SUFFIX,
+    SealedWriter,
+    SealError,
+    check,
+    is_sealed,
+    open_sealed,
+    plaintext_size,
+)
 from scheduling.models import Appointment, Recording
 
 logger = logging.getLogger("televisit.recordings")
@@ -112,6 +120,23 @@ class RecordingFiles:
         """Remove the file, if it is there."""
         self._path(file_name).unlink(missing_ok=True)
 
+    def seal(self, file_name: str) -> str | None:
+        """Seal a file written before recordings were sealed, next to it (`name.sealed`); the
+        sealed file's name, or None when there is nothing to seal (sealed already, or gone).
+        The plain file stays until the caller's row names the sealed one."""
+        path = self._path(file_name)
+        try:
+            if is_sealed(path):
+                return None
+            target = self._path(file_name + SEALED_SUFFIX)
+            target.unlink(missing_ok=True)  # an interrupted run's: no row names it
+            with path.open("rb") as plain, SealedWriter(target, self.key) as writer:
+                while chunk := plain.read(PLAIN_CHUNK):
+                    writer.write(chunk)
+        except FileNotFoundError:
+            return None
+        return target.name
+
 
 async def started(
     db: Database, *, call_id: uuid.UUID, recording_id: uuid.UUID, file_name: str
@@ -173,6 +198,37 @@ async def find(
     if recording is None or recording.appointment_id != appointment_id:
         return None
     return recording
+
+
+async def seal_plain(db: Database, files: RecordingFiles) -> int:
+    """Seal every finished recording written before sealing (`televisit recordings seal`);
+    how many. Each is sealed beside the plain file, its row then names the sealed one, and only
+    then is the plain one removed: interrupted at any point, nothing is lost and a second run
+    finishes the work."""
+    async with db.session(write=False) as session:
+        rows = (
+            await session.execute(
+                select(Recording.id, Recording.file_name).where(Recording.ended_at.is_not(None))
+            )
+        ).all()
+    sealed = 0
+    for row_id, file_name in rows:
+        new_name = await asyncio.to_thread(files.seal, file_name)
+        if new_name is None:
+            continue
+        async with db.session(write=True) as session:
+            moved = await session.execute(
+                update(Recording)
+                .where(Recording.id == row_id, Recording.file_name == file_name)
+                .values(file_name=new_name)
+                .returning(Recording.id)
+            )
+            kept = moved.first() is not None
+        # The row went meanwhile (deleted): the sealed copy goes too.
+        files.delete(file_name if kept else new_name)
+        if kept:
+            sealed += 1
+    return sealed
 
 
 # Listing ---------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from app.db import Database
 from app.main import create_app
 from app.sealed import HEADER_BYTES, SEGMENT, TAG_BYTES, SealedWriter
 from scheduling.models import Recording
-from scheduling.recordings import RecordingFiles, Retention
-from tests.conftest import ServerFactory
+from scheduling.recordings import RecordingFiles, Retention, seal_plain
+from tests.conftest import TEST_SECRET, ServerFactory
 from tests.factories import Person, Staff
 from tests.signaling.helpers import make_visit
 from tests.webm import write_webm
@@ -253,6 +253,47 @@ class TestStreamed:
         assert response.status_code == 200
         assert response.content == data
         assert response.headers["content-length"] == str(len(data))
+
+
+class TestSealingOldOnes:
+    async def test_the_command_seals_plain_files_in_place(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        db: Database,
+        files: RecordingFiles,
+        staff: Staff,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        data = webm()
+        old = await add_recording(
+            db, files, staff.clinician, staff.scheduler, data=data, sealed=False
+        )
+        new = await add_recording(db, files, staff.clinician, staff.scheduler)
+        # An earlier run interrupted after writing its copy: the copy is made again.
+        (files.folder / f"{old.file_name}.sealed").write_bytes(b"half")
+        for name, value in {
+            "DATABASE_URL": settings.database_url,
+            "SECRET_KEY": TEST_SECRET,
+            "ENVIRONMENT": "test",
+            "RECORDINGS_DIR": str(files.folder),
+        }.items():
+            monkeypatch.setenv(f"TELEVISIT_{name}", value)
+        await asyncio.to_thread(cli.main, ["recordings", "seal"])
+        async with db.session(write=False) as session:
+            names = {
+                row.id: row.file_name
+                for row in await session.scalars(
+                    select(Recording).where(Recording.id.in_([old.id, new.id]))
+                )
+            }
+        assert names == {old.id: f"{old.file_name}.sealed", new.id: new.file_name}
+        assert not (files.folder / old.file_name).exists()
+        assert not (files.folder / names[old.id]).read_bytes().startswith(EBML)
+        response = await client.get(file_url(old), headers=staff.admin.headers)
+        assert response.content == data
+        # Nothing left to do: a second run changes nothing.
+        assert await seal_plain(db, files) == 0
 
 
 class TestListed:
