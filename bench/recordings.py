@@ -1,8 +1,9 @@
 """Recordings at rest (issue 13): what sealing costs while a call is recorded, and reading back.
 
-A recording is muxed into a `SealedWriter` by the recorder's thread in the small writes PyAV
-makes (a packet or two at a time); a download decrypts it segment by segment. Measured on one
-core, with a synthetic stream of `--mib` MiB in writes of 1,200 bytes (a video packet's size):
+A recording is muxed into a `SealedWriter` by the recorder's thread (PyAV writes through its
+own I/O buffer, in pieces of up to 32 KiB); a download decrypts it segment by segment. Measured
+on one core, with a synthetic stream of `--mib` MiB in writes of 1,200 bytes (a video packet's
+size, smaller than PyAV's writes: the pessimistic case):
 
   write   plaintext handed to a SealedWriter vs to a plain file (MiB/s, and CPU seconds per
           hour of a 2 Mbit/s call, the most a call sends the recorder)
