@@ -8,7 +8,7 @@ that cannot reach the database cannot hold a visit anyway.
 
 Being taken for dead is not final. A process that was only stalled (paused, starved, cut off
 from the database for a while) finds on its next heartbeat that its row is gone or old, writes
-it again, and takes back what it holds (signaling.hub's reconciliation). What the others did
+it again, and takes back what it holds (signaling.upkeep's reconciliation). What the others did
 meanwhile was only to start grace periods, which a live connection ends.
 
 Without Redis a process fans out in memory: it can reach only its own sockets, so a second

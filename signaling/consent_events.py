@@ -1,0 +1,106 @@
+"""Consent as signaling carries it: the relay's own readings, and the news of a decision.
+
+The relay trusts what it reads (`read_consent`, one query by primary key on a connection of its
+own, several times a second: signaling.media.ConsentGuard); a decision's event only hurries the
+news along: the call's relay first, wherever it runs (its owner applies it in order with the
+call's other requests), then the end of the call or of the wait. Whichever process comes first
+(the one that took the withdrawal, or the relay's on its reading) announces the end, once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+
+from app.audit import record_event
+from app.db import Database, utcnow
+from app.events import Event
+from scheduling import calls, consent
+from scheduling.models import Status
+from signaling import messages
+from signaling.media import NOTHING, Consent
+from signaling.participants import PATIENT
+from signaling.visits import Visits
+
+
+class ConsentReader:
+    """The standing consent of calls under way, read on a connection of its own."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def read(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
+        """Asked by the relay several times a second: one query by primary key, on a connection
+        of its own, so that requests holding the pool cannot make the relay doubt."""
+        async with self.db.session(write=False) as session:
+            found = await consent.of_calls(session, call_ids)
+        return {
+            call_id: Consent(row.standing.video_visit, row.standing.recording, row.seq)
+            for call_id, row in found.items()
+            if row.status == Status.IN_CALL
+        }
+
+    async def standing(self, appointment_id: uuid.UUID) -> Consent:
+        """The call's consent as its row says now (nothing, if it is not under way)."""
+        return (await self.read([appointment_id])).get(appointment_id, NOTHING)
+
+
+class ConsentEvents:
+    def __init__(self, visits: Visits) -> None:
+        self.visits, self.db = visits, visits.db
+        self.hosting, self.participants = visits.hosting, visits.participants
+
+    async def call_over(self, call_id: uuid.UUID) -> None:
+        """The relay here found the patient's consent gone, or the call no longer under way:
+        close it here first (that needs neither Redis nor the database), then say so."""
+        await self.hosting.unhost(call_id)
+        appointment = await calls.get(self.db, call_id)
+        if appointment is None:
+            return
+        if appointment.status == Status.IN_CALL:
+            # A withdrawal ends its call in its own transaction; a call still under way without
+            # consent predates that: end it now.
+            ended = await calls.end_call(self.db, call_id, reason="consent_withdrawn", now=utcnow())
+            if ended is not None:
+                await self.visits.finish_call(ended.id, ended.clinician_id, "consent_withdrawn")
+            return
+        await self.visits.announce_end(appointment.id, appointment.clinician_id)
+
+    async def recording_refused(self, call_id: uuid.UUID) -> None:
+        async with self.db.session(write=True) as session:
+            await record_event(
+                session,
+                actor_id=None,
+                actor_role="system",
+                action="recording.start",
+                resource_type="appointment",
+                resource_id=call_id,
+                outcome="recording_consent_required",
+            )
+
+    async def changed(self, event: Event) -> None:
+        """A decision committed: what it does to the visit is in the database already
+        (scheduling.consent.take_effect); this only hurries the news along."""
+        data = event.data
+        call_id = event.appointment_id
+        # The call's relay first, wherever it runs: the patient's media stops before anything
+        # is announced. If this is lost, the relay's own reading finds it within a second.
+        await self.hosting.route(
+            call_id,
+            PATIENT,
+            "consent",
+            {
+                "video_visit": bool(data.get("video_visit")),
+                "recording": bool(data.get("recording")),
+                "seq": int(data.get("seq") or 0),
+            },
+            reroute=False,
+        )
+        clinician_id = uuid.UUID(str(data["clinician_id"]))
+        if data.get("ended"):
+            await self.visits.announce_end(call_id, clinician_id)
+        elif data.get("left_queue"):
+            await self.participants.close_participant(
+                call_id, PATIENT, messages.ended("consent_withdrawn"), 4403
+            )
+            await self.visits.fanout.changed(clinician_id)
