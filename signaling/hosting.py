@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections import deque
@@ -189,7 +190,7 @@ class CallOwner:
             return self.generation
         media, call_id = self.hosting.media, self.call_id
         opened = False
-        generation = self.generation + 1
+        generation = next(self.hosting.generations)
         try:
             if media is not None and not media.has_call(call_id):
                 standing = await self.hosting.standing(call_id)
@@ -316,6 +317,9 @@ class Hosting:
         self.media: MediaPlane | None = None
         # Changed only synchronously (no await between a look and a change).
         self._owners: dict[uuid.UUID, CallOwner] = {}
+        # Unique in this process, across owners: a close naming an old hosting of a call never
+        # matches a later one, even by an owner that came after.
+        self.generations = itertools.count(1)
         self.refused = 0
         self.coalesced = 0
 

@@ -197,6 +197,19 @@ class TestHosting:
         assert not hub.relay.has_call(call.id)
         assert hub.subscriptions(call.id) == 0
 
+    async def test_a_close_of_a_hosting_that_is_gone_leaves_the_next_one(
+        self, in_memory: Hub
+    ) -> None:
+        # What the reconciliation and an undone admission do: close the hosting they saw.
+        hub = in_memory
+        call = a_call()
+        seen = await hub.signaling.hosting.host(call)
+        await hub.signaling.unhost_call(call.id)
+        await hub.signaling.host_call(call)
+        await hub.signaling.hosting.unhost(call.id, seen)
+        assert hub.relay.has_call(call.id)
+        assert hub.subscriptions(call.id) == 1
+
     async def test_a_relay_failing_to_open_leaves_nothing_half_open(self, in_memory: Hub) -> None:
         hub = in_memory
         call = a_call()
