@@ -1,4 +1,5 @@
-"""The `televisit` command: serve, demo, users create, db upgrade."""
+"""The `televisit` command: serve, demo, users (create, list, deactivate, reset-password),
+db upgrade, audit verify."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import gc
 import logging.config
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import uvicorn
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import migrate
+from app.auth.models import User
 from app.config import Settings
 from app.db import Database, create_engine
 from app.observability import logging_config
@@ -115,6 +119,93 @@ def cmd_users_create(args: argparse.Namespace) -> None:
     print(f"created {args.role} {user_id}")
 
 
+T = TypeVar("T")
+
+
+def _on_database(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one write transaction on the configured database."""
+
+    async def run() -> T:
+        db = Database(create_engine(settings))
+        try:
+            async with db.session(write=True) as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+async def _user_by_email(session: AsyncSession, email: str) -> User:
+    from app.auth import service
+
+    user = await service.get_by_email(session, email)
+    if user is None:
+        raise SystemExit(f"televisit: no user with the email {email}")
+    return user
+
+
+async def _audited(session: AsyncSession, action: str, user: User, **details: object) -> None:
+    from app.audit import record_event
+
+    await record_event(
+        session,
+        actor_id=None,
+        actor_role="cli",
+        action=action,
+        resource_type="user",
+        resource_id=user.id,
+        details=details or None,
+    )
+
+
+def cmd_users_list(_args: argparse.Namespace) -> None:
+    from app.auth import service
+
+    settings = _settings()
+    users = _on_database(settings, service.list_users)
+    print(f"{'email':40} {'role':10} {'active':6} {'name':30} timezone")
+    for user in users:
+        active = "yes" if user.is_active else "no"
+        print(f"{user.email:40} {user.role:10} {active:6} {user.name:30} {user.timezone}")
+
+
+def cmd_users_deactivate(args: argparse.Namespace) -> None:
+    from app.auth import service
+    from app.errors import Conflict
+
+    async def deactivate(session: AsyncSession) -> int:
+        user = await _user_by_email(session, args.email)
+        try:
+            _, ended = await service.update_user(session, user_id=user.id, active=False)
+        except Conflict as exc:
+            raise SystemExit(f"televisit: {exc.message}") from None
+        await _audited(session, "user.update", user, fields=["active"], active=False)
+        return len(ended)
+
+    ended = _on_database(_settings(), deactivate)
+    # Other processes' caches hold a session for at most 5 s; consoles close within seconds.
+    print(f"deactivated {args.email}; {ended} session(s) ended")
+
+
+def cmd_users_reset_password(args: argparse.Namespace) -> None:
+    from app.auth import service
+
+    settings = _settings()
+
+    async def issue(session: AsyncSession) -> str:
+        user = await _user_by_email(session, args.email)
+        url = await service.issue_reset(
+            session, user_id=user.id, by=None, public_base=settings.public_base
+        )
+        await _audited(session, "user.password_reset_issue", user)
+        return url
+
+    url = _on_database(settings, issue)
+    print(f"password-reset link for {args.email} (single use, valid 1 hour):")
+    print(url)
+
+
 def cmd_audit_verify(_args: argparse.Namespace) -> None:
     from scheduling import consent
 
@@ -182,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--timezone", default="UTC")
     create.set_defaults(handler=cmd_users_create)
+    listing = users_commands.add_parser("list", help="every staff account, active or not")
+    listing.set_defaults(handler=cmd_users_list)
+    deactivate = users_commands.add_parser(
+        "deactivate", help="deactivate an account: its sessions end now, its consoles in seconds"
+    )
+    deactivate.add_argument("--email", required=True)
+    deactivate.set_defaults(handler=cmd_users_deactivate)
+    reset = users_commands.add_parser(
+        "reset-password", help="print a single-use link (1 hour) to set a new password"
+    )
+    reset.add_argument("--email", required=True)
+    reset.set_defaults(handler=cmd_users_reset_password)
 
     audit = commands.add_parser("audit", help="the consent records' hash chain")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)

@@ -1,7 +1,7 @@
 """Every table's model, imported in one place for Alembic's metadata."""
 
 from app.audit import AuditEvent
-from app.auth.models import RefreshToken, StaffSession, User
+from app.auth.models import PasswordReset, RefreshToken, StaffSession, User
 from app.db import Base
 from scheduling.models import (
     Appointment,
@@ -23,6 +23,7 @@ __all__ = [
     "ConsentRecord",
     "ConsentText",
     "Notification",
+    "PasswordReset",
     "Recording",
     "RefreshToken",
     "ServerProcess",

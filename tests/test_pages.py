@@ -17,6 +17,7 @@ PAGES = [
     "/clinic",
     "/schedule",
     "/admin",
+    "/reset-password",
     "/visit/aVisitTokenThatIsLongEnough0123456789",
 ]
 CONTRACT_HOOKS = [

@@ -1,17 +1,147 @@
-"""The caller's own account: two-factor enrolment (and, for admins, other accounts)."""
+"""Accounts: an admin's list and changes of every account, password-reset links, and the
+caller's own password and two-factor enrolment. Every change is audited; the audit trail keeps
+a deactivated user (accounts are never deleted)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import uuid
 
-from app.auth import otp
+from fastapi import APIRouter, Request, Response, status
+
+from app.audit import Audit
+from app.auth import otp, service
 from app.auth.models import User
-from app.auth.schemas import OtpConfirm, OtpEnrolment, OtpStatus
+from app.auth.schemas import (
+    AccountList,
+    AccountOut,
+    AccountPatch,
+    OtpConfirm,
+    OtpEnrolment,
+    OtpStatus,
+    PasswordChange,
+    ResetIn,
+    ResetOut,
+)
 from app.auth.service import OTP_INVALID
-from app.deps import AuditDep, CurrentUser, SessionDep, enrolment_allowed
+from app.deps import (
+    AdminUser,
+    AuditDep,
+    CurrentUser,
+    SessionDep,
+    SettingsDep,
+    client_address,
+    enrolment_allowed,
+    read_only,
+)
 from app.errors import Conflict, NotFound, ValidationFailed
 
 router = APIRouter(tags=["accounts"])
+
+
+def audit_as(request: Request, actor_id: uuid.UUID | None, actor_role: str) -> Audit:
+    """An audit context for a request whose actor is known without a bearer token."""
+    return Audit(
+        actor_id=actor_id,
+        actor_role=actor_role,
+        ip=client_address(request),
+        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+        request_id=getattr(request.state, "request_id", None),
+    )
+
+
+def account_out(user: User) -> AccountOut:
+    return AccountOut.model_validate(user)
+
+
+@router.get("/users", response_model=AccountList)
+@read_only
+async def list_users(session: SessionDep, _admin: AdminUser, audit: AuditDep) -> AccountList:
+    event = audit.expect("user.list", "user")
+    users = await service.list_users(session)
+    audit.listed(event, [user.id for user in users])
+    return AccountList(items=[account_out(user) for user in users])
+
+
+@router.patch("/users/{user_id}", response_model=AccountOut)
+async def update_user(
+    request: Request,
+    user_id: uuid.UUID,
+    body: AccountPatch,
+    session: SessionDep,
+    _admin: AdminUser,
+    audit: AuditDep,
+) -> AccountOut:
+    """Role, name, time zone, active: any of them. Deactivating ends the user's sessions now
+    (and their console sockets within seconds); the last active admin stays one."""
+    event = audit.expect("user.update", "user", user_id)
+    changes = body.model_dump(exclude_unset=True)
+    event.details = {"fields": sorted(changes)} | {
+        key: changes[key] for key in ("role", "active") if key in changes
+    }
+    user, ended = await service.update_user(session, user_id=user_id, **changes)
+    if ended:
+        event.details["sessions_ended"] = len(ended)
+    request.app.state.principals.forget_user(user.id)
+    return account_out(user)
+
+
+@router.post("/users/{user_id}/password-reset", response_model=ResetOut)
+async def issue_password_reset(
+    user_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    admin: AdminUser,
+    audit: AuditDep,
+) -> ResetOut:
+    """A single-use link (1 hour) for the user to set a new password; give it to them."""
+    audit.expect("user.password_reset_issue", "user", user_id)
+    url = await service.issue_reset(
+        session, user_id=user_id, by=admin.id, public_base=settings.public_base
+    )
+    return ResetOut(reset_url=url)
+
+
+@router.post("/auth/password-reset", status_code=status.HTTP_204_NO_CONTENT)
+async def use_password_reset(request: Request, body: ResetIn, session: SessionDep) -> Response:
+    """Set a new password with a reset link's token; every session of that user ends."""
+    # The link is checked before Argon2 runs, so unknown tokens cost nothing.
+    await service.reset_target(session, body.token)
+    password_hash = await request.app.state.password_slots.hash(body.password)
+    user_id, role, ended = await service.use_reset(
+        session, token=body.token, password_hash=password_hash
+    )
+    audit = audit_as(request, user_id, role)
+    event = audit.expect("user.password_reset", "user", user_id)
+    event.details = {"sessions_ended": len(ended)}
+    await audit.write(session, "success")
+    request.app.state.principals.forget_user(user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/me/password", status_code=status.HTTP_204_NO_CONTENT)
+@enrolment_allowed
+async def change_password(
+    request: Request,
+    body: PasswordChange,
+    session: SessionDep,
+    user: CurrentUser,
+    audit: AuditDep,
+) -> Response:
+    """The caller's own password, given the current one; their other sessions end."""
+    event = audit.expect("user.password_change", "user", user.id)
+    ended = await service.change_password(
+        session,
+        throttle=request.app.state.login_throttle,
+        slots=request.app.state.password_slots,
+        user_id=user.id,
+        current=body.current,
+        new=body.new,
+        address=client_address(request),
+        keep_session=getattr(request.state, "session_id", None),
+    )
+    event.details = {"sessions_ended": len(ended)}
+    request.app.state.principals.forget_user(user.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 async def _own_row(session: SessionDep, user: CurrentUser) -> User:

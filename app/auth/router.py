@@ -10,8 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit import Audit
 from app.auth import accounts, otp, service, sessions, tokens
+from app.auth.accounts import audit_as
 from app.auth.models import RefreshToken, StaffSession, User
 from app.auth.schemas import LogoutIn, MeOut, RefreshIn, TokenOut, UserCreate, UserOut
 from app.auth.sessions import Refused
@@ -40,17 +40,6 @@ _REFUSED = {
     ),
     Refused.ENDED: ("session_ended", "The session has ended. Sign in again."),
 }
-
-
-def audit_as(request: Request, actor_id: uuid.UUID | None, actor_role: str) -> Audit:
-    """An audit context for a request whose actor is known without a bearer token."""
-    return Audit(
-        actor_id=actor_id,
-        actor_role=actor_role,
-        ip=client_address(request),
-        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
-        request_id=getattr(request.state, "request_id", None),
-    )
 
 
 def token_pair(request: Request, renewed: sessions.Renewed) -> TokenOut:

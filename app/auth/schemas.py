@@ -3,7 +3,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    model_validator,
+)
 
 from app.validation import Name, TimeZoneName
 
@@ -64,6 +71,54 @@ class UserOut(BaseModel):
     role: str
     name: str
     timezone: str
+
+
+class AccountOut(UserOut):
+    # Read from the model's `is_active`.
+    active: bool = Field(validation_alias="is_active")
+
+
+class AccountList(BaseModel):
+    items: list[AccountOut]
+
+
+class AccountPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["admin", "scheduler", "clinician"] | None = None
+    name: Name | None = None
+    timezone: TimeZoneName | None = None
+    active: bool | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> AccountPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of role, name, timezone, active")
+        for field in self.model_fields_set:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class ResetOut(BaseModel):
+    reset_url: str
+
+
+NewPassword = Annotated[str, Field(min_length=10, max_length=256)]
+
+
+class ResetIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=128)
+    password: NewPassword
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current: str = Field(min_length=1, max_length=256)
+    new: NewPassword
 
 
 class MeOut(UserOut):

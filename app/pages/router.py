@@ -150,6 +150,12 @@ async def login_page(request: Request) -> Response:
     return _page(request, "login")
 
 
+@router.get("/reset-password")
+async def reset_password_page(request: Request) -> Response:
+    """Setting a new password with an admin's link (the token is in the URL's fragment)."""
+    return _page(request, "reset")
+
+
 @router.get("/clinic")
 async def clinic_page(request: Request) -> Response:
     return _page(request, "clinic")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pyotp
 import pytest
 from playwright.async_api import WebSocket, expect
@@ -245,3 +246,45 @@ class TestTwoFactor:
         await code.fill(totp.at(time.time() + 30))
         await page.get_by_test_id("login-submit").click()
         await page.wait_for_url("**/schedule")
+
+
+class TestPasswordReset:
+    async def test_a_reset_link_sets_a_new_password(
+        self, pages: Pages, staff: Staff, axe_source: str, artifacts: Path
+    ) -> None:
+        async with httpx.AsyncClient(base_url=pages.server.url) as http:
+            answer = await http.post(
+                f"/api/v1/users/{staff.scheduler.id}/password-reset", headers=staff.admin.headers
+            )
+        token = answer.json()["reset_url"].split("#", 1)[1]
+        page = await pages.page()
+        await page.goto(f"/reset-password#{token}")
+        await expect(page.get_by_role("heading", name="Set a new password")).to_be_visible()
+        # The token leaves the address bar (and history) at once.
+        await expect(page).to_have_url(f"{pages.server.url}/reset-password")
+        await assert_accessible(page, axe_source, "password reset")
+        new_password = "a fresh password from the link"
+        await page.get_by_label("New password", exact=True).fill(new_password)
+        await page.get_by_label("The same password again").fill(new_password + "x")
+        await page.get_by_test_id("reset-submit").click()
+        await expect(page.locator("#reset-error")).to_contain_text("differ")
+        await assert_accessible(page, axe_source, "password reset with an error")
+        await page.get_by_label("The same password again").fill(new_password)
+        await page.get_by_test_id("reset-submit").click()
+        done = page.get_by_role("heading", name="Your password is set")
+        await expect(done).to_be_focused()
+        await assert_accessible(page, axe_source, "password reset done")
+        await shot(page, artifacts, "21-password-reset-done")
+        await page.get_by_role("link", name="Sign in").click()
+        await page.get_by_test_id("login-email").fill(staff.scheduler.user.email)
+        await page.get_by_test_id("login-password").fill(new_password)
+        await page.get_by_test_id("login-submit").click()
+        await page.wait_for_url("**/schedule")
+
+        # The link works once.
+        again = await pages.page()
+        await again.goto(f"/reset-password#{token}")
+        await again.get_by_label("New password", exact=True).fill(new_password)
+        await again.get_by_label("The same password again").fill(new_password)
+        await again.get_by_test_id("reset-submit").click()
+        await expect(again.locator("#reset-error")).to_contain_text("used already")
