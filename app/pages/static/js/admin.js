@@ -582,7 +582,9 @@ async function loadAudit({ older = false } = {}) {
     byId("audit-status").textContent = "";
   } finally {
     audit.loading = false;
-    byId("audit-older").disabled = false;
+    olderButton.disabled = false;
+    // Disabling the focused button while loading dropped the keyboard's focus: give it back.
+    if (older && !olderButton.hidden && document.activeElement === document.body) olderButton.focus();
   }
 }
 
