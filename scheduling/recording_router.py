@@ -25,7 +25,7 @@ from app.errors import Conflict, Forbidden, Gone, NotFound, ValidationFailed
 from app.sealed import SealError
 from scheduling import recordings
 from scheduling.access import clinical_access, clinical_listing
-from scheduling.models import Recording
+from scheduling.models import Appointment, Recording
 
 logger = logging.getLogger("televisit.recordings")
 
@@ -143,8 +143,10 @@ def _stream(recording: Recording, chunks: Iterator[bytes]) -> Iterator[bytes]:
         _log_unreadable(recording, "recording changed mid-file: download cut short")
 
 
-async def _serve(files: recordings.RecordingFiles, recording: Recording) -> StreamingResponse:
-    if recording.ended_at is None:
+async def _serve(
+    files: recordings.RecordingFiles, recording: Recording, appointment: Appointment
+) -> StreamingResponse:
+    if recordings.being_written(recording, appointment):
         raise Conflict("The recording is still being made.", code="recording_in_progress")
     try:
         # Two segments read and opened: off the event loop, which also carries the calls.
@@ -185,18 +187,20 @@ async def download_recording(
     )
     if recording is None:
         raise NotFound()
-    return await _serve(files, recording)
+    return await _serve(files, recording, appointment)
 
 
-async def _visible(session: SessionDep, user: Principal, recording_id: uuid.UUID) -> Recording:
-    """The recording, if the caller may see it (404 for unknown and foreign ones alike)."""
+async def _visible(
+    session: SessionDep, user: Principal, recording_id: uuid.UUID
+) -> tuple[Recording, Appointment]:
+    """The recording and its appointment, if the caller may see it (404 for unknown and
+    foreign ones alike)."""
     recording = await session.get(Recording, recording_id)
     if user.role == Role.SCHEDULER:
         raise Forbidden()
     if recording is None:
         raise NotFound()
-    await clinical_access(session, user, recording.appointment_id)
-    return recording
+    return recording, await clinical_access(session, user, recording.appointment_id)
 
 
 @router.get("/recordings/{recording_id}/file")
@@ -204,7 +208,7 @@ async def recording_file(
     recording_id: uuid.UUID, user: CurrentUser, audit: AuditDep, db: SessionDep, files: FilesDep
 ) -> StreamingResponse:
     audit.expect("recording.download", "recording", recording_id)
-    return await _serve(files, await _visible(db, user, recording_id))
+    return await _serve(files, *await _visible(db, user, recording_id))
 
 
 @router.delete("/recordings/{recording_id}", status_code=204)

@@ -45,7 +45,7 @@ from app.sealed import (
     open_sealed,
     plaintext_size,
 )
-from scheduling.models import Appointment, Recording
+from scheduling.models import Appointment, Recording, Status
 
 logger = logging.getLogger("televisit.recordings")
 
@@ -298,6 +298,12 @@ class InProgress(Exception):
     """The recording is still being written: there is nothing whole to delete yet."""
 
 
+def being_written(recording: Recording, appointment: Appointment) -> bool:
+    """Still being written: no end reported while its call goes on. With no end reported and
+    the call over, its process died mid-recording: the file is cut short, never finished."""
+    return recording.ended_at is None and appointment.status == Status.IN_CALL.value
+
+
 async def delete_one(session: AsyncSession, files: RecordingFiles, recording_id: uuid.UUID) -> bool:
     """Delete the recording, file and row, in the session's transaction; False if unknown.
 
@@ -307,7 +313,8 @@ async def delete_one(session: AsyncSession, files: RecordingFiles, recording_id:
     )
     if recording is None:
         return False
-    if recording.ended_at is None:
+    appointment = await session.get(Appointment, recording.appointment_id)
+    if appointment is not None and being_written(recording, appointment):
         raise InProgress
     files.delete(recording.file_name)
     await session.execute(delete(Recording).where(Recording.id == recording_id))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app import cli
 from app.audit import AuditEvent
@@ -24,7 +24,7 @@ from app.config import Settings
 from app.db import Database
 from app.main import create_app
 from app.sealed import HEADER_BYTES, SEGMENT, TAG_BYTES, SealedWriter
-from scheduling.models import Recording
+from scheduling.models import Appointment, Recording, Status
 from scheduling.recordings import RecordingFiles, Retention, seal_plain
 from tests.conftest import TEST_SECRET, ServerFactory
 from tests.factories import Person, Staff
@@ -68,17 +68,28 @@ async def add_recording(
     data: bytes | None = None,
     ended: dt.datetime | None = None,
     in_progress: bool = False,
+    call_going_on: bool = True,
     sealed: bool = True,
     appointment_id: uuid.UUID | None = None,
 ) -> Recording:
-    """A recording row and its file, sealed as the recorder seals them (or plain, as before)."""
+    """A recording row and its file, sealed as the recorder seals them (or plain, as before).
+
+    `in_progress`: no end reported and the file not closed, the call going on (or, without
+    `call_going_on`, over: its process died mid-recording)."""
     if appointment_id is None:
         appointment_id = (await make_visit(db, clinician, by=by)).appointment_id
     data = webm() if data is None else data
     ended = ended or dt.datetime.now(dt.UTC)
     recording_id = uuid.uuid4()
     name = f"{appointment_id}-{recording_id.hex[:8]}.webm"
-    if sealed:
+    if in_progress:  # the writer not closed yet: whole segments, none marked last
+        name += ".sealed"
+        path = files.folder / name
+        with SealedWriter(path, files.key) as writer:
+            writer.write(data + bytes(2 * SEGMENT))
+        whole = (path.stat().st_size - HEADER_BYTES - 1) // (SEGMENT + TAG_BYTES)  # not the last
+        path.write_bytes(path.read_bytes()[: HEADER_BYTES + whole * (SEGMENT + TAG_BYTES)])
+    elif sealed:
         name += ".sealed"
         with SealedWriter(files.folder / name, files.key) as writer:
             writer.write(data)
@@ -95,6 +106,12 @@ async def add_recording(
     )
     async with db.session(write=True) as session:
         session.add(recording)
+        if in_progress and call_going_on:
+            await session.execute(
+                update(Appointment)
+                .where(Appointment.id == appointment_id)
+                .values(status=Status.IN_CALL.value)
+            )
     return recording
 
 
@@ -239,6 +256,20 @@ class TestStreamed:
         response = await client.get(file_url(writing), headers=staff.clinician.headers)
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "recording_in_progress"
+
+    async def test_a_recording_whose_process_died_is_cut_short_not_in_progress(
+        self, client: httpx.AsyncClient, db: Database, files: RecordingFiles, staff: Staff
+    ) -> None:
+        orphan = await add_recording(
+            db, files, staff.clinician, staff.scheduler, in_progress=True, call_going_on=False
+        )
+        response = await client.get(file_url(orphan), headers=staff.clinician.headers)
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "recording_unreadable"
+        url = f"/api/v1/recordings/{orphan.id}"
+        deleted = await client.delete(url, headers=staff.admin.headers)
+        assert deleted.status_code == 204
+        assert not (files.folder / orphan.file_name).exists()
 
     async def test_a_plain_webm_from_before_sealing_still_plays(
         self, client: httpx.AsyncClient, db: Database, files: RecordingFiles, staff: Staff
