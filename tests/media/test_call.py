@@ -13,10 +13,12 @@ from typing import Any
 
 import av
 import httpx
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from app.db import Database
-from tests.conftest import ServerFactory
+from app.sealed import HEADER_BYTES, MAGIC, SEGMENT, SealError, key_for, open_sealed
+from tests.conftest import TEST_SECRET, ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
 from tests.media.clients import MediaClient, rtc_configuration, until
@@ -241,6 +243,15 @@ class TestRecordingThroughTheServer:
             assert (await call.patient_socket.expect("recording"))["state"] == "on"
             assert (await call.desk.expect("recording"))["state"] == "on"
             await asyncio.sleep(2.5)
+            # Mid-call, as a crash would leave it: sealed segments, never WebM in clear, and
+            # read back it is refused as cut short (no segment is marked last yet).
+            [writing] = list(folder.iterdir())
+            await until(lambda: writing.stat().st_size > HEADER_BYTES + SEGMENT, within=30)
+            crashed = tmp_path / "as-left-by-a-crash"
+            crashed.write_bytes(writing.read_bytes())
+            assert crashed.read_bytes().startswith(MAGIC)
+            with pytest.raises(SealError):
+                b"".join(open_sealed(crashed, key_for(None, TEST_SECRET)))
             await call.desk.send({"type": "record", "appointment_id": key, "action": "stop"})
             assert (await call.patient_socket.expect("recording"))["state"] == "off"
             url = f"/api/v1/appointments/{key}/recordings"
