@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import io
+import logging
 import uuid
 from pathlib import Path
 
@@ -486,6 +487,47 @@ class TestRetention:
                     await asyncio.sleep(0.05)
         assert not (files.folder / old.file_name).exists()
         assert await audit_outcomes(db, "recording.delete", old.id) == ["success"]
+
+
+class TestLogs:
+    async def test_no_patient_data_or_key_in_any_log_line(
+        self,
+        client: httpx.AsyncClient,
+        db: Database,
+        files: RecordingFiles,
+        staff: Staff,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        patient = "Zelda Quernbystone"
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=patient)
+        at = visit.appointment_id
+        served = await add_recording(db, files, staff.clinician, staff.scheduler, appointment_id=at)
+        broken = await add_recording(
+            db, files, staff.clinician, staff.scheduler, data=bytes(3 * SEGMENT), appointment_id=at
+        )
+        path = files.folder / broken.file_name
+        path.write_bytes(path.read_bytes()[: HEADER_BYTES + SEGMENT + TAG_BYTES])
+        old = await add_recording(
+            db,
+            files,
+            staff.clinician,
+            staff.scheduler,
+            ended=dt.datetime.now(dt.UTC) - 90 * DAY,
+            appointment_id=at,
+        )
+        assert (await client.get(file_url(served), headers=staff.admin.headers)).status_code == 200
+        assert (await client.get(file_url(broken), headers=staff.admin.headers)).status_code == 409
+        assert await Retention(db=db, files=files, retention_days=30).run_once() >= 1
+        assert not await exists(db, old.id)
+        url = f"/api/v1/recordings/{served.id}"
+        assert (await client.delete(url, headers=staff.admin.headers)).status_code == 204
+        logged = caplog.text + repr([record.__dict__ for record in caplog.records])
+        assert "recording.unreadable" in logged  # the lines were captured
+        assert "recording.retention" in logged
+        assert patient not in logged
+        assert base64.b64encode(files.key).decode() not in logged
+        assert files.key.hex() not in logged
 
 
 class TestSettings:
