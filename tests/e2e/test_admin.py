@@ -32,20 +32,24 @@ def _has_route(method: str, path: str) -> bool:
     )
 
 
-def _has_user_route(method: str, suffix: str = "") -> bool:
-    """`/api/v1/users/{id}…` under whatever name the path parameter has."""
+def _has_id_route(method: str, collection: str, suffix: str = "") -> bool:
+    """`/api/v1/{collection}/{id}…` under whatever name the path parameter has."""
     return any(
-        str(getattr(route, "path", "")).startswith("/api/v1/users/{")
+        str(getattr(route, "path", "")).startswith(f"/api/v1/{collection}/{{")
         and str(getattr(route, "path", "")).endswith("}" + suffix)
         and method in getattr(route, "methods", ())
         for route in api_router.routes
     )
 
 
-# The account endpoints land separately (issue 13); until then their steps cannot run.
+# The account and recording endpoints land separately (issue 13); until then their steps
+# cannot run.
 LISTS_USERS = _has_route("GET", "/api/v1/users")
-CHANGES_USERS = _has_user_route("PATCH")
-RESETS_PASSWORDS = _has_user_route("POST", "/password-reset")
+CHANGES_USERS = _has_id_route("PATCH", "users")
+RESETS_PASSWORDS = _has_id_route("POST", "users", "/password-reset")
+DELETES_RECORDINGS = _has_route("GET", "/api/v1/recordings") and _has_id_route(
+    "DELETE", "recordings"
+)
 NEW_PASSWORD = "a long enough password"
 
 
@@ -380,6 +384,25 @@ class TestRecordings:
         body = await asyncio.to_thread(Path(await download.path()).read_bytes)
         assert len(body) == size
         assert body.startswith(b"\x1a\x45\xdf\xa3")  # EBML: the WebM itself
+
+    @pytest.mark.skipif(not DELETES_RECORDINGS, reason="the recordings API is not here yet")
+    async def test_delete_a_recording_from_the_list_of_all(
+        self, pages: Pages, staff: Staff, db: Database, server_settings: dict[str, str]
+    ) -> None:
+        recording_id, _ = await _recorded_visit(db, staff, Path(server_settings["recordings_dir"]))
+        page = await admin_page(pages, staff.admin)
+        item = page.get_by_test_id("recording-item").filter(has_text="Pat Recorded")
+        await expect(item).to_have_count(1)
+        await expect(item).to_contain_text("deleted after")
+        await item.get_by_test_id("delete-recording").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+        await expect(page.locator("#recordings-status")).to_have_text("The recording is deleted.")
+        await expect(item).to_have_count(0)
+        async with httpx.AsyncClient(base_url=pages.server.url) as http:
+            gone = await http.get(
+                f"/api/v1/recordings/{recording_id}/file", headers=staff.admin.headers
+            )
+        assert gone.status_code == 404
 
 
 class TestAccessibility:

@@ -35,7 +35,7 @@ const state = {
   consent: null, // the current text
   visits: [],
   audit: { filters: null, cursor: null, loading: false },
-  recordings: { mode: null, items: [], appointments: new Map() },
+  recordings: { mode: null, items: [], cursor: null, appointments: new Map() },
   retentionDays: null,
   playerUrl: null,
 };
@@ -652,18 +652,23 @@ async function loadSettings() {
 }
 
 /** Every recording, newest first: the server's list, or else one appointment at a time. */
-async function loadRecordings() {
+async function loadRecordings({ older = false } = {}) {
   const status = byId("recordings-status");
   const note = byId("recordings-note");
-  status.textContent = "Loading the recordings…";
+  const more = byId("recordings-older");
+  status.textContent = older ? "Loading older recordings…" : "Loading the recordings…";
   show(note, "");
+  more.disabled = true;
   const recordings = state.recordings;
   try {
-    const answer = await api("/api/v1/recordings");
+    const params = older && recordings.cursor ? `?${new URLSearchParams({ cursor: recordings.cursor })}` : "";
+    const answer = await api(`/api/v1/recordings${params}`);
     recordings.mode = "server";
-    recordings.items = answer.items;
-    await appointmentsFor(recordings.items);
+    recordings.items = older ? [...recordings.items, ...answer.items] : answer.items;
+    recordings.cursor = answer.next_cursor || null;
+    await appointmentsFor(answer.items);
   } catch (error) {
+    recordings.cursor = null;
     if (!missingEndpoint(error)) {
       status.textContent = describe(error);
       return;
@@ -683,10 +688,14 @@ async function loadRecordings() {
   }
   recordings.items.sort((a, b) => b.started_at.localeCompare(a.started_at));
   renderRecordings();
+  more.hidden = !recordings.cursor;
+  more.disabled = false;
+  if (older && more.hidden) byId("recordings-title").focus();
 }
 
 /** The appointments the recordings belong to, for the patient's name and the visit's time. */
-async function appointmentsFor(items) {
+async function appointmentsFor(all) {
+  const items = all.filter((item) => !state.recordings.appointments.has(item.appointment_id));
   if (!items.length) return;
   const starts = items.map((item) => new Date(item.started_at).getTime());
   const range = {
@@ -743,7 +752,7 @@ function renderRecordings() {
   const items = state.recordings.items;
   byId("recording-list").replaceChildren(...items.map(recordingItem));
   byId("recordings-status").textContent = items.length
-    ? `${items.length} recording${items.length === 1 ? "" : "s"}, newest first.`
+    ? `${items.length} recording${items.length === 1 ? "" : "s"} shown, newest first${state.recordings.cursor ? "; older ones follow." : "."}`
     : "There are no recordings.";
 }
 
@@ -843,5 +852,6 @@ async function remove(item) {
 }
 
 byId("recordings-reload").addEventListener("click", () => loadRecordings());
+byId("recordings-older").addEventListener("click", () => loadRecordings({ older: true }));
 
 start();
