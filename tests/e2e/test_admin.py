@@ -324,12 +324,12 @@ def _webm(path: Path) -> int:
     return path.stat().st_size
 
 
-async def _recorded_visit(db: Database, staff: Staff, folder: Path) -> tuple[uuid.UUID, int]:
-    """A visit that took place yesterday with one finished recording on disk."""
-    yesterday = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
-    visit = await make_visit(
-        db, staff.clinician, by=staff.scheduler, start=yesterday, name="Pat Recorded"
-    )
+async def _recorded_visit(
+    db: Database, staff: Staff, folder: Path, name: str, days_ago: int
+) -> tuple[uuid.UUID, int]:
+    """A visit that took place days ago with one finished recording on disk."""
+    held = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=days_ago)
+    visit = await make_visit(db, staff.clinician, by=staff.scheduler, start=held, name=name)
     recording_id = uuid.uuid4()
     size = await asyncio.to_thread(_webm, folder / f"{recording_id}.webm")
     async with db.session(write=True) as session:
@@ -343,8 +343,8 @@ async def _recorded_visit(db: Database, staff: Staff, folder: Path) -> tuple[uui
                 id=recording_id,
                 appointment_id=visit.appointment_id,
                 file_name=f"{recording_id}.webm",
-                started_at=yesterday + dt.timedelta(minutes=2),
-                ended_at=yesterday + dt.timedelta(minutes=9),
+                started_at=held + dt.timedelta(minutes=2),
+                ended_at=held + dt.timedelta(minutes=9),
                 bytes=size,
                 stop_reason="stopped",
             )
@@ -362,7 +362,7 @@ class TestRecordings:
         artifacts: Path,
     ) -> None:
         recording_id, size = await _recorded_visit(
-            db, staff, Path(server_settings["recordings_dir"])
+            db, staff, Path(server_settings["recordings_dir"]), "Pat Recorded", 1
         )
         page = await admin_page(pages, staff.admin)
         await expect(page.get_by_test_id("retention")).to_contain_text(
@@ -397,9 +397,11 @@ class TestRecordings:
     async def test_delete_a_recording_from_the_list_of_all(
         self, pages: Pages, staff: Staff, db: Database, server_settings: dict[str, str]
     ) -> None:
-        recording_id, _ = await _recorded_visit(db, staff, Path(server_settings["recordings_dir"]))
+        recording_id, _ = await _recorded_visit(
+            db, staff, Path(server_settings["recordings_dir"]), "Pat Deleted", 2
+        )
         page = await admin_page(pages, staff.admin)
-        item = page.get_by_test_id("recording-item").filter(has_text="Pat Recorded")
+        item = page.get_by_test_id("recording-item").filter(has_text="Pat Deleted")
         await expect(item).to_have_count(1)
         await expect(item).to_contain_text("deleted after")
         await item.get_by_test_id("delete-recording").click()
