@@ -560,8 +560,10 @@ async function loadAudit({ older = false } = {}) {
   const params = new URLSearchParams(audit.filters);
   if (older && audit.cursor) params.set("cursor", audit.cursor);
   audit.loading = true;
+  // Not disabled while loading (a disabled button loses the keyboard's focus): the flag above
+  // keeps a second press from loading twice.
   const olderButton = byId("audit-older");
-  olderButton.disabled = true;
+  olderButton.setAttribute("aria-busy", "true");
   byId("audit-status").textContent = older ? "Loading older events…" : "Loading the audit log…";
   try {
     const page = await api(`/api/v1/audit-events?${params}`);
@@ -582,9 +584,7 @@ async function loadAudit({ older = false } = {}) {
     byId("audit-status").textContent = "";
   } finally {
     audit.loading = false;
-    olderButton.disabled = false;
-    // Disabling the focused button while loading dropped the keyboard's focus: give it back.
-    if (older && !olderButton.hidden && document.activeElement === document.body) olderButton.focus();
+    olderButton.removeAttribute("aria-busy");
   }
 }
 
@@ -653,12 +653,31 @@ async function loadSettings() {
 
 /** Every recording, newest first: the server's list, or else one appointment at a time. */
 async function loadRecordings({ older = false } = {}) {
-  const status = byId("recordings-status");
-  const note = byId("recordings-note");
+  const recordings = state.recordings;
+  if (recordings.loading) return;
+  recordings.loading = true;
+  // Not disabled while loading (a disabled button loses the keyboard's focus).
   const more = byId("recordings-older");
+  more.setAttribute("aria-busy", "true");
+  const status = byId("recordings-status");
   status.textContent = older ? "Loading older recordings…" : "Loading the recordings…";
-  show(note, "");
-  more.disabled = true;
+  show(byId("recordings-note"), "");
+  try {
+    await fetchRecordings(older);
+    recordings.items.sort((a, b) => b.started_at.localeCompare(a.started_at));
+    renderRecordings();
+  } catch (error) {
+    status.textContent = describe(error);
+  } finally {
+    recordings.loading = false;
+    more.removeAttribute("aria-busy");
+    more.hidden = !recordings.cursor;
+    if (older && more.hidden) byId("recordings-title").focus();
+  }
+}
+
+/** The server's list of all recordings (a page), or else one visit's at a time. */
+async function fetchRecordings(older) {
   const recordings = state.recordings;
   try {
     const params = older && recordings.cursor ? `?${new URLSearchParams({ cursor: recordings.cursor })}` : "";
@@ -667,30 +686,18 @@ async function loadRecordings({ older = false } = {}) {
     recordings.items = older ? [...recordings.items, ...answer.items] : answer.items;
     recordings.cursor = answer.next_cursor || null;
     await appointmentsFor(answer.items);
+    return;
   } catch (error) {
     recordings.cursor = null;
-    if (!missingEndpoint(error)) {
-      status.textContent = describe(error);
-      return;
-    }
-    recordings.mode = "visits";
-    try {
-      recordings.items = await recordingsPerVisit();
-    } catch (failure) {
-      status.textContent = describe(failure);
-      return;
-    }
-    show(
-      note,
-      "This server has no list of all recordings: these are the recordings of the visits in the retention period. " +
-        "Deleting a recording by hand needs a newer server.",
-    );
+    if (!missingEndpoint(error)) throw error;
   }
-  recordings.items.sort((a, b) => b.started_at.localeCompare(a.started_at));
-  renderRecordings();
-  more.hidden = !recordings.cursor;
-  more.disabled = false;
-  if (older && more.hidden) byId("recordings-title").focus();
+  recordings.mode = "visits";
+  recordings.items = await recordingsPerVisit();
+  show(
+    byId("recordings-note"),
+    "This server has no list of all recordings: these are the recordings of the visits in the retention period. " +
+      "Deleting a recording by hand needs a newer server.",
+  );
 }
 
 /** The appointments the recordings belong to, for the patient's name and the visit's time. */
