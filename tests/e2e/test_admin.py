@@ -142,7 +142,7 @@ class TestUsers:
     async def test_add_a_user(self, pages: Pages, staff: Staff, artifacts: Path) -> None:
         page = await admin_page(pages, staff.admin)
         if LISTS_USERS:
-            await expect(user_item(page, staff.clinician.user.name)).to_be_visible()
+            await expect(user_item(page, staff.clinician.user.email)).to_be_visible()
         dialog = await add_user(page, "dana.new@clinic.example", "Dana New", password="short")
         await expect(dialog.locator("#user-error")).to_contain_text("at least 10 characters")
         await dialog.get_by_label("First password").fill(NEW_PASSWORD)
@@ -204,17 +204,27 @@ class TestUsers:
     ) -> None:
         page = await admin_page(pages, staff.admin)
         await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-        item = user_item(page, staff.clinician.user.name)
+        item = user_item(page, staff.clinician.user.email)
         await item.get_by_test_id("reset-password").click()
         dialog = page.locator("#reset-dialog")
+        await expect(dialog).to_be_visible()
+        await expect(dialog.get_by_test_id("reset-url")).not_to_have_value("")
         link = await dialog.get_by_test_id("reset-url").input_value()
-        assert link.startswith("http")
+        assert link.startswith("http://testserver/reset-password#")
         await dialog.get_by_role("button", name="Copy link").click()
         await expect(dialog.locator("#reset-copy-status")).to_have_text("Link copied.")
         assert await page.evaluate("() => navigator.clipboard.readText()") == link
         await dialog.get_by_role("button", name="Done").click()
         await expect(dialog).to_be_hidden()
         assert await dialog.get_by_test_id("reset-url").input_value() == ""
+        # The link works: its token sets a new password, once.
+        token = link.split("#", 1)[1]
+        async with httpx.AsyncClient(base_url=pages.server.url) as http:
+            body = {"token": token, "password": "a brand new password"}
+            used = await http.post("/api/v1/auth/password-reset", json=body)
+            assert used.status_code == 204, used.text
+            again = await http.post("/api/v1/auth/password-reset", json=body)
+            assert again.status_code >= 400
 
 
 class TestConsentTexts:
