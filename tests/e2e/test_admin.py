@@ -181,6 +181,7 @@ class TestUsers:
         await expect(page.locator("#users-message")).to_have_text(
             "Erin Moved's account was changed."
         )
+        await expect(page.get_by_role("button", name="Edit Erin Moved")).to_be_focused()
         item = user_item(page, "Erin Moved")
         await expect(item).to_contain_text("Clinician")
 
@@ -188,6 +189,8 @@ class TestUsers:
         await page.get_by_role("dialog").get_by_role("button", name="Deactivate").click()
         await expect(page.locator("#users-message")).to_have_text("Erin Moved is deactivated.")
         await expect(item).to_contain_text("Deactivated")
+        await expect(item.get_by_test_id("reactivate")).to_be_focused()
+        await page.locator("#users-title").scroll_into_view_if_needed()
         await shot(page, artifacts, "30-admin-users")
         assert await sign_in_status(pages.server, "erin.moves@clinic.example") == 401
 

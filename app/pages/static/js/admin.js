@@ -211,7 +211,7 @@ function userItem(user) {
   const actions = el(
     "div",
     { class: "row" },
-    actionButton("Edit", user.name, () => openUserDialog(user)),
+    actionButton("Edit", user.name, () => openUserDialog(user), { "data-testid": "edit-user" }),
     actionButton("Password reset link", `for ${user.name}`, () => issueReset(user), { "data-testid": "reset-password" }),
     self
       ? null
@@ -309,6 +309,7 @@ async function submitUser(send, said) {
     renderUsers();
     userDialog.close();
     usersMessage(said(user));
+    focusInUser(user.id, "edit-user");
   } catch (error) {
     byId("user-error").textContent =
       error instanceof ApiError && error.code === "email_taken"
