@@ -18,7 +18,7 @@ from app.config import Settings
 from app.db import Database
 from app.main import create_app
 from scheduling.models import Appointment, Recording, Status
-from tests.e2e.conftest import PHONE, Pages, shot
+from tests.e2e.conftest import PHONE, SERVER_SETTINGS, Pages, shot
 from tests.e2e.helpers import assert_accessible
 from tests.factories import PASSWORD, Person, Staff
 from tests.live import LiveServer
@@ -136,6 +136,33 @@ class TestWhoMayOpenIt:
         await page.get_by_role("link", name="Administration").click()
         await page.wait_for_url("**/admin")
         await expect(page.get_by_role("heading", name="Users")).to_be_visible()
+
+
+class TestTwoFactorRequired:
+    @pytest.fixture
+    def server_settings(self, tmp_path: Path) -> dict[str, str]:
+        return {
+            **SERVER_SETTINGS,
+            "recordings_dir": str(tmp_path / "recordings"),
+            "require_2fa_admins": "true",
+        }
+
+    async def test_an_admin_without_it_is_sent_to_set_it_up(
+        self, pages: Pages, staff: Staff
+    ) -> None:
+        page = await pages.page()
+        await page.goto("/login?next=%2Fadmin")
+        await page.get_by_test_id("login-email").fill(staff.admin.user.email)
+        await page.get_by_test_id("login-password").fill(PASSWORD)
+        await page.get_by_test_id("login-submit").click()
+        await expect(page.get_by_role("heading", name="Set up two-factor sign-in")).to_be_visible()
+        # Straight to the page instead, with the session the sign-in left.
+        await page.goto("/admin")
+        problem = page.locator("#page-problem")
+        await expect(problem).to_contain_text("Set up two-factor sign-in before using this page")
+        await expect(page.locator("#admin-content")).to_be_hidden()
+        await problem.get_by_role("link", name="Sign in again to set it up").click()
+        await page.wait_for_url("**/login?next=%2Fadmin")
 
 
 class TestUsers:

@@ -103,6 +103,14 @@ async function start() {
     notForYou();
     return;
   }
+  if (state.me.otp_enrolment_required) {
+    // This server asks administrators for two-factor sign-in; until it is set up, the API
+    // refuses everything here (403 otp_enrolment_required). Sign-in walks them through it.
+    const problem = byId("page-problem");
+    show(problem, "Set up two-factor sign-in before using this page: this server requires it for administrators. ");
+    problem.append(el("a", { href: "/login?next=%2Fadmin", text: "Sign in again to set it up" }));
+    return;
+  }
   state.zone = state.me.timezone || "UTC";
   state.users.set(state.me.id, state.me);
   byId("admin-content").hidden = false;
