@@ -1,6 +1,6 @@
 """The sockets of this process, as the reconciliation and the consoles' guard see them; and the
-guard itself: consoles whose latest token expired too long ago, or whose user was deactivated
-or removed, are closed.
+guard itself: consoles whose latest token expired too long ago, whose user was deactivated or
+removed, or whose session ended, are closed.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Protocol
 
 from sqlalchemy import select
 
-from app.auth.models import User
-from app.db import Database
+from app.auth.models import StaffSession, User
+from app.db import Database, utcnow
 from scheduling import calls
 
 
@@ -40,6 +40,11 @@ class ConsoleLink(Protocol):
 
     @property
     def clinician_id(self) -> uuid.UUID: ...
+
+    @property
+    def session_id(self) -> uuid.UUID:
+        """The staff session of its latest token."""
+        ...
 
     def held_calls(self) -> Collection[uuid.UUID]: ...
 
@@ -81,18 +86,27 @@ class LocalSockets:
             console.check_token(now)
 
     async def check_accounts(self) -> None:
-        """Consoles of users deactivated (or removed) since they authenticated are closed."""
-        clinicians = {console.clinician_id for console in self.consoles}
-        if not clinicians:
+        """Consoles of users deactivated (or removed) since they authenticated, or whose latest
+        token's session ended (logout, a replayed refresh token, a password reset, its absolute
+        limit), are closed."""
+        sessions = {console.session_id for console in self.consoles}
+        if not sessions:
             return
         async with self.db.session(write=False) as session:
-            active = set(
+            standing = set(
                 (
                     await session.execute(
-                        select(User.id).where(User.id.in_(clinicians), User.is_active.is_(True))
+                        select(StaffSession.id)
+                        .join(User, User.id == StaffSession.user_id)
+                        .where(
+                            StaffSession.id.in_(sessions),
+                            StaffSession.ended_at.is_(None),
+                            StaffSession.expires_at > utcnow(),
+                            User.is_active.is_(True),
+                        )
                     )
                 ).scalars()
             )
         for console in list(self.consoles):
-            if console.clinician_id not in active:
+            if console.session_id not in standing:
                 console.account_disabled()

@@ -16,9 +16,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.auth.models import Role
 from app.auth.principal import Principal
+from app.auth.tokens import TokenClaims
 from app.config import Settings
 from app.db import Database
-from app.deps import principal_for_token
+from app.deps import verified_claims
 from app.errors import NotAuthenticated
 from scheduling import calls, consent
 from scheduling import service as scheduling
@@ -152,16 +153,13 @@ async def _refuse_check_in(
     await close_with(websocket, messages.ended(current.status), 1000)
 
 
-async def _verify(state: Any, token: str) -> tuple[Principal, float]:
-    """The active staff member a token names, and when the token expires (epoch seconds)."""
-    principal = await principal_for_token(state, token)
-    claims = state.tokens.verify(token)
-    if claims is None:
-        raise NotAuthenticated()
-    return principal, float(claims.expires_at)
+async def _verify(state: Any, token: str) -> tuple[Principal, TokenClaims]:
+    """The active staff member a token of an open session names, and the token's claims (its
+    expiry, its session)."""
+    return await verified_claims(state, token)
 
 
-async def _authenticate(websocket: WebSocket) -> tuple[Principal, float]:
+async def _authenticate(websocket: WebSocket) -> tuple[Principal, TokenClaims]:
     """The console's first message must be `auth` with a clinician's bearer token."""
     try:
         text = await asyncio.wait_for(websocket.receive_text(), AUTH_SECONDS)
@@ -182,7 +180,7 @@ async def clinic_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     try:
-        clinician, expires_at = await _authenticate(websocket)
+        clinician, claims = await _authenticate(websocket)
     except NotAuthenticated as exc:
         await close_with(websocket, messages.error("not_authenticated", exc.message), 4401)
         return
@@ -195,7 +193,8 @@ async def clinic_socket(websocket: WebSocket) -> None:
         websocket,
         signaling,
         clinician,
-        token_expires_at=expires_at,
+        token_expires_at=claims.expires_at,
+        session_id=claims.session_id,
         verify=lambda token: _verify(app.state, token),
     )
     try:

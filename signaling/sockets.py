@@ -28,6 +28,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.auth.principal import Principal
+from app.auth.tokens import TokenClaims
 from app.errors import NotAuthenticated
 from scheduling import calls
 from scheduling.models import Appointment, Status
@@ -302,7 +303,7 @@ class PatientSession(Connection):
             )
 
 
-Verify = Callable[[str], Awaitable[tuple[Principal, float]]]
+Verify = Callable[[str], Awaitable[tuple[Principal, TokenClaims]]]
 
 
 class ClinicSession(Connection):
@@ -311,7 +312,8 @@ class ClinicSession(Connection):
     Its token may be renewed at any time (`{"type":"auth","token"}` again, for the same user);
     the console is closed (4401) once its latest token has been expired for
     `TELEVISIT_CLINIC_TOKEN_GRACE_SECONDS` (60), and within seconds of the user's deactivation
-    (the hub's guard checks every console of the process).
+    or the end of its latest token's session (the hub's guard checks every console of the
+    process).
     """
 
     def __init__(
@@ -321,12 +323,15 @@ class ClinicSession(Connection):
         clinician: Principal,
         *,
         token_expires_at: float,
+        session_id: uuid.UUID,
         verify: Verify,
     ) -> None:
         super().__init__(websocket)
         self.signaling = signaling
         self.clinician = clinician
         self.token_expires_at = token_expires_at
+        # The staff session of its latest token: the console lives no longer than it.
+        self.session_id = session_id
         self._verify = verify
         # None while its subscription is being made: a release meanwhile removes the entry.
         self._calls: dict[uuid.UUID, Subscription | None] = {}
@@ -367,7 +372,7 @@ class ClinicSession(Connection):
 
     def account_disabled(self) -> None:
         if not self.closing:
-            self.error("not_authenticated", "This account is no longer active.")
+            self.error("not_authenticated", "This session has ended, or the account is inactive.")
             self.close(4401)
 
     async def call_gone(self, call_id: uuid.UUID, reason: str) -> None:
@@ -377,14 +382,15 @@ class ClinicSession(Connection):
 
     async def _renew(self, token: str) -> None:
         try:
-            principal, expires_at = await self._verify(token)
+            principal, claims = await self._verify(token)
         except NotAuthenticated:
             raise SignalingError(
                 "not_authenticated", "That token is not valid; the current one still counts."
             ) from None
         if principal.id != self.clinician.id:
             raise SignalingError("forbidden", "A console renews its own user's token only.")
-        self.token_expires_at = max(self.token_expires_at, expires_at)
+        self.token_expires_at = max(self.token_expires_at, claims.expires_at)
+        self.session_id = claims.session_id
         expires = dt.datetime.fromtimestamp(self.token_expires_at, dt.UTC)
         self.send(
             {

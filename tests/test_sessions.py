@@ -18,6 +18,8 @@ from app.config import Settings
 from app.db import Database
 from tests.conftest import TEST_SECRET, ServerFactory
 from tests.factories import PASSWORD, Person, Staff, make_user
+from tests.live import LiveServer
+from tests.signaling.helpers import Socket, console
 
 
 async def sign_in(client: httpx.AsyncClient, person: Person) -> dict[str, Any]:
@@ -290,6 +292,48 @@ class TestLogout:
     async def test_logout_with_a_malformed_body_is_422(self, client: httpx.AsyncClient) -> None:
         response = await client.post("/api/v1/auth/logout", json={"refresh_token": 5})
         assert_error(response, 422, "validation_error")
+
+
+async def renew_on(desk: Socket, token: str) -> None:
+    """Hand the console's socket a renewed token, as the page does."""
+    await desk.send({"type": "auth", "token": token})
+    await desk.expect("authenticated")
+
+
+class TestConsoleSocket:
+    async def test_a_console_whose_session_ends_is_closed(
+        self, live_server: LiveServer, staff: Staff
+    ) -> None:
+        async with httpx.AsyncClient(base_url=live_server.url) as http:
+            body = await sign_in(http, staff.clinician)
+            async with console(live_server.ws_url, body["access_token"]) as desk:
+                await desk.expect("queue")
+                # Renewed on the socket with the next token of the same session: still open.
+                renewed = (await refresh(http, body["refresh_token"])).json()
+                await renew_on(desk, renewed["access_token"])
+                # The old refresh token replayed: the session ends, and so does the console.
+                assert (await refresh(http, body["refresh_token"])).status_code == 401
+                # The hub looks every 2 s; the bound here is looser, for a loaded machine.
+                assert (await desk.expect("error", within=10))["code"] == "not_authenticated"
+                assert await desk.expect_close() == 4401
+
+    async def test_a_console_renewed_into_a_new_session_follows_it(
+        self, live_server: LiveServer, staff: Staff
+    ) -> None:
+        async with httpx.AsyncClient(base_url=live_server.url) as http:
+            first = await sign_in(http, staff.clinician)
+            async with console(live_server.ws_url, first["access_token"]) as desk:
+                await desk.expect("queue")
+                # Signed in again (the page's dialog), then the first session logged out.
+                await renew_on(desk, (await sign_in(http, staff.clinician))["access_token"])
+                logout = await http.post(
+                    "/api/v1/auth/logout", headers=bearer(first["access_token"])
+                )
+                assert logout.status_code == 204
+                # Past two of the hub's checks: the console still answers.
+                await asyncio.sleep(5)
+                await desk.send({"type": "ping"})
+                await desk.expect("pong")
 
 
 class TestPrivacy:

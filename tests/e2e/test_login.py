@@ -125,19 +125,22 @@ class TestExpiredToken:
         await video_advances(clinician)
         await clinician.evaluate(END_SESSION_ELSEWHERE)
 
-        # A new arrival makes the console reload today's schedule: the API refuses the token.
-        newcomer = await pages.page()
-        await consent_and_join(newcomer, second.token)
-        await expect(clinician.locator("#arrival")).to_contain_text("Pat Next is waiting")
+        # The server closes the console's socket once its session has ended; the console asks
+        # for the password, and the call goes on behind the dialog.
         dialog = clinician.locator("#reauth")
-        await expect(dialog).to_be_visible()
-        await video_advances(clinician)  # the call goes on behind the dialog
+        await expect(dialog).to_be_visible(timeout=20_000)
+        await video_advances(clinician)
         await video_advances(patient)
         await shot(clinician, artifacts, "19-clinician-signs-in-again-during-a-call")
         await dialog.get_by_label("Password").fill(PASSWORD)
         await dialog.get_by_role("button", name="Sign in", exact=True).click()
         await expect(dialog).to_have_count(0)
+        # Signed in again, the console serves the queue: a new arrival shows.
+        newcomer = await pages.page()
+        await consent_and_join(newcomer, second.token)
+        await expect(clinician.locator("#arrival")).to_contain_text("Pat Next is waiting")
         await expect(clinician.locator("#today")).to_contain_text("Pat Next")
+        await video_advances(clinician)
         await clinician.get_by_test_id("end-call").click()
         await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
 
