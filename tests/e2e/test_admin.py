@@ -18,7 +18,7 @@ from app.config import Settings
 from app.db import Database
 from app.main import create_app
 from scheduling.models import Appointment, Recording, Status
-from tests.e2e.conftest import PHONE, SERVER_SETTINGS, Pages, shot
+from tests.e2e.conftest import PHONE, Pages, shot
 from tests.e2e.helpers import assert_accessible
 from tests.factories import PASSWORD, Person, Staff
 from tests.live import LiveServer
@@ -140,12 +140,9 @@ class TestWhoMayOpenIt:
 
 class TestTwoFactorRequired:
     @pytest.fixture
-    def server_settings(self, tmp_path: Path) -> dict[str, str]:
-        return {
-            **SERVER_SETTINGS,
-            "recordings_dir": str(tmp_path / "recordings"),
-            "require_2fa_admins": "true",
-        }
+    def server_settings(self, server_settings: dict[str, str]) -> dict[str, str]:
+        """The usual settings (the conftest's fixture of this name), with 2FA for admins."""
+        return {**server_settings, "require_2fa_admins": "true"}
 
     async def test_an_admin_without_it_is_sent_to_set_it_up(
         self, pages: Pages, staff: Staff
