@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from media.tracks import ForwardedTrack, Publisher
@@ -41,10 +41,7 @@ class Guarded(Protocol):
     def id(self) -> uuid.UUID: ...
 
     @property
-    def consent_read_at(self) -> float: ...
-
-    @property
-    def in_doubt(self) -> bool: ...
+    def opened_at(self) -> float: ...
 
 
 def set_gate(publisher: Publisher, allowed: bool) -> None:
@@ -70,27 +67,40 @@ def _flush(track: ForwardedTrack) -> None:
 
 
 class ConsentWatch:
-    """Reads the standing consent of the relay's calls, again and again, and says what it found."""
+    """Reads the standing consent of the relay's calls, again and again, and says what it found.
+
+    It keeps, per call, when its latest good reading began, and declares a call in doubt when
+    that is more than STALE_SECONDS ago. What it found and its doubts are handed on at once
+    (`on_reading`, `on_doubt` do not wait: they post to the call's owner), so no call's own
+    work can hold up the readings of the others.
+    """
 
     def __init__(
         self,
         guard: ConsentGuard,
         calls: Callable[[], Collection[Guarded]],
         *,
-        on_reading: Callable[[uuid.UUID, Consent | None, float], Awaitable[None]],
-        on_doubt: Callable[[uuid.UUID], Awaitable[None]],
+        on_reading: Callable[[uuid.UUID, Consent | None, float], None],
+        on_doubt: Callable[[uuid.UUID, float], None],
     ) -> None:
         self.guard = guard
         self._calls = calls
         self._on_reading = on_reading
         self._on_doubt = on_doubt
         self._failing = False
+        self._read_at: dict[uuid.UUID, float] = {}  # when each call's latest good reading began
+        self._doubted: set[uuid.UUID] = set()
 
     async def read(
-        self, call_ids: Collection[uuid.UUID], *, within: float = STALE_SECONDS
+        self,
+        call_ids: Collection[uuid.UUID],
+        *,
+        within: float = STALE_SECONDS,
+        started: float | None = None,
     ) -> dict[uuid.UUID, Consent] | None:
         """Each call's consent as committed now (a call not under way is missing); None when
         the database did not answer in time."""
+        started = time.monotonic() if started is None else started
         try:
             async with asyncio.timeout(within):
                 found = await self.guard.read_consent(call_ids)
@@ -107,32 +117,42 @@ class ConsentWatch:
         if self._failing:
             logger.warning("consent readings answer again")
         self._failing = False
+        for call_id in call_ids:
+            self._read_at[call_id] = max(self._read_at.get(call_id, started), started)
+            self._doubted.discard(call_id)
         return found
 
     async def run(self) -> None:
         while True:
             started = time.monotonic()
             calls = list(self._calls())
+            self._forget({call.id for call in calls})
             if calls:
-                oldest = min(call.consent_read_at for call in calls)
+                oldest = min(self._fresh(call) for call in calls)
                 within = max(oldest + STALE_SECONDS - started, POLL_SECONDS)
-                found = await self.read([call.id for call in calls], within=within)
+                found = await self.read([call.id for call in calls], within=within, started=started)
                 if found is not None:
                     for call in calls:
-                        await self._each(self._on_reading(call.id, found.get(call.id), started))
+                        self._each(self._on_reading, call.id, found.get(call.id), started)
                 now = time.monotonic()
                 for call in list(self._calls()):
-                    if not call.in_doubt and now - call.consent_read_at > STALE_SECONDS:
-                        await self._each(self._on_doubt(call.id))
+                    if call.id not in self._doubted and now - self._fresh(call) > STALE_SECONDS:
+                        self._doubted.add(call.id)
+                        self._each(self._on_doubt, call.id, now)
             await asyncio.sleep(self._pause(started))
 
-    async def _each(self, step: Awaitable[None]) -> None:
-        """One call's part; its failure (a recording's row not written while the database is
-        away) must not end the watch of every call."""
+    def _fresh(self, call: Guarded) -> float:
+        return self._read_at.get(call.id, call.opened_at)
+
+    def _forget(self, live: set[uuid.UUID]) -> None:
+        for call_id in [c for c in self._read_at if c not in live]:
+            del self._read_at[call_id]
+        self._doubted &= live
+
+    def _each(self, callback: Callable[..., None], *args: object) -> None:
+        """One call's part; its failure must not end the watch of every call."""
         try:
-            await step
-        except asyncio.CancelledError:
-            raise
+            callback(*args)
         except Exception as exc:
             logger.warning("consent gate step failed", extra={"error_type": type(exc).__name__})
 
@@ -140,6 +160,6 @@ class ConsentWatch:
         """Until the next reading is due, or sooner if a call falls into doubt before that."""
         wake = started + POLL_SECONDS
         for call in self._calls():
-            if not call.in_doubt:
-                wake = min(wake, call.consent_read_at + STALE_SECONDS)
+            if call.id not in self._doubted:
+                wake = min(wake, self._fresh(call) + STALE_SECONDS)
         return max(0.01, wake - time.monotonic())

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from media.tracks import CLOCK
-
-if TYPE_CHECKING:
-    from media.relay import Room
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +32,14 @@ class PeerStats:
 async def participant_stats(
     role: str,
     pc: Any,
-    room: Room,
+    sent_bytes: int,
     marks: dict[str, tuple[int, float]],
     now: float,
     *,
     available_kbps: float | None = None,
 ) -> PeerStats:
-    """One participant's quality now; `marks` keeps each role's byte count between calls."""
+    """One participant's quality now; `sent_bytes` is all they have sent the relay so far,
+    `marks` keeps each role's byte count between calls."""
     report = await pc.getStats()
     rtts, jitters = [], []
     received = lost = 0
@@ -54,12 +52,11 @@ async def participant_stats(
             lost += max(0, stat.packetsLost)
             clock = CLOCK.get(stat.kind, 90_000)
             jitters.append(stat.jitter / clock * 1000.0)
-    total_bytes = sum(p.bytes for (r, _k), p in room.publishers.items() if r == role)
     previous = marks.get(role)
-    marks[role] = (total_bytes, now)
+    marks[role] = (sent_bytes, now)
     kbps = None
     if previous is not None and now > previous[1]:
-        kbps = round((total_bytes - previous[0]) * 8 / 1000 / (now - previous[1]), 1)
+        kbps = round((sent_bytes - previous[0]) * 8 / 1000 / (now - previous[1]), 1)
     loss = round(lost / (received + lost), 4) if received + lost else None
     return PeerStats(
         role=role,

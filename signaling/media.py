@@ -19,7 +19,22 @@ from typing import Any, Protocol
 
 from signaling.errors import SignalingError
 
-__all__ = ["NOTHING", "Consent", "ConsentGuard", "Emit", "MediaPlane", "SignalingError"]
+# The server messages the relay emits, built as signaling builds them (the contract's shapes):
+# an error, a `video` pause or resume, and the two ways to say "negotiate a new connection".
+from signaling.messages import admitted, call, error, video
+
+__all__ = [
+    "NOTHING",
+    "Consent",
+    "ConsentGuard",
+    "Emit",
+    "MediaPlane",
+    "SignalingError",
+    "admitted",
+    "call",
+    "error",
+    "video",
+]
 
 # (call, role, message): deliver a server message to a participant of a call.
 Emit = Callable[[uuid.UUID, str, dict[str, Any]], Awaitable[None]]

@@ -68,3 +68,42 @@ class TestLayout:
                 "signaling.hub",
             ]
         }
+
+    def test_media_reaches_signaling_only_through_its_interface(self) -> None:
+        """signaling.media is the interface signaling defines for the relay; nothing else of
+        signaling is media's to import (its names come `from signaling.media import ...`)."""
+        strays = {
+            module: [n for n in names if not _within("signaling.media", n)]
+            for module, names in imports_of("media", ("signaling",)).items()
+        }
+        assert {module: names for module, names in strays.items() if names} == {}
+
+    def test_media_stats_is_handed_numbers_not_the_relay(self) -> None:
+        found = imports_of("media", ("media.relay", "media.room"))
+        assert "media/stats.py" not in found
+
+    def test_the_media_check_sees_what_it_must_refuse(self, tmp_path: Path) -> None:
+        (tmp_path / "media").mkdir()
+        (tmp_path / "media" / "fine.py").write_text("from signaling.media import Consent, error\n")
+        (tmp_path / "media" / "stats.py").write_text(
+            "from typing import TYPE_CHECKING\n"
+            "from signaling import messages\n"
+            "if TYPE_CHECKING:\n"
+            "    from media.relay import Room\n"
+        )
+        assert imports_of("media", ("signaling",), root=tmp_path) == {
+            "media/fine.py": [
+                "signaling.media",
+                "signaling.media.Consent",
+                "signaling.media.error",
+            ],
+            "media/stats.py": ["signaling", "signaling.messages"],
+        }
+        assert imports_of("media", ("media.relay",), root=tmp_path) == {
+            "media/stats.py": ["media.relay", "media.relay.Room"]
+        }
+
+
+def _within(module: str, name: str) -> bool:
+    """`name` is `module`, or a name in it."""
+    return name == module or name.startswith(f"{module}.")

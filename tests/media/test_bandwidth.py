@@ -29,8 +29,9 @@ from aiortc.rtp import (
 from app.config import Settings
 from media import bandwidth, hooks, tracks
 from media.bandwidth import Downlink, LossMeter, Pacer, restamp_abs_send_time
+from media.forwarding import _keyframe_asked
 from media.frames import EncodedFrame
-from media.relay import Relay, _keyframe_asked
+from media.relay import Relay
 from media.tracks import Publisher
 from tests.media.clients import report_loss, send_remb, until
 from tests.media.harness import Log, Outbox, Peer, consent

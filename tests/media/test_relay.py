@@ -15,7 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.sealed import open_sealed
-from media import relay as relay_module
+from media import owner as owner_module
 from media.relay import Relay
 from tests.media.clients import until
 from tests.media.harness import Log, Outbox, Peer, consent
@@ -94,17 +94,17 @@ class TestBounds:
     async def test_a_flood_of_media_messages_is_refused_and_a_leave_still_goes_through(
         self, relay: tuple[Relay, Outbox, Log], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(relay_module, "WORK_LIMIT", 5)
+        monkeypatch.setattr(owner_module, "WORK_LIMIT", 5)
         plane, outbox, _log = relay
         call = await open_call(plane)
         candidate = {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}
         for _ in range(20):  # no await yields in between: the worker has not run yet
             await plane.candidate(call, "patient", candidate)
-        participant = plane.rooms[call].participants["patient"]
-        assert participant.work.qsize() == 5
+        owner = plane.rooms[call].owner
+        assert owner.waiting("patient") == 5
         await plane.leave(call, "patient")  # replaces what waits: it must not be lost
-        assert participant.work.qsize() == 1
-        await until(lambda: participant.work.empty(), 5)
+        assert owner.waiting("patient") == 1
+        await until(lambda: owner.waiting() == 0, 5)
         errors = [m for m in outbox.messages[(call, "patient")] if m.get("type") == "error"]
         assert errors
         assert {m["code"] for m in errors} == {"media_busy"}

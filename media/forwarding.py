@@ -1,0 +1,213 @@
+"""Publishing and subscribing: whose frames go to whom, on which sender, at what pace.
+
+A participant's incoming tracks feed their `Publisher`s; every other participant subscribes
+to each, on a free transceiver of their own peer connection (or a new one, which the relay's
+own offer brings: media.negotiation). Where the two legs agree on a codec the subscriber gets
+the publisher's encoded frames as they are (`ForwardedTrack`); where they could not, decoded
+frames (`TranscodedTrack`). Every function here runs in the room's owner.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from aiortc import RTCRtpSender, RTCRtpTransceiver
+
+from media import hooks
+from media.bandwidth import LossMeter
+from media.frames import FrameAssembler
+from media.peers import Peer
+from media.room import KINDS, Participant, Room, Subscription
+from media.tracks import ForwardedTrack, Publisher
+from media.transcode import TranscodedTrack
+from signaling.media import video as video_message
+
+
+def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> None:
+    """A participant's incoming track: tap its receiver into their publisher."""
+    transceiver = next((t for t in peer.pc.getTransceivers() if t.receiver.track is track), None)
+    if transceiver is None or track.kind not in KINDS:
+        return
+    receiver = transceiver.receiver
+    publisher = room.publisher(participant.role, track.kind)
+
+    def sink(codec: Any, frame: Any) -> None:
+        participant.media_seen = True
+        publisher.on_frame(codec.name.lower(), frame, receiver)
+
+    assembler = FrameAssembler(track.kind, hooks.codec_of(receiver), sink)
+    hooks.tap_receiver(receiver, assembler, sink)
+    publisher.attach_source(
+        receiver,
+        lambda: room.services.spawn(hooks.request_keyframe(receiver)),
+        waiting=lambda: assembler.waiting_keyframe,
+    )
+    if track.kind == "video":
+        publisher.leg_bps = None
+        hooks.cap_remb(receiver, cap=lambda: publisher.remb_cap, heard=publisher.heard_leg)
+    participant.sources.append(receiver)
+
+
+def subscribe_everyone(room: Room) -> None:
+    for subscriber in room.participants.values():
+        subscribe_all(room, subscriber)
+
+
+def subscribe_all(room: Room, subscriber: Participant) -> None:
+    """Subscribe a participant to every other participant's publishers."""
+    if subscriber.peer is None:
+        return
+    for (role, kind), publisher in list(room.publishers.items()):
+        if role != subscriber.role and (role, kind) not in subscriber.subscriptions:
+            _subscribe(room, subscriber, publisher)
+
+
+def _subscribe(room: Room, subscriber: Participant, publisher: Publisher) -> None:
+    assert subscriber.peer is not None
+    pc = subscriber.peer.pc
+    transceiver = _free_transceiver(pc, publisher.kind)
+    if transceiver is None:
+        subscriber.renegotiate = True
+        if pc.signalingState != "stable":
+            return  # answering an offer: the new transceiver comes with our own offer
+        transceiver = pc.addTransceiver(publisher.kind, direction="sendonly")
+    track: Subscription
+    leg_codec = hooks.negotiated_codec(transceiver)
+    source_codec = _source_codec(room, publisher)
+    if leg_codec and source_codec and leg_codec != source_codec:
+        track = TranscodedTrack(publisher, source_codec=source_codec)
+    else:
+        track = publisher.subscribe()
+    sender = transceiver.sender
+    sender.replaceTrack(track)
+    downlink = subscriber.downlink
+    if publisher.kind == "video":
+        hooks.on_feedback(
+            sender,
+            keyframe=partial(_keyframe_asked, track, publisher),
+            remb=downlink.on_remb,
+            loss=LossMeter(downlink.on_loss),
+        )
+        if isinstance(track, ForwardedTrack) and (subscriber.sound_only or downlink.paused):
+            track.pause()
+    else:
+        # Loss on the audio speaks for the link only while no video goes that way.
+        hooks.on_feedback(
+            sender,
+            keyframe=publisher.ask_keyframe,
+            loss=LossMeter(lambda loss: downlink.on_loss(loss) if downlink.paused else None),
+        )
+    subscriber.subscriptions[(publisher.role, publisher.kind)] = track
+    subscriber.senders[(publisher.role, publisher.kind)] = sender
+    pace(subscriber)
+
+
+def _free_transceiver(pc: Any, kind: str) -> RTCRtpTransceiver | None:
+    transceiver: RTCRtpTransceiver
+    for transceiver in pc.getTransceivers():
+        if (
+            transceiver.kind == kind
+            and _sends_nothing(transceiver.sender)
+            and transceiver.direction in ("sendrecv", "sendonly")
+            and transceiver.mid is not None
+            and not _offer_was_sendonly(transceiver)
+        ):
+            return transceiver
+    return None
+
+
+def _source_codec(room: Room, publisher: Publisher) -> str | None:
+    participant = room.participants.get(publisher.role)
+    if participant is None or participant.peer is None:
+        return None
+    for transceiver in participant.peer.pc.getTransceivers():
+        if transceiver.kind == publisher.kind and transceiver.receiver in participant.sources:
+            return hooks.negotiated_codec(transceiver)
+    return None
+
+
+def unsubscribe_all(room: Room, participant: Participant) -> None:
+    for key, track in participant.subscriptions.items():
+        room.publishers[key].unsubscribe(track)
+    participant.subscriptions.clear()
+    participant.senders.clear()
+
+
+def pace(participant: Participant) -> None:
+    """Put the participant's pacer in front of what the relay sends them (idempotent)."""
+    pacer = participant.pacer
+    if pacer is None:
+        return
+    for (_role, kind), sender in participant.senders.items():
+        ssrcs = pacer.video_ssrcs if kind == "video" else pacer.audio_ssrcs
+        ssrcs.add(sender._ssrc)
+        if kind == "video":
+            rtx = hooks.rtx_ssrc(sender)
+            if rtx is not None:
+                pacer.rtx_ssrcs.add(rtx)
+            ext_id = hooks.abs_send_time_id(sender)
+            if ext_id is not None:
+                pacer.abs_send_time_ids[sender._ssrc] = ext_id
+            hooks.gate_retransmissions(sender, pacer)
+        transport = sender.transport
+        if transport is not None:
+            hooks.pace_transport(transport, pacer)
+
+
+def set_incoming_video(room: Room, participant: Participant) -> None:
+    """Pause or resume every video going to this participant, as their state says."""
+    off = participant.sound_only or participant.downlink.paused
+    for (role, kind), track in participant.subscriptions.items():
+        if kind != "video" or not isinstance(track, ForwardedTrack) or track.paused == off:
+            continue
+        if off:
+            track.pause()
+        else:
+            track.resume()
+            room.publishers[(role, kind)].ask_keyframe()
+
+
+async def set_video(room: Room, role: str, *, enabled: bool) -> None:
+    """`role` asks for sound only (False) or for video again (True); everyone is told."""
+    participant = room.participant(role)
+    if participant.sound_only == (not enabled):
+        return
+    participant.sound_only = not enabled
+    set_incoming_video(room, participant)
+    publisher = room.publishers.get((role, "video"))
+    if publisher is not None:
+        publisher.forwarding = enabled
+        if enabled:
+            for track in publisher.subscribers:
+                track.need_keyframe()
+            publisher.ask_keyframe()
+    await room.announce(
+        video_message(room.id, role, "resumed" if enabled else "paused", "requested")
+    )
+    if enabled and participant.downlink.paused:
+        # Their link still cannot carry video: say so, or the pause would go unexplained.
+        await room.announce(video_message(room.id, role, "paused", "bandwidth"))
+
+
+def _offer_was_sendonly(transceiver: RTCRtpTransceiver) -> bool:
+    """The client sends here but receives nothing: the relay must not send on it."""
+    return (
+        transceiver.currentDirection == "recvonly"
+        or getattr(transceiver, "_offerDirection", None) == "recvonly"
+    )
+
+
+def _keyframe_asked(track: Subscription, publisher: Publisher) -> None:
+    """A subscriber's PLI: its decoder drops every frame until a keyframe, so stop sending them.
+
+    What would still go out is of no use to it and competes with the keyframe for its link.
+    """
+    if isinstance(track, ForwardedTrack):
+        track.need_keyframe()
+    publisher.ask_keyframe()
+
+
+def _sends_nothing(sender: RTCRtpSender) -> bool:
+    track: object = sender.track  # aiortc types it as always set; it is None until given one
+    return track is None
