@@ -14,9 +14,7 @@ import pytest
 from playwright.async_api import Locator, Page, expect
 from sqlalchemy import update
 
-from app.config import Settings
 from app.db import Database
-from app.main import create_app
 from scheduling.models import Appointment, Recording, Status
 from tests.e2e.conftest import PHONE, Pages, shot
 from tests.e2e.helpers import assert_accessible
@@ -25,39 +23,6 @@ from tests.live import LiveServer
 from tests.signaling.helpers import grant, make_visit
 from tests.webm import write_webm
 
-
-def _api_paths() -> dict[str, set[str]]:
-    """Every API path this code serves, with its methods (from the OpenAPI document)."""
-    app = create_app(Settings(environment="test", secret_key="s" * 40))  # type: ignore[arg-type]
-    paths: dict[str, dict[str, object]] = app.openapi()["paths"]
-    return {path: {method.upper() for method in operations} for path, operations in paths.items()}
-
-
-API_PATHS = _api_paths()
-
-
-def _has_route(method: str, path: str) -> bool:
-    return method in API_PATHS.get(path, set())
-
-
-def _has_id_route(method: str, collection: str, suffix: str = "") -> bool:
-    """`/api/v1/{collection}/{id}…` under whatever name the path parameter has."""
-    return any(
-        path.startswith(f"/api/v1/{collection}/{{")
-        and path.endswith("}" + suffix)
-        and method in methods
-        for path, methods in API_PATHS.items()
-    )
-
-
-# The account and recording endpoints land separately (issue 13); until then their steps
-# cannot run.
-LISTS_USERS = _has_route("GET", "/api/v1/users")
-CHANGES_USERS = _has_id_route("PATCH", "users")
-RESETS_PASSWORDS = _has_id_route("POST", "users", "/password-reset")
-DELETES_RECORDINGS = _has_route("GET", "/api/v1/recordings") and _has_id_route(
-    "DELETE", "recordings"
-)
 NEW_PASSWORD = "a long enough password"
 
 
@@ -165,8 +130,7 @@ class TestTwoFactorRequired:
 class TestUsers:
     async def test_add_a_user(self, pages: Pages, staff: Staff, artifacts: Path) -> None:
         page = await admin_page(pages, staff.admin)
-        if LISTS_USERS:
-            await expect(user_item(page, staff.clinician.user.email)).to_be_visible()
+        await expect(user_item(page, staff.clinician.user.email)).to_be_visible()
         dialog = await add_user(page, "dana.new@clinic.example", "Dana New", password="short")
         await expect(dialog.locator("#user-error")).to_contain_text("at least 10 characters")
         await dialog.get_by_label("First password").fill(NEW_PASSWORD)
@@ -191,7 +155,6 @@ class TestUsers:
         await dialog.get_by_role("button", name="Cancel").click()
         await expect(dialog).to_be_hidden()
 
-    @pytest.mark.skipif(not CHANGES_USERS, reason="PATCH /api/v1/users/{id} is not here yet")
     async def test_change_deactivate_and_reactivate_a_user(
         self, pages: Pages, staff: Staff, artifacts: Path
     ) -> None:
@@ -223,9 +186,6 @@ class TestUsers:
         await expect(item).not_to_contain_text("Deactivated")
         assert await sign_in_status(pages.server, "erin.moves@clinic.example") == 200
 
-    @pytest.mark.skipif(
-        not (LISTS_USERS and RESETS_PASSWORDS), reason="password-reset links are not here yet"
-    )
     async def test_a_password_reset_link_is_shown_once_with_a_copy_button(
         self, pages: Pages, staff: Staff
     ) -> None:
@@ -430,7 +390,6 @@ class TestRecordings:
         assert len(body) == size
         assert body.startswith(b"\x1a\x45\xdf\xa3")  # EBML: the WebM itself
 
-    @pytest.mark.skipif(not DELETES_RECORDINGS, reason="the recordings API is not here yet")
     async def test_delete_a_recording_from_the_list_of_all(
         self, pages: Pages, staff: Staff, db: Database, server_settings: dict[str, str]
     ) -> None:
