@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import io
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from sqlalchemy import update
 
 from app.db import Database
 from scheduling.models import Appointment, Recording, Status
+from tests.databases import own_database
 from tests.e2e.conftest import PHONE, Pages, shot
 from tests.e2e.helpers import assert_accessible
 from tests.factories import PASSWORD, Person, Staff
@@ -215,6 +217,12 @@ class TestUsers:
 
 
 class TestConsentTexts:
+    @pytest.fixture
+    def database_url(self, tmp_path: Path) -> Iterator[str]:
+        """A database of its own: the text published here would be every later test's."""
+        with own_database("sqlite", tmp_path) as url:
+            yield url
+
     async def test_publish_a_version_and_see_which_one_a_visit_agreed_to(
         self, pages: Pages, staff: Staff, db: Database, artifacts: Path
     ) -> None:

@@ -103,11 +103,17 @@ class TestKilledMidSend:
                 assert response.status_code == 201, response.text
                 ids.add(uuid.UUID(response.json()["id"]))
 
-        # Kill the victim while it is handing a message over.
-        async with asyncio.timeout(30):
+        # Kill the victim while it is handing a message over: once it has sent one (so both
+        # processes' sends are among those that arrived) and a message of a row it still holds
+        # as `sending` has reached the server, which waits DATA_DELAY before its 250.
+        async with asyncio.timeout(60):
             while True:
                 rows = await outbox(db, ids)
-                if any(r.status == "sending" and holder_pid(r) == victim.process.pid for r in rows):
+                arrived_now = mail.inbox.message_ids()
+                mine = [r for r in rows if holder_pid(r) == victim.process.pid]
+                if any(r.status == "sent" for r in mine) and any(
+                    r.status == "sending" and f"<{r.id}@testserver>" in arrived_now for r in mine
+                ):
                     break
                 await asyncio.sleep(0.01)
         victim.process.send_signal(signal.SIGKILL)
