@@ -210,3 +210,45 @@ class TestPrivacy:
         assert f"secret={totp.secret}" not in logs
         assert f"otp={code}" not in logs
         assert f'"{code}"' not in logs
+
+
+class TestLostAuthenticator:
+    async def test_an_admin_turns_it_off_and_the_users_sessions_end(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        person = staff.clinician
+        totp = await enrol(client, person)
+        signed = await sign_in(client, person, next_code(totp))
+        refresh = signed.json()["refresh_token"]
+        bearer = {"Authorization": f"Bearer {signed.json()['access_token']}"}
+
+        reset = await client.delete(f"/api/v1/users/{person.id}/otp", headers=staff.admin.headers)
+        assert reset.status_code == 200, reset.text
+        assert reset.json() == {"otp_enabled": False}
+
+        # Whoever holds a session of theirs (maybe who took the phone) is out.
+        assert (await client.get("/api/v1/me", headers=bearer)).status_code == 401
+        renewed = await client.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+        assert renewed.status_code == 401
+        # The password alone signs in again, and the user may enrol anew.
+        again = await sign_in(client, person)
+        assert again.status_code == 200, again.text
+        fresh = {"Authorization": f"Bearer {again.json()['access_token']}"}
+        assert (await client.get("/api/v1/me", headers=fresh)).json()["otp_enabled"] is False
+        assert (await client.post("/api/v1/me/otp", headers=fresh)).status_code == 200
+
+        trail = await client.get(
+            "/api/v1/audit-events",
+            params={"record_id": str(person.id), "limit": 5},
+            headers=staff.admin.headers,
+        )
+        assert "user.otp_reset" in [item["action"] for item in trail.json()["items"]]
+
+    async def test_only_admins_and_only_known_users(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        url = f"/api/v1/users/{staff.clinician.id}/otp"
+        for person in (staff.scheduler, staff.clinician):
+            assert_error(await client.delete(url, headers=person.headers), 403, "forbidden")
+        unknown = f"/api/v1/users/{staff.admin.id.hex[:8]}-0000-4000-8000-000000000000/otp"
+        assert_error(await client.delete(unknown, headers=staff.admin.headers), 404, "not_found")

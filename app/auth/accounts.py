@@ -85,6 +85,22 @@ async def update_user(
     return account_out(user)
 
 
+@router.delete("/users/{user_id}/otp", response_model=OtpStatus)
+async def reset_user_otp(
+    request: Request,
+    user_id: uuid.UUID,
+    session: SessionDep,
+    _admin: AdminUser,
+    audit: AuditDep,
+) -> OtpStatus:
+    """Turn off a user's two-factor sign-in (their authenticator is lost); their sessions end."""
+    event = audit.expect("user.otp_reset", "user", user_id)
+    user, ended = await service.turn_off_otp(session, user_id=user_id)
+    event.details = {"sessions_ended": len(ended)}
+    request.app.state.principals.forget_user(user.id)
+    return OtpStatus(otp_enabled=False)
+
+
 @router.post("/users/{user_id}/password-reset", response_model=ResetOut)
 async def issue_password_reset(
     user_id: uuid.UUID,

@@ -158,6 +158,23 @@ async def update_user(
     return user, ended
 
 
+async def turn_off_otp(
+    session: AsyncSession, *, user_id: uuid.UUID
+) -> tuple[User, list[uuid.UUID]]:
+    """Two-factor off for a user who lost their authenticator: the secret is dropped, and every
+    session of theirs ends (whoever holds one may be who took the phone). They sign in with
+    the password alone and may enrol again."""
+    user = await session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if user is None:
+        raise NotFound()
+    user.otp_enabled = False
+    user.otp_secret = None
+    user.otp_last_step = None
+    ended = await sessions.end_all(session, user.id, sessions.EndReason.OTP_RESET)
+    await session.flush()
+    return user, ended
+
+
 def _reset_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

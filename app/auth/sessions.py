@@ -51,6 +51,7 @@ class EndReason(enum.StrEnum):
     DEACTIVATED = "deactivated"
     PASSWORD_RESET = "password_reset"  # noqa: S105 (a reason, not a password)
     PASSWORD_CHANGED = "password_changed"  # noqa: S105 (a reason, not a password)
+    OTP_RESET = "otp_reset"  # an admin turned two-factor off (a lost authenticator)
 
 
 class Refused(enum.StrEnum):
