@@ -32,6 +32,7 @@ from app.main import create_app
 from tests import harness
 from tests.factories import Staff, make_staff
 from tests.live import LiveServer, start_server
+from tests.outside import MailServer
 
 POSTGRES_URL = os.environ.get(
     "TELEVISIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -64,6 +65,16 @@ def postgres_unusable(why: str) -> NoReturn:
 def _asyncpg_url(url: str, database: str) -> str:
     base = url.rsplit("/", 1)[0]
     return f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{database}"
+
+
+@pytest.fixture
+def mail() -> Iterator[MailServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, stopped after the test."""
+    server = MailServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

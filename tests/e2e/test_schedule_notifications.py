@@ -4,7 +4,6 @@ real SMTP server (aiosmtpd on loopback); the dialog's list, and axe on it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from tests.e2e.helpers import assert_accessible, sign_in
 from tests.e2e.test_schedule import ZONE, show_week_of, slot
 from tests.factories import Staff, local_instant, next_weekday
 from tests.outside import MailServer
-
-
-@pytest.fixture
-def mail() -> Iterator[MailServer]:
-    server = MailServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

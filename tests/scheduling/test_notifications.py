@@ -59,15 +59,6 @@ def notify_settings(database_url: str, **extra: Any) -> Settings:
 
 
 @pytest.fixture
-def mail() -> Iterator[MailServer]:
-    server = MailServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def gateway() -> Iterator[SmsGateway]:
     server = SmsGateway().start()
     try:
