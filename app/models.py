@@ -10,6 +10,7 @@ from scheduling.models import (
     ConsentRecord,
     ConsentText,
     Recording,
+    VisitGuest,
 )
 from scheduling.notifications.models import Notification
 from signaling.models import ServerProcess
@@ -29,4 +30,5 @@ __all__ = [
     "ServerProcess",
     "StaffSession",
     "User",
+    "VisitGuest",
 ]

@@ -12,7 +12,9 @@ reordered; the head catches records cut from the end. A hash chain without an ou
 cannot stop a complete rewrite: `televisit audit verify` prints the head to be kept elsewhere.
 
 Each decision also rewrites, in its transaction, the appointment's `patient_consent` (the scopes
-the patient's decisions grant) and `consent_seq` (the latest record's `seq`). The appointment's
+the patient's decisions grant) and `consent_seq` (the latest record's `seq`); a guest's
+(participant `<role>:<id>`, app.participants) rewrites that guest's row's `consent` and
+`consent_seq` instead of `patient_consent`. The appointment's
 transitions check that column in their own statement (scheduling.lifecycle), and the relay
 re-reads it several times a second (`of_calls`): a committed withdrawal reaches the call's media
 whatever becomes of the event announcing it.
@@ -31,13 +33,21 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import participants
 from app.errors import Conflict
-from scheduling import calls
+from scheduling import calls, guests
 from scheduling.models import Appointment, ConsentChain, ConsentRecord, ConsentText
 
 SCOPES = ("video_visit", "recording")
 GENESIS = "0" * 64
-PATIENT = "patient"
+PATIENT = participants.PATIENT
+
+
+def _guest_id(participant: str) -> uuid.UUID:
+    guest_id = participants.parse_key(participant)[1]
+    if guest_id is None:
+        raise ValueError("consent is the patient's or a guest's")
+    return guest_id
 
 
 class ConsentVersionMismatch(Conflict):
@@ -138,9 +148,12 @@ async def record(
     session.add(entry)
     await session.flush()
     values: dict[str, Any] = {"consent_seq": entry.seq}
+    granted = scope_text((await standing(session, appointment_id, participant)).granted)
     if participant == PATIENT:
-        granted = (await standing(session, appointment_id, participant)).granted
-        values["patient_consent"] = scope_text(granted)
+        values["patient_consent"] = granted
+    else:
+        # A guest's decision: their own row's standing consent, in the same transaction.
+        await guests.set_consent(session, _guest_id(participant), granted=granted, seq=entry.seq)
     # This also locks the appointment's row until the decision commits: a transition racing
     # it waits, then re-checks its conditions against the row as the decision left it.
     await session.execute(
@@ -154,15 +167,21 @@ class Decision:
     record: ConsentRecord
     standing: Standing
     withdrawal: calls.Withdrawal | None = None  # the patient's video consent no longer stands
+    # A guest's video consent no longer stands and they were waiting or in the call: they are
+    # out (status `invited`; they must consent and be admitted again).
+    guest_left: bool = False
 
 
 async def take_effect(session: AsyncSession, entry: ConsentRecord, *, now: dt.datetime) -> Decision:
     """What a decision just recorded does, in its transaction: when the patient's consent to
     the video visit no longer stands, their call ends (`completed`) or they leave the waiting
-    room (`booked`), before anyone hears of it."""
+    room (`booked`), before anyone hears of it. A guest's takes only that guest out."""
     after = await standing(session, entry.appointment_id, entry.participant)
-    if entry.participant != PATIENT or after.video_visit:
+    if after.video_visit:
         return Decision(entry, after)
+    if entry.participant != PATIENT:
+        left = await guests.withdraw(session, _guest_id(entry.participant))
+        return Decision(entry, after, guest_left=left)
     return Decision(entry, after, await calls.withdraw(session, entry.appointment_id, now=now))
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import ExcludeConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
+from app.participants import GUEST_ROLES, MAX_GUESTS
 
 
 class Status(enum.StrEnum):
@@ -171,7 +173,8 @@ class ConsentRecord(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     seq: Mapped[int] = mapped_column(BigInteger, unique=True)
     appointment_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("appointments.id"))
-    participant: Mapped[str] = mapped_column(String(32))
+    # "patient", or a guest's "<role>:<id>" (app.participants).
+    participant: Mapped[str] = mapped_column(String(64))
     decision: Mapped[str] = mapped_column(String(16))
     # Space-separated, sorted: "recording video_visit".
     scopes: Mapped[str] = mapped_column(String(64))
@@ -209,3 +212,80 @@ class Recording(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class GuestStatus(enum.StrEnum):
+    INVITED = "invited"  # link made; not in the waiting room
+    WAITING = "waiting"  # socket connected with the video visit consent granted
+    IN_CALL = "in_call"  # admitted into the running call by the clinician
+    LEFT = "left"  # reserved for signaling (a guest out of the call who needs admitting again)
+    REMOVED = "removed"  # link closed for good
+
+
+_GUEST_ROLE_LIST = ", ".join(f"'{r}'" for r in GUEST_ROLES)
+_GUEST_STATUS_LIST = ", ".join(f"'{s.value}'" for s in GuestStatus)
+_GUEST_SLOTS = ", ".join(str(n) for n in range(1, MAX_GUESTS + 1))
+# Partial: a removed guest frees their slot. PostgreSQL and SQLite both know partial indexes.
+_ACTIVE_GUEST = text("removed_at IS NULL")
+
+
+class VisitGuest(Base):
+    """A guest of one appointment's visit (an interpreter, a caregiver, a colleague), with a
+    link of their own (the patient's derivation: scheduling.visits) and their own consent.
+
+    An active guest holds one of the appointment's MAX_GUESTS slots; the unique index over
+    (appointment, slot) of the rows not removed makes the database refuse a third, whatever
+    requests race.
+    """
+
+    __tablename__ = "visit_guests"
+    __table_args__ = (
+        CheckConstraint(f"role IN ({_GUEST_ROLE_LIST})", name="role"),
+        CheckConstraint(f"status IN ({_GUEST_STATUS_LIST})", name="status"),
+        CheckConstraint(f"slot IN ({_GUEST_SLOTS})", name="slot"),
+        CheckConstraint("length(name) BETWEEN 1 AND 200", name="name_length"),
+        CheckConstraint(
+            "(status = 'removed' AND removed_at IS NOT NULL)"
+            " OR (status <> 'removed' AND removed_at IS NULL)",
+            name="removed",
+        ),
+        CheckConstraint(
+            "presence IS NULL OR presence IN ('connected', 'reconnecting')", name="presence"
+        ),
+        Index(
+            "uq_visit_guests_active_slot",
+            "appointment_id",
+            "slot",
+            unique=True,
+            postgresql_where=_ACTIVE_GUEST,
+            sqlite_where=_ACTIVE_GUEST,
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    appointment_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("appointments.id"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    # As the appointment's: the link is derived from the salt and the server's secret.
+    link_salt: Mapped[bytes] = mapped_column(LargeBinary(32))
+    link_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    slot: Mapped[int] = mapped_column(SmallInteger)
+    status: Mapped[str] = mapped_column(String(16), default=GuestStatus.INVITED.value)
+    # Where the guest's socket is (as the appointment's patient_* presence columns).
+    presence: Mapped[str | None] = mapped_column(String(16))
+    process: Mapped[str | None] = mapped_column(String(32), index=True)
+    connection: Mapped[str | None] = mapped_column(String(32))
+    presence_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    waiting_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The guest's standing consent (space-separated scopes their latest decisions grant) and
+    # the `seq` of their latest record: rewritten by each of their decisions (scheduling.consent).
+    consent: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    consent_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_by_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    admitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    removed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.models import Role, User
 from app.auth.principal import Principal
 from app.errors import Conflict, Gone, NotAuthenticated, NotFound, ValidationFailed
-from scheduling import lifecycle, repository, slots, visits
+from scheduling import guests, lifecycle, repository, slots, visits
 from scheduling.models import Appointment, Availability, Status
 from scheduling.notifications import outbox
 from scheduling.schemas import AvailabilityBody, Patient
@@ -444,23 +444,70 @@ def link_closes_at(appointment: Appointment, hours_after: int) -> dt.datetime:
     return appointment.end_at + dt.timedelta(hours=hours_after)
 
 
+async def find_link(
+    session: AsyncSession, *, token: str, now: dt.datetime, hours_after: int
+) -> guests.VisitLink:
+    """The appointment behind an open visit link, the patient's or a guest's; 404 unknown, 410
+    cancelled, expired or (a guest's) removed."""
+    if not 20 <= len(token) <= 100:
+        raise VisitNotFound()
+    link_hash = visits.token_hash(token)
+    appointment = await repository.by_link_hash(session, link_hash)
+    guest = None
+    if appointment is None:
+        guest = await guests.by_link_hash(session, link_hash)
+        if guest is None:
+            raise VisitNotFound()
+        appointment = await repository.get_appointment(session, guest.appointment_id)
+        if appointment is None:
+            raise VisitNotFound()
+        if guest.removed_at is not None:
+            raise VisitClosed()
+    if appointment.status == Status.CANCELLED or now >= link_closes_at(appointment, hours_after):
+        raise VisitClosed()
+    return guests.VisitLink(appointment, guest)
+
+
 async def find_visit(
     session: AsyncSession, *, token: str, now: dt.datetime, hours_after: int
 ) -> Appointment:
-    """The appointment behind an open visit link; 404 unknown, 410 cancelled or expired."""
-    if not 20 <= len(token) <= 100:
+    """The appointment behind the patient's open link; a guest's link is not the patient's."""
+    link = await find_link(session, token=token, now=now, hours_after=hours_after)
+    if link.is_guest:
         raise VisitNotFound()
-    appointment = await repository.by_link_hash(session, visits.token_hash(token))
-    if appointment is None:
-        raise VisitNotFound()
-    if appointment.status == Status.CANCELLED or now >= link_closes_at(appointment, hours_after):
-        raise VisitClosed()
-    return appointment
+    return link.appointment
 
 
 def needs_verification(appointment: Appointment, *, birth_date_check: bool) -> bool:
     """With the practice's birth-date check on, a link alone shows nothing."""
     return birth_date_check and appointment.patient_birth_date is not None
+
+
+async def open_link(
+    session: AsyncSession,
+    *,
+    token: str,
+    now: dt.datetime,
+    hours_after: int,
+    birth_date_check: bool,
+    link_key: bytes,
+    verification: str | None,
+) -> guests.VisitLink:
+    """`find_link`, and the proof of the patient's second factor when the practice asks for one.
+
+    A guest's link needs none: the birth date is the patient's, which a guest need not know."""
+    link = await find_link(session, token=token, now=now, hours_after=hours_after)
+    appointment = link.appointment
+    if (
+        not link.is_guest
+        and needs_verification(appointment, birth_date_check=birth_date_check)
+        and not (
+            verification
+            and visits.proof_valid(link_key, appointment.link_hash, verification, now=now)
+        )
+    ):
+        raise VerificationRequired()
+    return link
 
 
 async def open_visit(
@@ -473,13 +520,19 @@ async def open_visit(
     link_key: bytes,
     verification: str | None,
 ) -> Appointment:
-    """`find_visit`, and the proof of the second factor when the practice asks for one."""
-    appointment = await find_visit(session, token=token, now=now, hours_after=hours_after)
-    if needs_verification(appointment, birth_date_check=birth_date_check) and not (
-        verification and visits.proof_valid(link_key, appointment.link_hash, verification, now=now)
-    ):
-        raise VerificationRequired()
-    return appointment
+    """`open_link` for the patient's own link only (a guest's answers 404)."""
+    link = await open_link(
+        session,
+        token=token,
+        now=now,
+        hours_after=hours_after,
+        birth_date_check=birth_date_check,
+        link_key=link_key,
+        verification=verification,
+    )
+    if link.is_guest:
+        raise VisitNotFound()
+    return link.appointment
 
 
 async def list_clinicians(session: AsyncSession) -> Sequence[User]:

@@ -1,8 +1,9 @@
-"""The outbox: one row per notification a patient is to get.
+"""The outbox: one row per notification a patient (or a guest of the visit) is to get.
 
-A row is keyed by (appointment, kind, channel, reminder hour, the appointment's sequence): the
-unique constraint makes queueing one notification twice impossible, whatever retries a request
-makes. Its status moves only forward, each step a conditional UPDATE:
+A row is keyed by (appointment, kind, channel, reminder hour, the appointment's sequence), a
+guest's by (guest, kind, channel, hour, sequence): the unique indexes make queueing one
+notification twice impossible, whatever retries a request makes. Its status moves only forward,
+each step a conditional UPDATE:
 
     queued -> claimed -> sending -> sent | failed        (claimed -> queued when a lease ends;
     queued | claimed -> cancelled                          sending -> queued only by its owner,
@@ -21,8 +22,8 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +35,7 @@ class Kind(enum.StrEnum):
     RESCHEDULED = "rescheduled"
     CANCELLED = "cancelled"
     REMINDER = "reminder"
+    GUEST_INVITATION = "guest_invitation"  # a guest's link, sent to the guest
 
 
 class Channel(enum.StrEnum):
@@ -63,8 +65,28 @@ class Notification(Base):
         CheckConstraint(_one_of("kind", Kind), name="kind"),
         CheckConstraint(_one_of("channel", Channel), name="channel"),
         CheckConstraint(_one_of("status", State), name="status"),
-        UniqueConstraint(
-            "appointment_id", "kind", "channel", "hours", "sequence", name="uq_notifications_once"
+        # The patient's (participant_id NULL) and each guest's apart: NULLs never collide.
+        Index(
+            "uq_notifications_once",
+            "appointment_id",
+            "kind",
+            "channel",
+            "hours",
+            "sequence",
+            unique=True,
+            postgresql_where=text("participant_id IS NULL"),
+            sqlite_where=text("participant_id IS NULL"),
+        ),
+        Index(
+            "uq_notifications_guest_once",
+            "participant_id",
+            "kind",
+            "channel",
+            "hours",
+            "sequence",
+            unique=True,
+            postgresql_where=text("participant_id IS NOT NULL"),
+            sqlite_where=text("participant_id IS NOT NULL"),
         ),
         Index("ix_notifications_due", "status", "due_at"),
     )
@@ -73,6 +95,8 @@ class Notification(Base):
     appointment_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("appointments.id", ondelete="CASCADE"), index=True
     )
+    # A guest's notification (scheduling.guests); NULL: the patient's.
+    participant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("visit_guests.id"))
     kind: Mapped[str] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(8))
     # A reminder's hours before the start; 0 for the other kinds.
