@@ -12,7 +12,8 @@ import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from ".
 import { signedInStaff } from "./reauth.js";
 import { MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, VideoStates } from "./soundonly.js";
+import { CallTiles, peerKey, renderSoundOnly, roleWords } from "./tiles.js";
 import { addDays, formatDuration, formatTime, zonedParts, zonedTime, zoneName } from "./time.js";
 
 const queueList = byId("queue");
@@ -21,6 +22,12 @@ const localVideo = byId("local-video");
 const arrival = byId("arrival");
 const callMessage = byId("call-message");
 const soundOnly = new SoundOnlyView(remoteVideo);
+// The call's tiles: the patient large (the page's own tile), guests and oneself around.
+const tiles = new CallTiles({
+  stage: byId("tiles"),
+  main: { key: "patient", tile: byId("main-tile"), video: remoteVideo },
+  self: { key: "clinician", tile: byId("self-tile") },
+});
 
 const state = {
   me: null,
@@ -39,6 +46,8 @@ const state = {
   audioOnly: false, // sound only, by the clinician's choice (the "Audio only" button)
   video: new VideoStates(), // what the relay said it paused in this call, and for whom
   todayTimer: null,
+  guests: new Map(), // this call's guests: id -> {id, role, name, status}
+  screen: null, // the shared screen's track while sharing
 };
 
 const CONNECTION = {
@@ -180,7 +189,16 @@ async function onMessage(message) {
       renderRecording();
       break;
     case "message":
-      if (state.call) patientState(message.data || {});
+      if (forCall) peerState(message.from || "patient", message.data || {});
+      break;
+    case "peer":
+      if (forCall) onPeer(message);
+      break;
+    case "streams":
+      if (forCall) {
+        tiles.setStreams(message.items);
+        renderVideo();
+      }
       break;
     case "video":
       if (forCall && state.video.apply(message)) {
@@ -202,6 +220,9 @@ const ERRORS = {
   invalid_transition: "That is no longer possible: the visit has changed meanwhile.",
   not_found: "That appointment is no longer in your queue.",
   media_unavailable: "The video relay did not answer. Try again.",
+  call_full: "The call is full: at most four people take part in a visit.",
+  participant_limit: "This visit already has two guests. Remove one to invite another.",
+  participant_not_waiting: "That guest is not in the waiting room (any more).",
 };
 
 function onError(message) {
@@ -232,7 +253,11 @@ function onQueue(items) {
   }
   document.title = waiting.length ? `(${waiting.length}) Console — Televisit` : "Console — Televisit";
   renderQueue();
-  if (state.call) renderCallStatus();
+  if (state.call) {
+    renderCallStatus();
+    const item = items.find((i) => i.appointment_id === state.call.id);
+    if (item?.participants) mergeGuests(item.participants, { complete: true });
+  }
   scheduleTodayRefresh();
 }
 
@@ -292,6 +317,7 @@ function renderQueue() {
           el("span", { class: "muted", text: `booked ${formatTime(item.start, state.me.timezone)}` }),
         ),
         el("span", { class: "row" }, admit, noShow),
+        renderWaitingGuests(item),
       );
       if (!state.shown?.has(item.appointment_id)) li.classList.add("is-new");
       return li;
@@ -301,6 +327,45 @@ function renderQueue() {
   const count = state.queue.filter((item) => item.status === "waiting").length;
   byId("queue-count").textContent = `${count} waiting`;
   byId("queue-empty").hidden = state.queue.length > 0;
+}
+
+const GUEST_STATUS = { invited: "Invited", waiting: "Waiting", in_call: "In call", left: "Left", removed: "Removed" };
+
+/** The patient's guests under their queue item; a waiting one is admitted into the running call. */
+function renderWaitingGuests(item) {
+  const guests = (item.participants || []).filter((g) => g.status !== "removed");
+  if (!guests.length) return null;
+  const inThisCall = state.call?.id === item.appointment_id;
+  return el(
+    "ul",
+    { class: "guests", "aria-label": `Guests of ${item.patient_name}` },
+    ...guests.map((guest) =>
+      el(
+        "li",
+        { class: "row small", "data-testid": "queue-guest", dataset: { id: guest.id, status: guest.status } },
+        el("span", { class: "name", text: guest.name }),
+        el("span", { class: "muted", text: roleWords(`${guest.role}:${guest.id}`) }),
+        el("span", { class: `tag ${guest.status}`, text: GUEST_STATUS[guest.status] || guest.status }),
+        guest.status === "waiting"
+          ? el("button", {
+              type: "button",
+              class: "primary",
+              "data-testid": "admit-guest",
+              text: "Admit",
+              disabled: !inThisCall,
+              title: inThisCall ? null : "Guests join a running call: admit the patient first.",
+              "aria-label": `Admit ${guest.name} (${roleWords(`${guest.role}:${guest.id}`).toLowerCase()})`,
+              onclick: () => admitGuest(item.appointment_id, guest),
+            })
+          : null,
+      ),
+    ),
+  );
+}
+
+function admitGuest(appointmentId, guest) {
+  callMessage.textContent = "";
+  state.channel.send({ type: "admit", appointment_id: appointmentId, participant_id: guest.id });
 }
 
 function renderWaitingTimes() {
@@ -399,10 +464,16 @@ async function openCall(appointmentId, iceServers) {
     byId("call-view").hidden = false;
     byId("stats").replaceChildren(el("tr", {}, el("td", { colspan: 6, text: "Waiting for the first figures…" })));
     state.video.reset();
+    tiles.know("patient", name);
+    tiles.join("patient", name);
     renderVideo();
     byId("stats-mode").textContent = "";
     renderRecording();
     loadConsent(appointmentId);
+    state.guests = new Map();
+    if (item?.participants) mergeGuests(item.participants, { complete: true });
+    else renderGuests();
+    loadGuests(appointmentId);
   }
   state.call.iceServers = iceServers;
   state.pendingAdmit = null;
@@ -439,10 +510,8 @@ function startLink() {
     iceServers: call.iceServers,
     stream: state.media?.stream || null,
     send: (message) => state.channel.send({ ...message, appointment_id: call.id }),
-    onRemoteTrack: (stream) => {
-      if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
-      remoteVideo.play().catch(() => {});
-    },
+    screen: state.screen,
+    onRemoteTrack: () => tiles.refresh(),
     onState: (connection) => {
       // The relay keeps a choice across connections and says nothing when it is unchanged:
       // telling it again squares it with this page (one reloaded, a press lost while the
@@ -451,6 +520,7 @@ function startLink() {
     },
   });
   call.link = link;
+  tiles.attach(link);
   // A new peer connection with the relay: what it said about our own link is for it to say again.
   state.video.clear("clinician", "bandwidth");
   renderVideo();
@@ -479,9 +549,7 @@ function renderVideo() {
     soundOnly.clear();
     return;
   }
-  const name = state.call.name;
-  const words = soundOnlyWords({ me: "clinician", other: "patient", name, chose: state.audioOnly, states: state.video });
-  soundOnly.show({ ...words, name });
+  renderSoundOnly({ tiles, view: soundOnly, me: "clinician", chose: state.audioOnly, states: state.video });
 }
 
 function sendVideoChoice() {
@@ -511,6 +579,29 @@ const linkFitter = new LinkFitter("clinician", () => ({
 }));
 
 byId("audio-only").addEventListener("click", () => setAudioOnly(!state.audioOnly));
+
+/** Someone's camera or microphone, as their page said: on their tile (and, for the patient, in words). */
+function peerState(from, data) {
+  tiles.setState(from, data);
+  if (from === "patient") patientState(data);
+}
+
+/** A guest (or the patient) joined or left the call. */
+function onPeer(message) {
+  const key = peerKey(message);
+  if (!key || key === "clinician") return;
+  if (message.event === "joined") tiles.join(key, message.name);
+  else if (message.event === "left") tiles.leave(key);
+  if (key !== "patient") {
+    const who = `${message.name || roleWords(key)} (${roleWords(key).toLowerCase()})`;
+    byId("people-status").textContent = `${who} ${message.event === "joined" ? "joined" : "left"} the call.`;
+    if (message.participant_id && state.guests.has(message.participant_id)) {
+      state.guests.get(message.participant_id).status = message.event === "joined" ? "in_call" : "waiting";
+      renderGuests();
+    }
+  }
+  renderVideo();
+}
 
 function patientState(data) {
   const notes = [];
@@ -557,7 +648,7 @@ function renderStats(message) {
     el(
       "tr",
       {},
-      el("th", { scope: "row", text: p.role === "patient" ? state.call.name : "You" }),
+      el("th", { scope: "row", text: p.role === "patient" ? state.call.name : p.role === "clinician" ? "You" : tiles.name(p.role) }),
       figure(p.rtt_ms, (v) => `${Math.round(v)} ms`),
       figure(p.loss, (v) => `${(v * 100).toFixed(1)} %`),
       figure(p.jitter_ms, (v) => `${Math.round(v)} ms`),
@@ -588,13 +679,16 @@ function closeCall(reason) {
   state.microphoneOn = state.cameraOn = true;
   state.audioOnly = false;
   state.video.reset();
+  stopScreen({ tell: false });
+  tiles.reset();
+  state.guests = new Map();
+  renderGuests();
   for (const [id, label] of [["mute", "Mute"], ["camera", "Camera off"], ["audio-only", "Audio only"]]) {
     byId(id).setAttribute("aria-pressed", "false");
     byId(id).textContent = label;
   }
   renderVideo();
   byId("local-placeholder").hidden = true;
-  remoteVideo.srcObject = null;
   endLocalMedia();
   byId("call-view").hidden = true;
   byId("call-idle").hidden = false;
@@ -643,5 +737,191 @@ byId("camera").addEventListener("click", (event) => {
   event.currentTarget.textContent = state.cameraOn ? "Camera off" : "Camera on";
   sendState();
 });
+
+
+// Guests: invite (their own link), admit from the queue, remove ------------------------------
+
+const GUEST_PATH = (appointmentId) => `/api/v1/appointments/${appointmentId}/participants`;
+
+/** Guests as the queue or the API tell them; `complete`: the list is all of them. */
+function mergeGuests(list, { complete = false } = {}) {
+  if (complete) {
+    const ids = new Set(list.map((g) => g.id));
+    for (const id of [...state.guests.keys()]) if (!ids.has(id)) state.guests.delete(id);
+  }
+  for (const guest of list) state.guests.set(guest.id, { ...state.guests.get(guest.id), ...guest });
+  renderGuests();
+}
+
+async function loadGuests(appointmentId) {
+  try {
+    const answer = await api(GUEST_PATH(appointmentId));
+    if (state.call?.id === appointmentId) mergeGuests(answer.items || [], { complete: true });
+  } catch {
+    // The queue's items carry the guests too; the list fills from them.
+  }
+}
+
+function renderGuests() {
+  const guests = [...state.guests.values()].filter((g) => g.status !== "removed");
+  byId("guests-empty").hidden = guests.length > 0;
+  byId("guests").replaceChildren(
+    ...guests.map((guest) => {
+      const role = roleWords(`${guest.role}:${guest.id}`);
+      return el(
+        "li",
+        { class: "row", "data-testid": "guest", dataset: { id: guest.id, status: guest.status || "" } },
+        el("span", { class: "name", text: guest.name }),
+        el("span", { class: "muted small", text: role }),
+        el("span", { class: `tag ${guest.status || ""}`, text: GUEST_STATUS[guest.status] || guest.status || "" }),
+        el("button", {
+          type: "button",
+          class: "link",
+          "data-testid": "remove-participant",
+          text: "Remove",
+          "aria-label": `Remove ${guest.name} from the visit`,
+          onclick: () => removeGuest(guest),
+        }),
+      );
+    }),
+  );
+}
+
+async function removeGuest(guest) {
+  const call = state.call;
+  if (!call) return;
+  const sure = await confirmDialog({
+    title: `Remove ${guest.name} from the visit?`,
+    text: "They leave the call at once and their link stops working.",
+    confirm: "Remove",
+    danger: true,
+  });
+  if (!sure) return;
+  try {
+    await api(`${GUEST_PATH(call.id)}/${guest.id}`, { method: "DELETE" });
+    state.guests.delete(guest.id);
+    renderGuests();
+    tiles.leave(`${guest.role}:${guest.id}`);
+    byId("people-status").textContent = `${guest.name} was removed from the visit.`;
+  } catch (error) {
+    callMessage.textContent = describe(error);
+  }
+}
+
+const inviteDialog = byId("invite-dialog");
+
+byId("invite").addEventListener("click", () => {
+  byId("invite-form").reset();
+  for (const id of ["invite-role", "invite-name", "invite-email", "invite-phone", "invite-send"]) byId(id).disabled = false;
+  byId("invite-send").hidden = false;
+  byId("invite-error").textContent = "";
+  byId("invite-done").hidden = true;
+  byId("invite-copied").textContent = "";
+  inviteDialog.showModal();
+  byId("invite-name").focus();
+});
+
+byId("invite-close").addEventListener("click", () => inviteDialog.close());
+
+byId("invite-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const call = state.call;
+  const error = byId("invite-error");
+  error.textContent = "";
+  const name = byId("invite-name").value.trim();
+  if (!call) {
+    error.textContent = "There is no call to invite a guest to.";
+    return;
+  }
+  if (!name) {
+    error.textContent = "Enter the guest's name.";
+    byId("invite-name").focus();
+    return;
+  }
+  const json = { role: byId("invite-role").value, name };
+  const email = byId("invite-email").value.trim();
+  const phone = byId("invite-phone").value.trim();
+  if (email) json.email = email;
+  if (phone) json.phone = phone;
+  byId("invite-send").disabled = true;
+  try {
+    const guest = await api(GUEST_PATH(call.id), { method: "POST", json });
+    mergeGuests([{ status: "invited", ...guest }]);
+    for (const id of ["invite-role", "invite-name", "invite-email", "invite-phone"]) byId(id).disabled = true;
+    byId("invite-send").hidden = true;
+    byId("invite-done-text").textContent =
+      `${guest.name} is invited${email || phone ? ": the invitation is on its way" : ""}. They appear under the patient in the queue once they are waiting.`;
+    byId("invite-link").value = guest.visit_url || "";
+    byId("invite-done").hidden = false;
+    byId("invite-link").focus();
+    byId("invite-link").select();
+  } catch (failure) {
+    error.textContent = (failure instanceof ApiError && ERRORS[failure.code]) || describe(failure);
+  } finally {
+    byId("invite-send").disabled = false;
+  }
+});
+
+byId("invite-copy").addEventListener("click", async () => {
+  const link = byId("invite-link");
+  try {
+    await navigator.clipboard.writeText(link.value);
+    byId("invite-copied").textContent = "Copied.";
+  } catch {
+    link.select();
+    byId("invite-copied").textContent = "Select the link and copy it.";
+  }
+});
+
+// Screen share: a second outgoing video, which the relay shows the others large ------------
+
+function renderScreen() {
+  const button = byId("share-screen");
+  const on = Boolean(state.screen);
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Stop sharing" : "Share screen";
+  const note = byId("screen-note");
+  note.hidden = !on;
+  note.textContent = on ? "You are sharing your screen: everyone in the call sees it large." : "";
+}
+
+async function shareScreen() {
+  const call = state.call;
+  if (!call || state.screen) return;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (error) {
+    callMessage.textContent =
+      error?.name === "NotAllowedError" ? "Screen sharing was not allowed." : "Your screen could not be shared.";
+    return;
+  }
+  const track = stream.getVideoTracks()[0];
+  if (!track || state.call !== call) {
+    stopStream(stream);
+    return;
+  }
+  track.contentHint = "detail";
+  // The browser's own "Stop sharing" ends the track.
+  track.addEventListener("ended", () => stopScreen());
+  state.screen = track;
+  state.channel.send({ type: "screen", appointment_id: call.id, enabled: true });
+  renderScreen();
+  await call.link?.shareScreen(track).catch((error) => console.warn("screen", error?.name));
+}
+
+function stopScreen({ tell = true } = {}) {
+  const track = state.screen;
+  if (!track) return;
+  state.screen = null;
+  track.stop();
+  if (tell && state.call) {
+    state.channel.send({ type: "screen", appointment_id: state.call.id, enabled: false });
+    state.call.link?.shareScreen(null).catch(() => {});
+  }
+  renderScreen();
+}
+
+byId("share-screen").addEventListener("click", () => (state.screen ? stopScreen() : shareScreen()));
 
 start();

@@ -20,9 +20,9 @@ export class MediaLink {
    * iceServers: from the server; stream: the local MediaStream (may be null or audio-only);
    * send(message): negotiation out ({type: offer|answer|candidate, ...});
    * onRemoteTrack(stream): a track was added to the remote stream;
-   * onState(connectionState).
+   * onState(connectionState); screen: a shared screen's track to send from the start (or null).
    */
-  constructor({ iceServers, stream, send, onRemoteTrack, onState }) {
+  constructor({ iceServers, stream, send, onRemoteTrack, onState, screen = null }) {
     this.send = send;
     this.onRemoteTrack = onRemoteTrack || (() => {});
     this.onState = onState || (() => {});
@@ -42,6 +42,9 @@ export class MediaLink {
         else this.audioSender = transceiver.sender;
       } else pc.addTransceiver(kind, { direction: "recvonly" });
     }
+    this.screenTransceiver = null; // the second outgoing video: a shared screen
+    this.wantOffer = false; // an offer of ours is due (the relay's offer came first)
+    if (screen) this._addScreen(screen);
     pc.ontrack = (event) => {
       const track = event.track;
       for (const old of this.remote.getTracks()) {
@@ -66,6 +69,47 @@ export class MediaLink {
     this.send({ type: "offer", sdp: this.pc.localDescription.sdp });
   }
 
+  /**
+   * Offer again (after our own transceivers changed). When the relay's offer is in flight,
+   * ours waits until that one is answered.
+   */
+  async renegotiate() {
+    if (this.closed) return;
+    if (this.pc.signalingState !== "stable") {
+      this.wantOffer = true;
+      return;
+    }
+    this.wantOffer = false;
+    await this.start();
+  }
+
+  /** The track on the transceiver the relay calls `mid`, as received (null: none such). */
+  receivedTrack(mid) {
+    return this.receiver(mid)?.track || null;
+  }
+
+  receiver(mid) {
+    if (this.closed) return null;
+    const transceiver = this.pc.getTransceivers().find((t) => t.mid === mid);
+    return transceiver ? transceiver.receiver : null;
+  }
+
+  _addScreen(track) {
+    this.screenTransceiver = this.pc.addTransceiver(track, { direction: "sendonly" });
+  }
+
+  /** Send a shared screen as a second video (null: stop sending it); negotiates again. */
+  async shareScreen(track) {
+    if (this.closed) return;
+    const transceiver = this.screenTransceiver;
+    if (track && !transceiver) this._addScreen(track);
+    else if (transceiver) {
+      await transceiver.sender.replaceTrack(track);
+      transceiver.direction = track ? "sendonly" : "inactive";
+    } else return;
+    await this.renegotiate();
+  }
+
   /** A negotiation message from the relay. */
   async handle(message) {
     if (this.closed) return;
@@ -74,11 +118,16 @@ export class MediaLink {
       if (pc.signalingState !== "have-local-offer") return;
       await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       await this._flushCandidates();
+      if (this.wantOffer) await this.renegotiate();
     } else if (message.type === "offer") {
+      // The relay's offer met one of ours: the browser rolls ours back; it goes again after.
+      if (pc.signalingState === "have-local-offer") this.wantOffer = true;
       await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
       await this._flushCandidates();
       await pc.setLocalDescription(await pc.createAnswer());
       this.send({ type: "answer", sdp: pc.localDescription.sdp });
+      // An offer of ours that met the relay's (rolled back by the browser) goes now.
+      if (this.wantOffer) await this.renegotiate();
     } else if (message.type === "candidate") {
       const candidate = message.candidate;
       if (!candidate || !candidate.candidate) return;

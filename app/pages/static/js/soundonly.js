@@ -64,14 +64,26 @@ export function soundOnlyWords({ me, other, name, chose, states }) {
     lines.push("Your connection is weak: sound only for now. The video comes back when your connection is better.");
     tile = "Your connection is weak: sound only for now";
   }
-  if (states.has(other, "requested")) {
-    lines.push(`${name} switched to sound only: no video either way for now.`);
-    tile = tile || `${name} switched to sound only`;
-  } else if (states.has(other, "bandwidth")) {
-    lines.push(`${name}'s connection is weak: sound only for now, both ways. The video comes back when it is better.`);
-    tile = tile || `${name}'s connection is weak: sound only for now`;
+  const about = otherWords({ other, name, states });
+  if (about.line) {
+    lines.push(about.line);
+    tile = tile || about.tile;
   }
   return { lines, tile };
+}
+
+/** What is said about one other person's video: a status line and the words on their tile. */
+export function otherWords({ other, name, states }) {
+  if (states.has(other, "requested")) {
+    return { line: `${name} switched to sound only: no video either way for now.`, tile: `${name} switched to sound only` };
+  }
+  if (states.has(other, "bandwidth")) {
+    return {
+      line: `${name}'s connection is weak: sound only for now, both ways. The video comes back when it is better.`,
+      tile: `${name}'s connection is weak: sound only for now`,
+    };
+  }
+  return { line: null, tile: null };
 }
 
 // How long the tile may wait for the first frame of video that came back before it goes anyway.

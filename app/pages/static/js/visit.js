@@ -18,7 +18,8 @@ import {
 } from "./devices.js";
 import { connectionTest, MediaLink } from "./rtc.js";
 import { Channel } from "./socket.js";
-import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, soundOnlyWords, VideoStates } from "./soundonly.js";
+import { LinkFitter, selfViewWords, sendCamera, SoundOnlyView, VideoStates } from "./soundonly.js";
+import { CallTiles, peerKey, renderSoundOnly, roleWords } from "./tiles.js";
 import { formatDateTime, formatDuration, zoneName } from "./time.js";
 
 const token = decodeURIComponent(location.pathname.replace(/^\/visit\//, "").replace(/\/$/, ""));
@@ -41,9 +42,16 @@ const localVideo = byId("local-video");
 const remoteVideo = byId("remote-video");
 const reconnecting = byId("reconnecting");
 const soundOnly = new SoundOnlyView(remoteVideo);
+// The call's tiles: the clinician large (the page's own tile), the others and oneself around.
+const tiles = new CallTiles({
+  stage: byId("tiles"),
+  main: { key: "clinician", tile: byId("main-tile"), video: remoteVideo },
+  self: { key: "patient", tile: byId("self-tile") },
+});
 
 const state = {
   visit: null,
+  me: "patient", // this person's participant key: "patient", or a guest's "<role>:<id>"
   verification: sessionStorage.getItem(VERIFICATION_KEY),
   media: null, // {stream, camera, microphone}
   mediaPromise: null,
@@ -106,9 +114,29 @@ async function load() {
     visitProblem(error);
     return;
   }
+  whoAmI();
   renderPrepare();
   showScreen(screens, "prepare", { focus: false });
   runConnectionTest();
+}
+
+/** A guest's link opens this same page: who they are comes with the visit. */
+function whoAmI() {
+  const participant = state.visit.participant;
+  state.me = participant && participant.role !== "patient" && participant.id ? `${participant.role}:${participant.id}` : "patient";
+  linkFitter.me = state.me;
+  tiles.setKeys({ self: state.me });
+  tiles.know("clinician", state.visit.clinician.name);
+  document.body.classList.toggle("guest", isGuest());
+  if (isGuest()) {
+    byId("withdraw-dialog-text").textContent =
+      "You leave the visit at once and nothing more is sent from your camera or microphone. The visit goes on for the others.";
+    byId("withdraw-confirm").textContent = "Withdraw and leave the visit";
+  }
+}
+
+function isGuest() {
+  return state.me !== "patient";
 }
 
 byId("problem-retry").addEventListener("click", () => {
@@ -403,14 +431,18 @@ async function onMessage(message) {
       if (state.link) await state.link.handle(message);
       break;
     case "peer":
-      remoteNote(message.event === "left" ? `${state.visit.clinician.name} lost the connection. Please stay: they can come back.` : null);
+      onPeer(message);
+      break;
+    case "streams":
+      tiles.setStreams(message.items);
+      renderVideo();
       break;
     case "recording":
       byId("recording-badge").hidden = message.state !== "on";
       announce(live, message.state === "on" ? "The visit is being recorded." : "Recording stopped.");
       break;
     case "message":
-      peerState(message.data || {});
+      peerState(message.from || "clinician", message.data || {});
       break;
     case "video":
       if (state.video.apply(message)) {
@@ -465,6 +497,20 @@ function onError(message) {
     case "negotiation_failed":
       // The relay could not use our description: start over on a new connection.
       if (state.phase === "call") startCall();
+      break;
+    case "participant_removed":
+      // A guest the clinician removed: their link is closed for good.
+      state.finished = true;
+      state.phase = "ended";
+      leaveCallMedia();
+      state.channel?.stop();
+      stopStream(state.media?.stream);
+      reconnecting.hidden = true;
+      document.title = "Removed from the visit — Televisit";
+      problem(
+        "You were removed from this visit",
+        "The clinician removed you from this visit, so this link no longer works. If you think this is a mistake, please contact the clinic.",
+      );
       break;
     default:
       break;
@@ -524,6 +570,7 @@ async function admitted(iceServers) {
     byId("slot-call").append(localVideo.parentElement);
     showScreen(screens, "call");
     announce(live, `${state.visit.clinician.name} has let you in. Your visit is starting.`);
+    tiles.join("clinician", state.visit.clinician.name);
   }
   startCall();
 }
@@ -531,16 +578,13 @@ async function admitted(iceServers) {
 function startCall() {
   state.link?.close();
   // A new peer connection with the relay: what it said about our own link is for it to say again.
-  state.video.clear("patient", "bandwidth");
+  state.video.clear(state.me, "bandwidth");
   renderVideo();
   const link = new MediaLink({
     iceServers: state.iceServers,
     stream: state.media?.stream || null,
     send: (message) => state.channel?.send(message),
-    onRemoteTrack: (stream) => {
-      if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
-      remoteVideo.play().catch(() => {});
-    },
+    onRemoteTrack: () => tiles.refresh(),
     onState: (connection) => {
       if (connection === "connected") {
         remoteNote(null);
@@ -552,6 +596,7 @@ function startCall() {
     },
   });
   state.link = link;
+  tiles.attach(link);
   if (state.audioOnly) link.sendVideo(null).catch(() => {});
   link.start().catch((error) => console.warn("offer failed", error?.name));
   window.clearInterval(state.qualityTimer);
@@ -573,9 +618,7 @@ async function updateQuality(link) {
  * to us, a tile with the clinician's name over their picture instead of a frozen frame.
  */
 function renderVideo() {
-  const name = state.visit?.clinician.name || "Your clinician";
-  const words = soundOnlyWords({ me: "patient", other: "clinician", name, chose: state.audioOnly, states: state.video });
-  soundOnly.show({ ...words, name });
+  renderSoundOnly({ tiles, view: soundOnly, me: state.me, chose: state.audioOnly, states: state.video });
 }
 
 function sendVideoChoice() {
@@ -586,7 +629,7 @@ function setAudioOnly(on) {
   state.audioOnly = on;
   // In sound only the relay does not report our link (no video comes to us), so a pause it
   // reported before could end unsaid: it is not shown from here on.
-  if (on) state.video.clear("patient", "bandwidth");
+  if (on) state.video.clear(state.me, "bandwidth");
   byId("audio-only").setAttribute("aria-pressed", String(on));
   sendCamera({ stream: state.media?.stream, link: state.link, audioOnly: on, cameraOn: state.cameraOn });
   byId("camera").disabled = on || state.media?.camera !== "ok";
@@ -596,7 +639,7 @@ function setAudioOnly(on) {
 }
 
 /** On a link too weak for video, the camera is not sent either, and the sound is smaller. */
-const linkFitter = new LinkFitter("patient", () => ({
+const linkFitter = new LinkFitter(state.me, () => ({
   audioOnly: state.audioOnly,
   states: state.video,
   stream: state.media?.stream,
@@ -612,7 +655,10 @@ function remoteNote(text) {
   note.textContent = text || "";
 }
 
-function peerState(data) {
+/** Someone's camera or microphone, as their page said: on their tile (and, for the clinician, in words). */
+function peerState(from, data) {
+  tiles.setState(from, data);
+  if (from !== "clinician") return;
   const name = state.visit.clinician.name;
   const notes = [];
   if (data.camera === "off") notes.push(`${name} turned the camera off.`);
@@ -620,10 +666,35 @@ function peerState(data) {
   if (data.camera || data.microphone) remoteNote(notes.join(" ") || null);
 }
 
+/** Someone joined or left the call: the clinician (who may come back), or a guest or the patient. */
+function onPeer(message) {
+  const key = peerKey(message);
+  if (!key || key === state.me) return;
+  if (key === "clinician") {
+    remoteNote(message.event === "left" ? `${state.visit.clinician.name} lost the connection. Please stay: they can come back.` : null);
+    if (message.event === "joined") tiles.join(key, message.name || state.visit.clinician.name);
+    return;
+  }
+  const who = `${message.name || roleWords(key)} (${roleWords(key).toLowerCase()})`;
+  if (message.event === "joined") {
+    tiles.join(key, message.name);
+    setPeopleStatus(`${who} joined the visit.`);
+  } else if (message.event === "left") {
+    tiles.leave(key);
+    setPeopleStatus(`${who} left the visit.`);
+  }
+  renderVideo();
+}
+
+function setPeopleStatus(text) {
+  byId("people-status").textContent = text;
+}
+
 function leaveCallMedia() {
   window.clearInterval(state.qualityTimer);
   state.link?.close();
   state.link = null;
+  tiles.attach(null);
 }
 
 function finish(reason) {
@@ -644,6 +715,15 @@ function finish(reason) {
     patient_left: "The visit ended because the connection was lost for too long. Please contact your clinic if you were not finished.",
     completed: "This visit has already ended.",
   };
+  if (isGuest()) {
+    Object.assign(texts, {
+      ended: "The visit has ended. Thank you. You can close this page.",
+      left: "You left the waiting room. To come back, open your link again.",
+      consent_withdrawn: "The visit has ended. Thank you. You can close this page.",
+      guest_withdrawn: "You withdrew your consent, so you left the visit and nothing more is sent from your camera or microphone.",
+      patient_left: "The visit ended because the patient's connection was lost for too long.",
+    });
+  }
   byId("ended-text").textContent = texts[reason] || texts.ended;
   showScreen(screens, "ended");
 }
@@ -705,7 +785,7 @@ withdrawDialog.addEventListener("close", async () => {
       method: "POST",
       json: { version: state.visit.consent.version, decision: "withdrawn", scopes: ["video_visit", "recording"] },
     });
-    finish("consent_withdrawn");
+    finish(isGuest() ? "guest_withdrawn" : "consent_withdrawn");
   } catch (error) {
     announce(live, describe(error));
   }
