@@ -89,6 +89,10 @@ def quiet_parameter_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _at_least_info(level: str) -> str:
+    return "INFO" if logging.getLevelName(level) in (logging.DEBUG, logging.NOTSET) else level
+
+
 def logging_config(level: str = "INFO") -> dict[str, Any]:
     """A `logging.config.dictConfig` for the service and uvicorn alike.
 
@@ -116,7 +120,9 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True, "level": level},
-            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            # At DEBUG, the websockets library traces every frame (chat text, names, SDP) to
+            # this logger: it stays at INFO or above whatever the level.
+            "uvicorn.error": {"handlers": [], "propagate": True, "level": _at_least_info(level)},
             # The request line is ours (route templates, no tokens); uvicorn's is switched off.
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
             **named,
