@@ -6,6 +6,7 @@ from app.admin_router import router as admin_router
 from app.audit_router import router as audit_router
 from app.auth.router import router as auth_router
 from app.validation import refuse_nul
+from scheduling.chat_router import router as chat_router
 from scheduling.consent_router import router as consent_router
 from scheduling.notifications.router import router as notifications_router
 from scheduling.recording_router import router as recording_router
@@ -24,3 +25,4 @@ api_router.include_router(visit_router)
 api_router.include_router(device_check_router)
 api_router.include_router(consent_router)
 api_router.include_router(recording_router)
+api_router.include_router(chat_router)

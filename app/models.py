@@ -3,6 +3,7 @@
 from app.audit import AuditEvent
 from app.auth.models import PasswordReset, RefreshToken, StaffSession, User
 from app.db import Base
+from scheduling.chat import ChatMessage
 from scheduling.models import (
     Appointment,
     Availability,
@@ -20,6 +21,7 @@ __all__ = [
     "AuditEvent",
     "Availability",
     "Base",
+    "ChatMessage",
     "ConsentChain",
     "ConsentRecord",
     "ConsentText",

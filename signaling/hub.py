@@ -35,6 +35,7 @@ from app.events import Event
 from app.ice import ice_servers
 from scheduling import calls
 from scheduling.models import Appointment, Status
+from signaling import chat
 from signaling.broker import Broker, Subscription
 from signaling.consent_events import ConsentEvents, ConsentReader
 from signaling.errors import SignalingError
@@ -172,6 +173,24 @@ class Signaling:
         self, call_id: uuid.UUID, role: str, socket_id: str, handler: ParticipantHandler
     ) -> Subscription:
         return await self.participants.join(call_id, role, socket_id, handler)
+
+    async def call_participants(self, call_id: uuid.UUID) -> list[str]:
+        """The participant keys of everyone in the call: the one list of who a message for
+        "everyone in the call" goes to (guests admitted to it are to be added here)."""
+        return [PATIENT, CLINICIAN]
+
+    async def to_call(self, call_id: uuid.UUID, message: dict[str, Any]) -> None:
+        """Send a message to everyone in the call, wherever their sockets are."""
+        for key in await self.call_participants(call_id):
+            await self.participants.to_participant(call_id, key, message)
+
+    async def chat(
+        self, call_id: uuid.UUID, *, sender: str, name: str, text: str, limit: chat.ChatLimit
+    ) -> None:
+        """A participant's chat message: stored with the visit, then sent to everyone in it."""
+        await chat.send(
+            self.db, self.to_call, call_id, sender=sender, name=name, text=text, limit=limit
+        )
 
     # This process's sockets --------------------------------------------------------------
 

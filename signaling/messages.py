@@ -10,12 +10,33 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 # One WebSocket message may be at most this long (the contract's limit).
 MAX_MESSAGE_BYTES = 64 * 1024
 
 Sdp = Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_BYTES)]
+# A chat message's text, in characters (the contract's 1-2,000; the database checks it too).
+MAX_CHAT_TEXT = 2000
+
+
+def _chat_text(text: str) -> str:
+    """Kept as sent; refused when there is nothing to read, or a NUL no database stores."""
+    if not text.strip():
+        raise ValueError("the text is empty")
+    if "\x00" in text:
+        raise ValueError("the text holds a NUL character")
+    return text
+
+
+ChatText = Annotated[str, Field(max_length=MAX_CHAT_TEXT), AfterValidator(_chat_text)]
 
 
 class _Message(BaseModel):
@@ -75,8 +96,23 @@ class PeerMessage(_Message):
     data: dict[str, Any]
 
 
+class Chat(_Message):
+    """A chat message for everyone in the call, kept with the visit (signaling.chat)."""
+
+    type: Literal["chat"]
+    text: ChatText
+
+
 PatientMessage = Annotated[
-    Offer | Answer | CandidateMessage | Leave | Ping | PeerMessage | DeviceCheck | VideoRequest,
+    Offer
+    | Answer
+    | CandidateMessage
+    | Leave
+    | Ping
+    | PeerMessage
+    | DeviceCheck
+    | VideoRequest
+    | Chat,
     Field(discriminator="type"),
 ]
 
@@ -131,6 +167,11 @@ class ClinicVideo(_ForCall):
     enabled: bool
 
 
+class ClinicChat(_ForCall):
+    type: Literal["chat"]
+    text: ChatText
+
+
 class Record(_ForCall):
     type: Literal["record"]
     action: Literal["start", "stop"]
@@ -148,6 +189,7 @@ ClinicMessage = Annotated[
     | Record
     | ClinicVideo
     | ClinicPeerMessage
+    | ClinicChat
     | Ping,
     Field(discriminator="type"),
 ]
@@ -235,6 +277,20 @@ def video(
         "role": role,
         "state": state,
         "reason": reason,
+    }
+
+
+def chat(
+    appointment_id: uuid.UUID, participant: str, role: str, name: str, text: str, sent_at: str
+) -> dict[str, Any]:
+    """A chat message, as everyone in the call gets it (the sender too: it was stored);
+    `participant` is the sender's participant key ("patient", "interpreter:<id>", ...)."""
+    return {
+        "type": "chat",
+        "appointment_id": str(appointment_id),
+        "from": {"role": role, "name": name, "participant": participant},
+        "text": text,
+        "sent_at": sent_at,
     }
 
 

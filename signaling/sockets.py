@@ -34,6 +34,7 @@ from scheduling import calls
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import BrokerUnavailable, Subscription
+from signaling.chat import ChatLimit
 from signaling.errors import SignalingError
 from signaling.hub import CLINICIAN, IN_ROOM, PATIENT, Signaling
 from signaling.queue import Snapshot
@@ -65,6 +66,8 @@ class Connection:
         self._tokens, self._refilled = RATE_BURST, time.monotonic()
         self._dropped = 0
         self.closing = False
+        # Chat has a tighter limit of its own (signaling.chat).
+        self.chat_limit = ChatLimit()
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message; a client too slow to take its messages is disconnected."""
@@ -283,6 +286,15 @@ class PatientSession(Connection):
             return
         if not self.in_call:
             raise SignalingError("not_in_call", "Wait to be admitted before sending media.")
+        if isinstance(message, messages.Chat):
+            await self.signaling.chat(
+                call_id,
+                sender=PATIENT,
+                name=self.appointment.patient_name,
+                text=message.text,
+                limit=self.chat_limit,
+            )
+            return
         if isinstance(message, messages.PeerMessage):
             await self.signaling.to_participant(
                 call_id, CLINICIAN, messages.peer_message(PATIENT, message.data)
@@ -476,6 +488,15 @@ class ClinicSession(Connection):
             self._holding(call_id)
             await self.signaling.to_participant(
                 call_id, PATIENT, messages.peer_message(CLINICIAN, message.data)
+            )
+        elif isinstance(message, messages.ClinicChat):
+            self._holding(call_id)
+            await self.signaling.chat(
+                call_id,
+                sender=CLINICIAN,
+                name=self.clinician.name,
+                text=message.text,
+                limit=self.chat_limit,
             )
         elif isinstance(message, messages.ClinicVideo):
             self._holding(call_id)
