@@ -27,7 +27,7 @@ from app.db import Database, create_engine
 from app.main import create_app
 from scheduling.models import Appointment
 from tests.conftest import POSTGRES_URL, TEST_SECRET
-from tests.databases import own_postgres
+from tests.databases import TcpRelay, own_postgres, postgres_port
 from tests.factories import Staff, booking_body, local_instant, make_staff, next_weekday
 from tests.live import start_server
 
@@ -96,46 +96,6 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["Retry-After"]) > 0
 
 
-class TcpRelay:
-    """A loopback TCP relay to PostgreSQL that the test can cut (refusing new connections and
-    closing open ones) and restore on the same port: the database unreachable, then back."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._open):
-            writer.close()
-        await self._server.wait_closed()
-        self._open.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._open.update((writer, up_writer))
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-def _postgres_port() -> int:
-    return httpx.URL(POSTGRES_URL.replace("postgresql://", "http://", 1)).port or 5432
-
-
 async def test_terminated_connections_answer_503_then_recover(own_db: tuple[str, str]) -> None:
     url, name = own_db
     staff = await staff_in(url)
@@ -193,7 +153,7 @@ async def test_terminated_connections_answer_503_then_recover(own_db: tuple[str,
 async def test_unreachable_database_answers_503_then_recovers(own_db: tuple[str, str]) -> None:
     url, name = own_db
     staff = await staff_in(url)
-    relay = TcpRelay(_postgres_port())
+    relay = TcpRelay(postgres_port())
     await relay.start()
     relayed = f"postgresql+asyncpg://postgres@127.0.0.1:{relay.port}/{name}"
     async with served(app_settings(relayed, db_connect_timeout_seconds=2)) as client:

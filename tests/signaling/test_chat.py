@@ -22,12 +22,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app.audit import AuditEvent
 from app.config import Settings
-from app.db import Database, utcnow
+from app.db import Database, create_engine, utcnow
 from app.main import create_app
 from app.observability import logging_config
 from scheduling.chat import ChatMessage
 from signaling.chat import BURST
-from tests.factories import Staff
+from tests.conftest import TEST_SECRET
+from tests.databases import TcpRelay, own_postgres, postgres_port
+from tests.factories import Staff, make_staff
 from tests.live import LiveServer, free_port
 from tests.signaling.helpers import (
     Socket,
@@ -323,6 +325,22 @@ async def served_here(app: FastAPI) -> AsyncIterator[str]:
         await task
 
 
+@asynccontextmanager
+async def call_served_here(
+    application: FastAPI, db: Database, staff: Staff
+) -> AsyncIterator[tuple[Call, httpx.AsyncClient]]:
+    """A call on the app run in this process (`served_here`), and an HTTP client of the app."""
+    async with (
+        LifespanManager(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
+        ) as http,
+        served_here(application) as ws_url,
+        in_call(ws_url, db, http, staff) as call,
+    ):
+        yield call, http
+
+
 class TestLogs:
     async def test_no_chat_text_or_name_in_any_log_record(
         self,
@@ -349,14 +367,7 @@ class TestLogs:
     async def _chat_through(
         self, application: FastAPI, staff: Staff, db: Database, secret: str
     ) -> uuid.UUID:
-        async with (
-            LifespanManager(application),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=application), base_url="http://testserver"
-            ) as http,
-            served_here(application) as ws_url,
-            in_call(ws_url, db, http, staff) as call,
-        ):
+        async with call_served_here(application, db, staff) as (call, http):
             await call.from_patient(secret)
             await call.desk.expect("chat")
             await call.from_clinician(f"About the {secret}")
@@ -368,3 +379,47 @@ class TestLogs:
             )
             assert listed.status_code == 200
             return call.visit.appointment_id
+
+
+@pytest.fixture(scope="module")
+def own_db() -> Iterator[tuple[str, str]]:
+    with own_postgres("televisit_chat") as created:
+        yield created
+
+
+class TestDatabaseAway:
+    async def test_the_sender_is_told_and_nothing_is_stored_or_delivered(
+        self, own_db: tuple[str, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        url, name = own_db
+        relay = TcpRelay(postgres_port())
+        await relay.start()
+        relayed = f"postgresql+asyncpg://postgres@127.0.0.1:{relay.port}/{name}"
+        settings = Settings(
+            environment="test",
+            database_url=relayed,
+            secret_key=TEST_SECRET,  # type: ignore[arg-type]  # pydantic makes it a SecretStr
+            public_url="http://testserver",  # type: ignore[arg-type]  # pydantic parses it
+            db_pool_size=4,
+            db_connect_timeout_seconds=2,
+            media_ips=["127.0.0.1"],
+        )
+        direct = Database(create_engine(settings.model_copy(update={"database_url": url})))
+        application = create_app(settings)
+        try:
+            staff = await make_staff(direct, secret=TEST_SECRET.encode())
+            async with call_served_here(application, direct, staff) as (call, _http):
+                await relay.cut()
+                await call.from_patient("Qorvath, lost")
+                error = await call.patient.expect("error", within=20)
+                assert error["code"] == "unavailable"
+                await relay.start()
+                await call.from_patient("back again")
+                # The first chat either side gets is the one sent after the database came back.
+                for socket in (call.desk, call.patient):
+                    assert (await socket.expect("chat", within=20))["text"] == "back again"
+            assert await stored(direct, call.visit.appointment_id) == ["back again"]
+        finally:
+            await relay.cut()
+            await direct.dispose()
+        assert "Qorvath" not in caplog.text
