@@ -34,6 +34,9 @@ CONTRACT_HOOKS = [
     "end-call",
     "leave",
     "audio-only",  # v1.1: media on real networks
+    "chat-input",  # guests in a visit: chat
+    "chat-send",
+    "chat-message",
 ]
 
 

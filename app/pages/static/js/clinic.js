@@ -7,6 +7,7 @@
 // dialog, so a call is never interrupted.
 
 import { api, ApiError, describe, freshToken, onRenewed, reauthenticate, signOut, socketUrl } from "./api.js";
+import { ChatPanel } from "./chat.js";
 import { byId, confirmDialog, el, setText } from "./dom.js";
 import { audioUnlocked, chime, openLocalMedia, stopStream, unlockAudio } from "./devices.js";
 import { signedInStaff } from "./reauth.js";
@@ -27,6 +28,13 @@ const tiles = new CallTiles({
   stage: byId("tiles"),
   main: { key: "patient", tile: byId("main-tile"), video: remoteVideo },
   self: { key: "clinician", tile: byId("self-tile") },
+});
+
+// Chat in the call (chat.js): sent on the console's socket, for the call it holds.
+const chat = new ChatPanel({
+  container: byId("chat-slot"),
+  heading: "h3",
+  send: (text) => Boolean(state.call && state.channel?.send({ type: "chat", appointment_id: state.call.id, text })),
 });
 
 const state = {
@@ -194,6 +202,9 @@ async function onMessage(message) {
     case "peer":
       if (forCall) onPeer(message);
       break;
+    case "chat":
+      if (forCall) chat.receive(message);
+      break;
     case "streams":
       if (forCall) {
         tiles.setStreams(message.items);
@@ -226,6 +237,7 @@ const ERRORS = {
 };
 
 function onError(message) {
+  if (chat.refused(message.code)) return;
   if (message.code === "negotiation_failed" && state.call) {
     startLink();
     return;
@@ -476,6 +488,7 @@ async function openCall(appointmentId, iceServers) {
     loadGuests(appointmentId);
   }
   state.call.iceServers = iceServers;
+  chat.start(appointmentId, "clinician");
   state.pendingAdmit = null;
   renderQueue();
   const media = await ensureMedia();
@@ -674,6 +687,7 @@ function closeCall(reason) {
   const call = state.call;
   if (!call) return;
   call.link?.close();
+  chat.stop();
   state.call = null;
   state.recording = false;
   state.microphoneOn = state.cameraOn = true;

@@ -7,6 +7,7 @@
 // upon which a new peer connection is negotiated.
 
 import { api, ApiError, describe, socketUrl } from "./api.js";
+import { ChatPanel } from "./chat.js";
 import { announce, byId, showScreen } from "./dom.js";
 import {
   chime,
@@ -47,6 +48,12 @@ const tiles = new CallTiles({
   stage: byId("tiles"),
   main: { key: "clinician", tile: byId("main-tile"), video: remoteVideo },
   self: { key: "patient", tile: byId("self-tile") },
+});
+
+// Chat in the call (chat.js): sent on this page's socket.
+const chat = new ChatPanel({
+  container: byId("chat-slot"),
+  send: (text) => Boolean(state.channel?.send({ type: "chat", text })),
 });
 
 const state = {
@@ -450,6 +457,9 @@ async function onMessage(message) {
         linkFitter.update();
       }
       break;
+    case "chat":
+      chat.receive(message);
+      break;
     case "ended":
       finish(message.reason);
       break;
@@ -462,6 +472,7 @@ async function onMessage(message) {
 }
 
 function onError(message) {
+  if (chat.refused(message.code)) return;
   switch (message.code) {
     case "consent_required":
       state.finished = true;
@@ -572,6 +583,7 @@ async function admitted(iceServers) {
     announce(live, `${state.visit.clinician.name} has let you in. Your visit is starting.`);
     tiles.join("clinician", state.visit.clinician.name);
   }
+  chat.start(state.visit.appointment_id, state.me);
   startCall();
 }
 
@@ -698,6 +710,7 @@ function leaveCallMedia() {
 }
 
 function finish(reason) {
+  chat.stop();
   state.finished = true;
   state.phase = "ended";
   leaveCallMedia();

@@ -1,0 +1,113 @@
+"""Chat in the call, in Chromium: the patient (phone width) and the clinician write to each other
+with the keyboard alone, messages land in each page's live region, the open panel leaves the
+video uncovered, and axe finds nothing serious on either page with the chat open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from playwright.async_api import Locator, Page, expect
+
+from app.db import Database
+from tests.e2e.conftest import PHONE, Pages, shot
+from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in
+from tests.factories import Staff
+from tests.signaling.helpers import make_visit
+
+PATIENT = "Pat Chatwell"
+
+
+async def tab_to(page: Page, test_id: str, limit: int = 120) -> None:
+    """Press Tab until the element with this test id has the focus (keyboard only)."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        focused = await page.evaluate("() => document.activeElement?.dataset?.testid || null")
+        if focused == test_id:
+            return
+    raise AssertionError(f"Tab never reached {test_id!r}")
+
+
+def messages(page: Page) -> Locator:
+    """The chat messages inside the page's live region (role="log")."""
+    return page.get_by_role("log", name="Chat messages").get_by_test_id("chat-message")
+
+
+class TestChat:
+    async def test_patient_and_clinician_write_to_each_other_with_the_keyboard(
+        self, pages: Pages, staff: Staff, db: Database, axe_source: str, artifacts: Path
+    ) -> None:
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=PATIENT)
+        patient = await pages.page(viewport=PHONE)
+        await consent_and_join(patient, visit.token)
+        clinician = await pages.page()
+        await sign_in(clinician, staff.clinician, lands_on="/clinic")
+        item = clinician.get_by_test_id("queue-item").filter(has_text=PATIENT)
+        await item.get_by_test_id("admit").click()
+        await expect(patient.get_by_test_id("chat-toggle")).to_be_visible()
+
+        # The patient opens the chat and writes two lines: Shift+Enter, then Enter sends.
+        await tab_to(patient, "chat-toggle")
+        await patient.keyboard.press("Enter")
+        await expect(patient.get_by_test_id("chat-input")).to_be_focused()
+        await patient.keyboard.type("Hello doctor")
+        await patient.keyboard.press("Shift+Enter")
+        await patient.keyboard.type("can you see my rash?")
+        await patient.keyboard.press("Enter")
+        sent = messages(patient)
+        await expect(sent).to_have_count(1)
+        await expect(sent.first).to_contain_text(f"{PATIENT} (you)")
+        await expect(sent.first.locator(".chat-text")).to_have_text(
+            "Hello doctor\ncan you see my rash?"
+        )
+        await expect(patient.get_by_test_id("chat-input")).to_have_value("")
+
+        # The console's chat is closed: its button counts the unread message.
+        await expect(clinician.get_by_test_id("chat-toggle")).to_contain_text("1 new")
+        await tab_to(clinician, "chat-toggle")
+        await clinician.keyboard.press("Enter")
+        received = messages(clinician)
+        await expect(received).to_have_count(1)
+        await expect(received.first).to_contain_text(PATIENT)
+        await expect(received.first.locator("time")).not_to_be_empty()
+        await expect(received.first.locator(".chat-text")).to_have_text(
+            "Hello doctor\ncan you see my rash?"
+        )
+        await expect(clinician.get_by_test_id("chat-toggle")).not_to_contain_text("new")
+        # The clinician answers with the Send button, reached by Tab.
+        await expect(clinician.get_by_test_id("chat-input")).to_be_focused()
+        await clinician.keyboard.type("Yes, hold it closer to the camera.")
+        await clinician.keyboard.press("Tab")
+        await expect(clinician.get_by_test_id("chat-send")).to_be_focused()
+        await clinician.keyboard.press("Enter")
+        await expect(messages(clinician)).to_have_count(2)
+        await expect(messages(patient)).to_have_count(2)
+        await expect(messages(patient).nth(1)).to_contain_text(staff.clinician.user.name)
+        await expect(messages(patient).nth(1).locator(".chat-text")).to_have_text(
+            "Yes, hold it closer to the camera."
+        )
+
+        # At phone width the open chat sits under the picture, never over it.
+        stage = await patient.locator("#tiles").bounding_box()
+        panel = await patient.locator(".chat").bounding_box()
+        assert stage is not None
+        assert panel is not None
+        assert panel["y"] >= stage["y"] + stage["height"]
+        width = await patient.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= PHONE["width"]
+        await shot(patient, artifacts, "chat-patient-phone")
+        await assert_accessible(patient, axe_source, "visit: call with the chat open (390 px)")
+        await assert_accessible(clinician, axe_source, "console: call with the chat open")
+
+        # Kept with the visit, in order.
+        async with httpx.AsyncClient(base_url=pages.server.url) as http:
+            kept = await http.get(
+                f"/api/v1/appointments/{visit.appointment_id}/chat",
+                headers=staff.clinician.headers,
+            )
+        assert [m["text"] for m in kept.json()["items"]] == [
+            "Hello doctor\ncan you see my rash?",
+            "Yes, hold it closer to the camera.",
+        ]
+        await clinician.get_by_test_id("end-call").click()
+        await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
