@@ -8,6 +8,7 @@ from app.auth.router import router as auth_router
 from app.validation import refuse_nul
 from scheduling.chat_router import router as chat_router
 from scheduling.consent_router import router as consent_router
+from scheduling.guest_router import router as guest_router
 from scheduling.notifications.router import router as notifications_router
 from scheduling.recording_router import router as recording_router
 from scheduling.router import router as scheduling_router
@@ -20,6 +21,7 @@ api_router.include_router(auth_router)
 api_router.include_router(admin_router)
 api_router.include_router(audit_router)
 api_router.include_router(scheduling_router)
+api_router.include_router(guest_router)
 api_router.include_router(notifications_router)
 api_router.include_router(visit_router)
 api_router.include_router(device_check_router)

@@ -1,4 +1,5 @@
-"""Who reaches a visit over HTTP: the patient by the link, staff by role (shared by routers)."""
+"""Who reaches a visit over HTTP: the patient or a guest by their link, staff by role (shared by
+routers)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from app.auth.principal import Principal
 from app.errors import Forbidden
 from app.ratelimit import RateLimiter
 from scheduling import service
+from scheduling.guests import VisitLink
 from scheduling.models import Appointment
 
 # The patient's second factor, once given (POST /visits/{token}/verify).
@@ -30,12 +32,13 @@ def rate_limits(request: Request) -> RateLimiter:
     return limiter
 
 
-async def visit_of_link(
+async def link_of(
     request: Request, session: AsyncSession, token: str, verification: str | None
-) -> Appointment:
-    """The appointment the patient's link opens, once the second factor (if any) is given."""
+) -> VisitLink:
+    """What a visit link opens (the patient's or a guest's), once the patient's second factor
+    (if any) is given."""
     settings = request.app.state.settings
-    return await service.open_visit(
+    return await service.open_link(
         session,
         token=token,
         now=now(),

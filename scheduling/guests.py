@@ -193,8 +193,7 @@ async def add(
                 session.add(guest)
                 await session.flush()
         except IntegrityError:
-            session.expunge(guest)
-            continue
+            continue  # the savepoint's rollback took the new row out of the session too
         return guest
     raise ParticipantLimit()
 

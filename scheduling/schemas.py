@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import uuid
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -183,3 +183,39 @@ class AppointmentOut(BaseModel):
 
 class AppointmentList(BaseModel):
     items: list[AppointmentOut]
+
+
+# Guests of a visit (scheduling.guests) ---------------------------------------------------
+
+GuestRole = Literal["interpreter", "caregiver", "clinician"]
+
+
+class GuestCreate(BaseModel):
+    """A guest: name required; email and phone as a patient's (their invitation goes there)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: GuestRole
+    name: Name
+    email: EmailStr | None = None
+    phone: E164 | None = None
+
+
+class GuestOut(BaseModel):
+    id: uuid.UUID
+    appointment_id: uuid.UUID
+    role: GuestRole
+    name: str
+    email: str | None
+    phone: str | None
+    # invited | waiting | in_call | left | removed
+    status: str
+    # The guest's own link, derived again for staff; null once the guest is removed.
+    visit_url: str | None
+    created_at: dt.datetime
+    admitted_at: dt.datetime | None
+    removed_at: dt.datetime | None
+
+
+class GuestList(BaseModel):
+    items: list[GuestOut]

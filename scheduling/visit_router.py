@@ -1,4 +1,5 @@
-"""The patient's visit over HTTP: the link, the second factor, the patient's consent decisions."""
+"""The visit over HTTP: the link, the second factor, consent decisions; for the patient and for
+each guest of the visit (their own link: scheduling.guests)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from app.deps import OutboxDep, SessionDep, SettingsDep, client_address, read_on
 from app.ice import ice_servers
 from app.ratelimit import Policy
 from scheduling import consent, service, visits
-from scheduling.access import Verification, now, rate_limits, visit_of_link
+from scheduling.access import Verification, link_of, now, rate_limits
+from scheduling.guests import VisitLink
+from scheduling.notifications.messages import role_phrase
 from scheduling.visit_schemas import (
     ClinicianName,
     ConsentBody,
     ConsentOut,
     ConsentRecordOut,
+    ParticipantOut,
     VerifyBody,
     VerifyOut,
     VisitOut,
@@ -29,15 +33,31 @@ VERIFY_GUESSES = Policy("visit-verify", "5/15 minutes;20/day")
 CONSENT_WRITES = Policy("visit-consent", "10/minute;60/hour")
 
 
+def participant_of(link: VisitLink) -> ParticipantOut:
+    if link.guest is None:
+        return ParticipantOut(role=link.participant)
+    return ParticipantOut(id=link.guest.id, role=link.guest.role, name=link.guest.name)
+
+
+def consent_text(link: VisitLink, text: str) -> str:
+    """The published text; a guest's page opens with a line naming the role they join as (the
+    records keep the published text's version and hash: the line follows from the role)."""
+    if link.guest is None:
+        return text
+    return f"You are joining this visit as {role_phrase(link.guest.role)}.\n\n{text}"
+
+
 @router.get("/visits/{token}", response_model=VisitOut)
 @read_only
 async def get_visit(
     request: Request, token: str, session: SessionDep, verification: Verification = None
 ) -> VisitOut:
-    """What the patient's page shows. Changes nothing: mail scanners prefetch links."""
-    appointment = await visit_of_link(request, session, token, verification)
+    """What the patient's (or a guest's) page shows. Changes nothing: mail scanners prefetch
+    links."""
+    link = await link_of(request, session, token, verification)
+    appointment = link.appointment
     text = await consent.current_text(session)
-    standing = await consent.standing(session, appointment.id)
+    standing = await consent.standing(session, appointment.id, link.participant)
     return VisitOut(
         appointment_id=appointment.id,
         clinician=ClinicianName(
@@ -46,15 +66,21 @@ async def get_visit(
         start=appointment.start_at,
         end=appointment.end_at,
         status=appointment.status,
-        consent=ConsentOut(version=text.version, text=text.text, scopes=list(consent.SCOPES)),  # type: ignore[arg-type]  # the two scope names
+        consent=ConsentOut(
+            version=text.version,
+            text=consent_text(link, text.text),
+            scopes=list(consent.SCOPES),  # type: ignore[arg-type]  # the two scope names
+        ),
         consented=standing.video_visit,
         consented_recording=standing.recording,
-        birth_date_check=service.needs_verification(
+        birth_date_check=not link.is_guest
+        and service.needs_verification(
             appointment, birth_date_check=request.app.state.settings.visit_birth_date_check
         ),
         ice_servers=ice_servers(
             request.app.state.settings, visit_end=appointment.end_at, now=now()
         ),
+        participant=participant_of(link),
     )
 
 
@@ -95,14 +121,16 @@ async def record_consent(
     outbox: OutboxDep,
     verification: Verification = None,
 ) -> ConsentRecordOut:
-    """The patient's decision for this appointment's call. A withdrawal takes effect at once."""
-    appointment = await visit_of_link(request, session, token, verification)
+    """The patient's (or a guest's) decision for this appointment's call. A withdrawal takes
+    effect at once: the patient's ends the call, a guest's takes only that guest out."""
+    link = await link_of(request, session, token, verification)
+    appointment = link.appointment
     await rate_limits(request).enforce(CONSENT_WRITES, visits.token_hash(token))
     at = now()
     entry = await consent.record(
         session,
         appointment_id=appointment.id,
-        participant=consent.PATIENT,
+        participant=link.participant,
         decision=body.decision,
         scopes=body.scopes,
         version=body.version,
@@ -112,12 +140,16 @@ async def record_consent(
     )
     decided = await consent.take_effect(session, entry, now=at)
     standing, withdrawal = decided.standing, decided.withdrawal
-    # Committed first: the call already ended, or the patient already left the queue. The event
-    # only hurries the news along; the relay re-reads the consent itself (media.gate).
+    # Committed first: the call already ended, or the patient already left the queue (a guest:
+    # is out of the call, `guest_left`). The event only hurries the news along; the relay
+    # re-reads the consent itself (media.gate). A guest's decision is an event of its own kind,
+    # so nothing that hears `consent.recorded` takes it for the patient's.
     outbox.add(
-        "consent.recorded",
+        "guest.consent.recorded" if link.is_guest else "consent.recorded",
         appointment.id,
-        participant=consent.PATIENT,
+        participant=link.participant,
+        participant_id=str(link.guest.id) if link.guest is not None else None,
+        guest_left=decided.guest_left,
         decision=entry.decision,
         scopes=entry.scopes.split(),
         video_visit=standing.video_visit,

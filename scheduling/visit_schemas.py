@@ -4,7 +4,15 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    field_validator,
+    model_serializer,
+)
 
 from app.validation import NulFree
 from scheduling.models import ConsentRecord
@@ -23,6 +31,19 @@ class ClinicianName(BaseModel):
     name: str
 
 
+class ParticipantOut(BaseModel):
+    """Who the link is: `{"role":"patient"}`, or a guest's `{"id","role","name"}`."""
+
+    id: uuid.UUID | None = None
+    role: str
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        return {key: value for key, value in dumped.items() if value is not None}
+
+
 class VisitOut(BaseModel):
     appointment_id: uuid.UUID
     clinician: ClinicianName
@@ -35,6 +56,7 @@ class VisitOut(BaseModel):
     birth_date_check: bool = False
     # For the page's connection test (TURN credentials are short-lived and carry no patient data).
     ice_servers: list[dict[str, Any]] = []
+    participant: ParticipantOut = ParticipantOut(role="patient")
 
 
 class VerifyBody(BaseModel):

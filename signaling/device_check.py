@@ -17,7 +17,7 @@ from app.errors import ServiceBusy, ValidationFailed
 from app.ratelimit import Policy
 from app.validation import NulFree
 from scheduling import visits
-from scheduling.access import Verification, rate_limits, visit_of_link
+from scheduling.access import Verification, link_of, rate_limits
 from signaling.errors import SignalingError
 
 router = APIRouter(tags=["visits"])
@@ -44,7 +44,7 @@ async def connection_test(
 ) -> Sdp:
     """The device check: a short-lived peer connection answers, so the page can tell whether
     media reaches the relay directly or only through TURN."""
-    await visit_of_link(request, session, token, verification)
+    await link_of(request, session, token, verification)
     await rate_limits(request).enforce(CONNECTION_TESTS, visits.token_hash(token))
     relay = request.app.state.signaling.media
     if relay is None:

@@ -4,6 +4,10 @@ Booking, rescheduling and cancelling call these inside their own transaction: th
 queued if and only if the change commits, and the unique key of `Notification` makes queueing
 one twice impossible. Nothing is queued for a patient without the channel's contact, nor for a
 channel the practice has not configured.
+
+A guest of the visit (scheduling.guests) with an email or a phone gets their own invitation
+(`guest_invitation`, with their own link) and the notices of a reschedule and a cancellation;
+their rows carry `participant_id`. Guests get no reminders.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from scheduling.models import Appointment
+from scheduling.models import Appointment, VisitGuest
 from scheduling.notifications.models import PENDING, Channel, Kind, Notification, State
 
 
@@ -47,6 +51,15 @@ class Plan:
             found.append(Channel.SMS)
         return found
 
+    def guest_channels(self, guest: VisitGuest) -> list[Channel]:
+        """The channels this guest can be reached on."""
+        found = []
+        if self.email and guest.email:
+            found.append(Channel.EMAIL)
+        if self.sms and guest.phone:
+            found.append(Channel.SMS)
+        return found
+
 
 NOTHING = Plan()
 
@@ -59,10 +72,12 @@ def _row(
     *,
     now: dt.datetime,
     hours: int = 0,
+    guest: VisitGuest | None = None,
 ) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "appointment_id": appointment.id,
+        "participant_id": None if guest is None else guest.id,
         "kind": kind.value,
         "channel": channel.value,
         "hours": hours,
@@ -89,6 +104,55 @@ def _reminders(
 async def _insert(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await session.execute(insert(Notification), list(rows))
+
+
+async def _active_guests(session: AsyncSession, appointment_id: uuid.UUID) -> list[VisitGuest]:
+    result = await session.execute(
+        select(VisitGuest).where(
+            VisitGuest.appointment_id == appointment_id, VisitGuest.removed_at.is_(None)
+        )
+    )
+    return list(result.scalars())
+
+
+async def _to_guests(
+    session: AsyncSession, plan: Plan, appointment: Appointment, kind: Kind, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """`kind`, now, to each active guest of the appointment on each of their channels."""
+    if not (plan.email or plan.sms):
+        return []
+    return [
+        _row(appointment, kind, channel, now, now=now, guest=guest)
+        for guest in await _active_guests(session, appointment.id)
+        for channel in plan.guest_channels(guest)
+    ]
+
+
+async def guest_invited(
+    session: AsyncSession,
+    plan: Plan,
+    appointment: Appointment,
+    guest: VisitGuest,
+    *,
+    now: dt.datetime,
+) -> None:
+    """The guest's invitation (their own link), now, to the guest's own email and phone."""
+    await _insert(
+        session,
+        [
+            _row(appointment, Kind.GUEST_INVITATION, channel, now, now=now, guest=guest)
+            for channel in plan.guest_channels(guest)
+        ],
+    )
+
+
+async def guest_removed(session: AsyncSession, guest_id: uuid.UUID) -> None:
+    """What was queued for the guest and not sent is cancelled: their link no longer opens."""
+    await session.execute(
+        update(Notification)
+        .where(Notification.participant_id == guest_id, Notification.status.in_(PENDING))
+        .values(status=State.CANCELLED.value, claimed_by=None, lease_until=None)
+    )
 
 
 async def booked(
@@ -136,6 +200,7 @@ async def rescheduled(
     for channel in plan.channels(appointment):
         rows.append(_row(appointment, Kind.RESCHEDULED, channel, now, now=now))
         rows += _reminders(plan, appointment, channel, now, moved.get(channel.value, set()))
+    rows += await _to_guests(session, plan, appointment, Kind.RESCHEDULED, now)
     await _insert(session, rows)
 
 
@@ -151,13 +216,12 @@ async def cancelled(
         )
         .values(status=State.CANCELLED.value, claimed_by=None, lease_until=None)
     )
-    await _insert(
-        session,
-        [
-            _row(appointment, Kind.CANCELLED, channel, now, now=now)
-            for channel in plan.channels(appointment)
-        ],
-    )
+    rows = [
+        _row(appointment, Kind.CANCELLED, channel, now, now=now)
+        for channel in plan.channels(appointment)
+    ]
+    rows += await _to_guests(session, plan, appointment, Kind.CANCELLED, now)
+    await _insert(session, rows)
 
 
 async def of_appointment(

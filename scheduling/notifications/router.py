@@ -1,4 +1,5 @@
-"""`GET /api/v1/appointments/{id}/notifications`: what was sent to the patient, and how."""
+"""`GET /api/v1/appointments/{id}/notifications`: what was sent to the patient (and to the
+visit's guests: `participant_id`), and how."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ async def appointment_notifications(
                 sent_at=row.sent_at,
                 due_at=row.due_at,
                 hours=row.hours if row.kind == Kind.REMINDER.value else None,
+                participant_id=row.participant_id,
             )
             for row in rows
         ]

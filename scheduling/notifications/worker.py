@@ -36,7 +36,7 @@ from app.auth.models import User
 from app.config import Settings
 from app.db import Database, utcnow
 from scheduling import calendar, visits
-from scheduling.models import Appointment, Status
+from scheduling.models import Appointment, Status, VisitGuest
 from scheduling.notifications import messages, transport
 from scheduling.notifications.models import Channel, Kind, Notification, State
 from scheduling.notifications.transport import Outcome, Result
@@ -225,7 +225,15 @@ class Worker:
                 return None
             appointment = await session.get(Appointment, row.appointment_id)
             clinician = await session.get(User, appointment.clinician_id) if appointment else None
-            if appointment is None or clinician is None or not _still_wanted(row, appointment):
+            guest = None
+            if row.participant_id is not None:
+                guest = await session.get(VisitGuest, row.participant_id)
+            if (
+                appointment is None
+                or clinician is None
+                or not _still_wanted(row, appointment)
+                or (row.participant_id is not None and (guest is None or guest.removed_at))
+            ):
                 await _set(
                     session, row_id, token, {"status": State.CANCELLED.value, "lease_until": None}
                 )
@@ -243,13 +251,20 @@ class Worker:
             )
             if not moved:
                 return None
-            return self._job(row, token, appointment, clinician)
+            return self._job(row, token, appointment, clinician, guest)
 
-    def _job(self, row: Notification, token: str, appointment: Appointment, clinician: User) -> Job:
+    def _job(
+        self,
+        row: Notification,
+        token: str,
+        appointment: Appointment,
+        clinician: User,
+        guest: VisitGuest | None = None,
+    ) -> Job:
+        """What to send and to whom: the patient, or the guest the row is for (their link)."""
         kind, channel = Kind(row.kind), Channel(row.channel)
-        url = visits.visit_url(
-            self.settings.public_base, visits.token_for(self.link_key, appointment.link_salt)
-        )
+        salt = appointment.link_salt if guest is None else guest.link_salt
+        url = visits.visit_url(self.settings.public_base, visits.token_for(self.link_key, salt))
         visit = messages.Visit(
             notification_id=row.id,
             kind=kind,
@@ -257,15 +272,18 @@ class Worker:
             timezone=appointment.patient_timezone or clinician.timezone,
             clinician_name=clinician.name,
             visit_url=url,
+            guest_role=None if guest is None else guest.role,
         )
         ics = None
         if channel is Channel.EMAIL and kind is not Kind.REMINDER:
             ics = calendar.invitation(
                 appointment, clinician_name=clinician.name, visit_url=url, domain=self.domain
             )
-        recipient = (
-            appointment.patient_email if channel is Channel.EMAIL else appointment.patient_phone
-        )
+        if guest is None:
+            email, phone = appointment.patient_email, appointment.patient_phone
+        else:
+            email, phone = guest.email, guest.phone
+        recipient = email if channel is Channel.EMAIL else phone
         return Job(
             id=row.id,
             token=token,

@@ -3,6 +3,7 @@ consent."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -14,9 +15,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app import participants
+from app.audit import AuditEvent
 from app.db import Database
 from scheduling import consent, guests, service, visits
-from scheduling.models import Appointment, VisitGuest
+from scheduling.models import Appointment, GuestStatus, VisitGuest
 from tests.factories import Staff, booking_body, local_instant, next_weekday
 
 NY = "America/New_York"
@@ -192,3 +194,305 @@ class TestGuestConsent:
             assert visit.patient_consent == ""  # the patient's consent is the patient's alone
             found = await guests.consents_of(session, [guest.appointment_id])
         assert found[guest.appointment_id][key].granted == {"recording", "video_visit"}
+
+
+# Over HTTP -----------------------------------------------------------------------------------
+
+INTERPRETER = {"role": "interpreter", "name": "Ina Terpreter"}
+
+
+def participants_path(appointment_id: str) -> str:
+    return f"/api/v1/appointments/{appointment_id}/participants"
+
+
+def token_in(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+async def invite(
+    client: httpx.AsyncClient, headers: dict[str, str], appointment_id: str, **body: Any
+) -> httpx.Response:
+    return await client.post(
+        participants_path(appointment_id), json={**INTERPRETER, **body}, headers=headers
+    )
+
+
+async def audit_of(db: Database, resource_id: str) -> list[AuditEvent]:
+    async with db.session(write=False) as session:
+        result = await session.execute(
+            select(AuditEvent).where(AuditEvent.resource_id == resource_id).order_by(AuditEvent.id)
+        )
+        return list(result.scalars())
+
+
+class TestParticipantsApi:
+    async def test_add_list_and_remove(
+        self, client: httpx.AsyncClient, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        headers = staff.scheduler.headers
+        response = await invite(
+            client, headers, appointment["id"], email="ina@example.org", phone="+14155550123"
+        )
+        assert response.status_code == 201, response.text
+        assert response.headers["cache-control"] == "no-store"
+        guest = response.json()
+        assert guest["role"] == "interpreter"
+        assert guest["name"] == "Ina Terpreter"
+        assert guest["status"] == "invited"
+        assert guest["appointment_id"] == appointment["id"]
+        assert guest["visit_url"].startswith("http://testserver/visit/")
+        assert guest["visit_url"] != appointment["visit_url"]
+        # Never stored in clear: the row keeps the salt and the token's hash only.
+        token = token_in(guest["visit_url"])
+        async with db.session(write=False) as session:
+            row = await session.get(VisitGuest, uuid.UUID(guest["id"]))
+        assert row is not None
+        assert row.link_hash == visits.token_hash(token)
+        assert token.encode() not in row.link_salt
+
+        listed = await client.get(participants_path(appointment["id"]), headers=headers)
+        assert listed.status_code == 200
+        assert listed.json()["items"] == [guest]
+
+        removed = await client.delete(
+            f"{participants_path(appointment['id'])}/{guest['id']}", headers=headers
+        )
+        assert removed.status_code == 204
+        listed = await client.get(participants_path(appointment["id"]), headers=headers)
+        assert listed.json()["items"] == []
+        every = await client.get(
+            participants_path(appointment["id"]),
+            params={"include_removed": "true"},
+            headers=headers,
+        )
+        [gone] = every.json()["items"]
+        assert gone["status"] == "removed"
+        assert gone["visit_url"] is None
+        again = await client.delete(
+            f"{participants_path(appointment['id'])}/{guest['id']}", headers=headers
+        )
+        assert again.status_code == 404
+        # Audited: added and removed, with the appointment and role, never the name.
+        events = await audit_of(db, guest["id"])
+        assert [(e.action, e.outcome) for e in events] == [
+            ("guest.add", "success"),
+            ("guest.remove", "success"),
+            ("guest.remove", "not_found"),
+        ]
+        assert events[0].details == {"appointment_id": appointment["id"], "role": "interpreter"}
+        assert "Ina" not in str([e.details for e in events])
+
+    async def test_the_clinician_and_admins_may_others_may_not(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        path = participants_path(appointment["id"])
+        by_clinician = await invite(client, staff.clinician.headers, appointment["id"])
+        assert by_clinician.status_code == 201, by_clinician.text
+        by_admin = await invite(client, staff.admin.headers, appointment["id"], role="caregiver")
+        assert by_admin.status_code == 201, by_admin.text
+        guest_id = by_clinician.json()["id"]
+        other = staff.other_clinician.headers
+        # Another clinician's appointment is not theirs to know of: 404, never 403.
+        for response in (
+            await invite(client, other, appointment["id"]),
+            await client.get(path, headers=other),
+            await client.delete(f"{path}/{guest_id}", headers=other),
+            await invite(client, staff.admin.headers, str(uuid.uuid4())),
+            await client.delete(f"{path}/{uuid.uuid4()}", headers=staff.admin.headers),
+        ):
+            assert response.status_code == 404, response.text
+            assert response.json()["error"]["code"] == "not_found"
+        for response in (
+            await client.post(path, json=INTERPRETER),
+            await client.get(path),
+            await client.delete(f"{path}/{guest_id}"),
+        ):
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "not_authenticated"
+        # A guest of one appointment cannot be removed through another.
+        elsewhere = await booked(client, staff, "11:00")
+        response = await client.delete(
+            f"{participants_path(elsewhere['id'])}/{guest_id}", headers=staff.admin.headers
+        )
+        assert response.status_code == 404
+        listed = await client.get(path, headers=staff.clinician.headers)
+        assert [g["role"] for g in listed.json()["items"]] == ["interpreter", "caregiver"]
+
+    async def test_a_third_guest_is_refused(self, client: httpx.AsyncClient, staff: Staff) -> None:
+        appointment = await booked(client, staff)
+        headers = staff.scheduler.headers
+        for role in ("interpreter", "caregiver"):
+            assert (await invite(client, headers, appointment["id"], role=role)).status_code == 201
+        third = await invite(client, headers, appointment["id"], role="clinician")
+        assert third.status_code == 409
+        assert third.json()["error"]["code"] == "participant_limit"
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"role": "uncle"},
+            {"role": "patient"},
+            {"role": None},
+            {"name": ""},
+            {"name": "   "},
+            {"name": "x" * 201},
+            {"name": "Nul\u0000Name"},
+            {"email": "not-an-email"},
+            {"phone": "0415 555 0123"},
+            {"phone": "+0123456789"},
+            {"extra": "field"},
+        ],
+    )
+    async def test_bad_bodies_are_422(
+        self, client: httpx.AsyncClient, staff: Staff, body: dict[str, Any]
+    ) -> None:
+        appointment = await booked(client, staff)
+        response = await invite(client, staff.scheduler.headers, appointment["id"], **body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "validation_error"
+
+    async def test_bad_queries_and_bodies_are_422(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        path, headers = participants_path(appointment["id"]), staff.scheduler.headers
+        # A malformed id in the path names nothing: 404, as an unknown one (app.errors).
+        for response in (
+            await client.delete(f"{path}/not-a-uuid", headers=headers),
+            await client.get("/api/v1/appointments/nope/participants", headers=headers),
+        ):
+            assert response.status_code == 404, response.text
+        for response in (
+            await client.get(path, params={"include_removed": "perhaps"}, headers=headers),
+            await client.post(path, content=b"{not json", headers=headers),
+            await client.post(path, json=["interpreter"], headers=headers),
+        ):
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "validation_error"
+
+    async def test_no_guests_once_the_visit_is_cancelled(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        headers = staff.scheduler.headers
+        guest = (await invite(client, headers, appointment["id"])).json()
+        cancelled = await client.post(
+            f"/api/v1/appointments/{appointment['id']}/cancel", json={}, headers=headers
+        )
+        assert cancelled.status_code == 200
+        response = await invite(client, headers, appointment["id"], role="caregiver")
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "visit_closed"
+        # The guest's link closes with the visit.
+        visit = await client.get(f"/api/v1/visits/{token_in(guest['visit_url'])}")
+        assert visit.status_code == 410
+        assert visit.json()["error"]["code"] == "visit_closed"
+
+    async def test_concurrent_adds_fill_the_two_slots_and_no_more(
+        self, client: httpx.AsyncClient, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        headers = staff.scheduler.headers
+        codes = await asyncio.gather(
+            *(invite(client, headers, appointment["id"]) for _ in range(6))
+        )
+        assert sorted(r.status_code for r in codes) == [201, 201, 409, 409, 409, 409]
+        async with db.session(write=False) as session:
+            active = await guests.list_guests(session, uuid.UUID(appointment["id"]))
+        assert sorted(g.slot for g in active) == [1, 2]
+
+
+class TestGuestVisit:
+    async def test_the_guest_page_names_the_guest_and_their_role(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
+        response = await client.get(f"/api/v1/visits/{token_in(guest['visit_url'])}")
+        assert response.status_code == 200, response.text
+        assert response.headers["cache-control"] == "no-store"
+        visit = response.json()
+        assert visit["participant"] == {
+            "id": guest["id"],
+            "role": "interpreter",
+            "name": "Ina Terpreter",
+        }
+        assert visit["appointment_id"] == appointment["id"]
+        assert visit["consented"] is False
+        assert visit["birth_date_check"] is False
+        patient = (await client.get(f"/api/v1/visits/{token_in(appointment['visit_url'])}")).json()
+        assert patient["participant"] == {"role": "patient"}
+        assert visit["consent"]["text"] == (
+            "You are joining this visit as the interpreter.\n\n" + patient["consent"]["text"]
+        )
+        assert visit["consent"]["version"] == patient["consent"]["version"]
+
+    async def test_a_guest_consent_is_the_guests_own(
+        self, client: httpx.AsyncClient, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
+        token = token_in(guest["visit_url"])
+        version = (await client.get(f"/api/v1/visits/{token}")).json()["consent"]["version"]
+        decided = await client.post(
+            f"/api/v1/visits/{token}/consent",
+            json={"version": version, "decision": "granted", "scopes": ["video_visit"]},
+        )
+        assert decided.status_code == 201, decided.text
+        assert (await client.get(f"/api/v1/visits/{token}")).json()["consented"] is True
+        patient_token = token_in(appointment["visit_url"])
+        assert (await client.get(f"/api/v1/visits/{patient_token}")).json()["consented"] is False
+        records = await client.get(
+            f"/api/v1/appointments/{appointment['id']}/consents", headers=staff.clinician.headers
+        )
+        [record] = records.json()["items"]
+        assert record["participant"] == f"interpreter:{guest['id']}"
+        assert record["id"] == decided.json()["id"]
+        async with db.session(write=False) as session:
+            row = await session.get(VisitGuest, uuid.UUID(guest["id"]))
+        assert row is not None
+        assert row.consent == "video_visit"
+        # Waiting, then withdrawn: out of the waiting room, back to invited.
+        async with db.session(write=True) as session:
+            assert await guests.set_status(
+                session, row.id, to=GuestStatus.WAITING, among=[GuestStatus.INVITED.value]
+            )
+        withdrawn = await client.post(
+            f"/api/v1/visits/{token}/consent",
+            json={"version": version, "decision": "withdrawn", "scopes": ["video_visit"]},
+        )
+        assert withdrawn.status_code == 201
+        async with db.session(write=False) as session:
+            row = await session.get(VisitGuest, uuid.UUID(guest["id"]))
+            visit = await session.get(Appointment, uuid.UUID(appointment["id"]))
+        assert row is not None
+        assert visit is not None
+        assert (row.status, row.consent) == ("invited", "")
+        assert visit.status == "booked"  # the patient's visit goes on
+
+    async def test_a_removed_guests_link_is_gone(
+        self, client: httpx.AsyncClient, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
+        token = token_in(guest["visit_url"])
+        assert (await client.get(f"/api/v1/visits/{token}")).status_code == 200
+        removed = await client.delete(
+            f"{participants_path(appointment['id'])}/{guest['id']}",
+            headers=staff.clinician.headers,
+        )
+        assert removed.status_code == 204
+        for response in (
+            await client.get(f"/api/v1/visits/{token}"),
+            await client.post(
+                f"/api/v1/visits/{token}/consent",
+                json={"version": 1, "decision": "granted", "scopes": ["video_visit"]},
+            ),
+        ):
+            assert response.status_code == 410
+            assert response.json()["error"]["code"] == "visit_closed"
+        # The patient's link is untouched.
+        patient = await client.get(f"/api/v1/visits/{token_in(appointment['visit_url'])}")
+        assert patient.status_code == 200

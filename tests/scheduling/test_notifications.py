@@ -351,6 +351,112 @@ class TestRescheduleAndCancel:
         assert "cancelled" in gateway.to(phone)[1].body["text"]
 
 
+class TestGuestInvitation:
+    """A guest with an email or a phone gets their own link, sent to them, not the patient."""
+
+    async def invite(self, clinic: Clinic, appointment_id: str, **guest: Any) -> dict[str, Any]:
+        response = await clinic.client.post(
+            f"/api/v1/appointments/{appointment_id}/participants",
+            json={"role": "interpreter", "name": "Ina Qanary", **guest},
+            headers=clinic.staff.clinician.headers,
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def test_the_guest_gets_their_own_link_by_mail_and_sms(
+        self,
+        clinic: Clinic,
+        mail: MailServer,
+        gateway: SmsGateway,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        patient_address, patient_phone = unique_email(), unique_phone()
+        booked = await clinic.book(slot("15:00"), email=patient_address, phone=patient_phone)
+        await clinic.settled(booked["id"], count=2)
+        address, phone = unique_email(), unique_phone()
+        guest = await self.invite(clinic, booked["id"], email=address, phone=phone)
+        items = await clinic.settled(booked["id"], count=4)
+        theirs = [i for i in items if i["participant_id"] == guest["id"]]
+        assert sorted((i["kind"], i["channel"], i["status"]) for i in theirs) == [
+            ("guest_invitation", "email", "sent"),
+            ("guest_invitation", "sms", "sent"),
+        ]
+        assert {i["participant_id"] for i in items if i["kind"] == "invitation"} == {None}
+
+        [received] = mail.inbox.to(address)
+        assert received.recipients == [address]
+        body = received.message.get_body(preferencelist=("plain",))
+        assert body is not None
+        text = body.get_content()
+        assert guest["visit_url"] in text
+        assert booked["visit_url"] not in received.raw.decode()
+        assert "as the interpreter" in text
+        # Nothing of the patient's: not their name, not the reason.
+        assert "Pat Example" not in received.raw.decode()
+        assert "Follow-up" not in received.raw.decode()
+        assert str(calendar_of(received.message).walk("VEVENT")[0]["URL"]) == guest["visit_url"]
+        assert len(mail.inbox.to(patient_address)) == 1  # the patient's invitation only
+        [sms] = gateway.to(phone)
+        assert guest["visit_url"] in sms.body["text"]
+        assert len(gateway.to(patient_phone)) == 1
+
+        # The visit is cancelled: the guest is told too, and their link is no longer sent.
+        response = await clinic.client.post(
+            f"/api/v1/appointments/{booked['id']}/cancel",
+            json={},
+            headers=clinic.staff.scheduler.headers,
+        )
+        assert response.status_code == 200
+        items = await clinic.settled(booked["id"], count=8)
+        assert sorted(
+            (i["kind"], i["channel"]) for i in items if i["participant_id"] == guest["id"]
+        ) == [
+            ("cancelled", "email"),
+            ("cancelled", "sms"),
+            ("guest_invitation", "email"),
+            ("guest_invitation", "sms"),
+        ]
+        notice = mail.inbox.to(address)[1]
+        assert "cancelled" in notice.message["Subject"]
+        assert guest["visit_url"] not in notice.raw.decode()
+        assert "cancelled" in gateway.to(phone)[1].body["text"]
+
+        # No log line carries the guest's name, contacts or link.
+        logged = "\n".join(
+            f"{record.name} {record.getMessage()} {record.__dict__}"
+            for record in caplog.records
+            if not record.name.startswith("mail.")
+        )
+        assert "notification" in logged
+        token = guest["visit_url"].rsplit("/", 1)[1]
+        for needle in ("Qanary", address, phone, phone[1:], token):
+            assert needle not in logged
+
+    async def test_nothing_for_a_guest_without_contacts_and_a_removed_guests_is_cancelled(
+        self, clinic: Clinic, db: Database, mail: MailServer
+    ) -> None:
+        booked = await clinic.book(slot("15:20"))
+        await self.invite(clinic, booked["id"])
+        assert await rows_of(db, booked["id"]) == []
+        # Queued for later (as if the worker had not come to it), then the guest is removed.
+        guest = await self.invite(clinic, booked["id"], role="caregiver", email=unique_email())
+        async with db.session(write=True) as session:
+            await session.execute(
+                update(Notification)
+                .where(Notification.participant_id == uuid.UUID(guest["id"]))
+                .values(status="queued", due_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+            )
+        response = await clinic.client.delete(
+            f"/api/v1/appointments/{booked['id']}/participants/{guest['id']}",
+            headers=clinic.staff.clinician.headers,
+        )
+        assert response.status_code == 204
+        rows = await rows_of(db, booked["id"])
+        assert [(r.kind, r.status) for r in rows] == [("guest_invitation", "cancelled")]
+
+
 class TestPrivacy:
     async def test_no_patient_data_or_link_in_any_log_line(
         self,
