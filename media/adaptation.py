@@ -42,12 +42,13 @@ async def control(room: Room, now: float) -> None:
         set_incoming_video(room, participant)
         if not participant.sound_only:
             await room.announce(video_message(room.id, participant.role, change, "bandwidth"))
-    for (role, kind), publisher in room.publishers.items():
-        if kind != "video":
+    for (role, feed), publisher in room.publishers.items():
+        if publisher.kind != "video":
             continue
         publisher.repeat_keyframe_request(now)
-        cap = _publisher_cap(room, role, now)
-        own = _uplink_cap(room, role, publisher, now)
+        cap = _publisher_cap(room, (role, feed), now)
+        # The leg's own estimate is measured on the camera's receiver.
+        own = _uplink_cap(room, role, publisher, now) if feed == "video" else None
         publisher.remb_cap = own if cap is None else cap if own is None else min(cap, own)
         if publisher.remb_cap is None or now - publisher.remb_sent_at < REMB_SECONDS:
             continue
@@ -70,8 +71,8 @@ def _describe(room: Room, participant: Participant, now: float) -> None:
         link["own_waits"] = publisher.someone_waits()
     link["waiting_keyframe"] = any(
         isinstance(track, ForwardedTrack) and track.waiting_keyframe
-        for (_role, kind), track in participant.subscriptions.items()
-        if kind == "video"
+        for track in participant.subscriptions.values()
+        if track.kind == "video"
     )
     logger.debug("link", extra={"role": participant.role, "link": link})
 
@@ -92,12 +93,12 @@ def _uplink_cap(room: Room, role: str, publisher: Publisher, now: float) -> floa
     return participant.uplink.video_cap_bps
 
 
-def _publisher_cap(room: Room, role: str, now: float) -> float | None:
-    """What `role`'s video may be: the least its receiving subscribers can take."""
+def _publisher_cap(room: Room, key: tuple[str, str], now: float) -> float | None:
+    """What this video publisher may be: the least its receiving subscribers can take."""
     subscribers = [
         p
         for p in room.participants.values()
-        if p.role != role and p.peer is not None and (role, "video") in p.subscriptions
+        if p.role != key[0] and p.peer is not None and key in p.subscriptions
     ]
     if not subscribers:
         return None

@@ -11,47 +11,105 @@ here runs in the room's owner.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 
 from media.recording import Recorder
-from media.room import Room
-from signaling.media import Consent
+from media.room import Room, is_guest
+from signaling.media import Consent, GuestConsent
 from signaling.media import error as error_message
+
+# Why a recording stops when a guest present has not consented to it (joined without it, or
+# withdrew it): the patient's own withdrawal is "consent_withdrawn".
+WITHOUT_CONSENT = "participant_without_consent"
 
 
 async def announced(room: Room, consent: Consent, *, braked: bool) -> None:
-    """A decision as signaling announced it (`braked`: a withdrawal that pulled the brake)."""
+    """The patient's decision as signaling announced it (`braked`: a withdrawal that pulled
+    the brake). Guests it names are applied too, each if newer; the others are kept."""
     if braked:
         room.withdrawals_waiting -= 1
+    guests = dict(room.consent.guests)
+    for key, standing in consent.guests.items():
+        if _newer(standing, guests.get(key)):
+            guests[key] = standing
     if consent.seq and consent.seq < room.consent.seq:
-        room.gate()  # a reading brought a newer one already: the gate as that one left it
-        return
+        # A reading brought a newer one already: the patient's part as that one left it.
+        consent = replace(room.consent, guests=guests)
+    else:
+        consent = replace(consent, guests=guests)
     await _apply(room, consent)
 
 
+async def guest_announced(room: Room, key: str, standing: GuestConsent, *, braked: bool) -> None:
+    """One guest's decision as signaling announced it (`braked`: a withdrawal)."""
+    if braked:
+        room.guest_withdrawals[key] -= 1
+        if room.guest_withdrawals[key] <= 0:
+            del room.guest_withdrawals[key]
+    if not _newer(standing, room.consent.guest(key)):
+        room.gate()  # a reading brought a newer one already
+        return
+    await _apply(room, replace(room.consent, guests={**room.consent.guests, key: standing}))
+
+
+def _newer(standing: GuestConsent, known: GuestConsent | None) -> bool:
+    return known is None or not standing.seq or standing.seq >= known.seq
+
+
 async def reading(
-    room: Room, consent: Consent | None, started: float, brake: int | None = None
+    room: Room,
+    consent: Consent | None,
+    started: float,
+    brake: int | None = None,
+    guest_brakes: Mapping[str, int] | None = None,
 ) -> None:
     """A reading begun at `started` found this (None: the call is no longer under way); it
-    releases the reading brake that stood when it was posted (`brake`), if none came since."""
+    releases the reading brakes that stood when it was posted (`brake`, `guest_brakes`), if
+    none came since. Its guests are the call's guests: one it does not name is allowed nothing
+    (unless an announced decision is newer than what it found)."""
     if brake is not None and room.reading_brake == brake:
         room.reading_brake = None
+    for key, number in (guest_brakes or {}).items():
+        if room.guest_reading_brakes.get(key) == number:
+            del room.guest_reading_brakes[key]
     room.consent_read_at = max(room.consent_read_at, started)
     room.in_doubt = False
     if room.doubt_since is not None and started >= room.doubt_since:
         room.doubt_since = None
     if consent is None:
         await _apply(room, Consent(False, False, room.consent.seq))
-    elif consent.seq >= room.consent.seq:
-        await _apply(room, consent)
-    else:
-        room.gate()  # older than an announced decision: the gate as that one left it
-    if (
-        room.recorder is not None
-        and consent is not None
-        and consent.seq == room.consent.seq
-        and consent.recording
-    ):
+        return
+    guests = {}
+    for key, found in consent.guests.items():
+        known = room.consent.guest(key)
+        guests[key] = known if known is not None and found.seq < known.seq else found
+    # Older than an announced decision: the patient's part as that one left it.
+    patient = consent if consent.seq >= room.consent.seq else room.consent
+    await _apply(room, replace(patient, guests=guests))
+    if room.recorder is not None and _confirms_recording(room, consent):
         room.recorder.confirm(started)
+
+
+def _recording_stands(room: Room) -> bool:
+    """The patient's recording consent stands, and that of every guest present."""
+    return room.consent.recording and all(room.may_record(role) for role in room.present())
+
+
+def _confirms_recording(room: Room, found: Consent) -> bool:
+    """The reading found the recording consent standing, as the room has it, for the patient
+    and every guest present."""
+    if not (found.recording and found.seq == room.consent.seq):
+        return False
+    for key in room.present():
+        if not is_guest(key):
+            continue
+        standing, known = found.guest(key), room.consent.guest(key)
+        if standing is None or known is None or not standing.recording:
+            return False
+        if standing.seq != known.seq:
+            return False
+    return True
 
 
 async def doubt(room: Room, since: float) -> None:
@@ -87,13 +145,18 @@ async def stop_recording(room: Room, *, reason: str, announce: bool = True) -> N
 
 
 async def _apply(room: Room, consent: Consent) -> None:
-    """The patient's standing decisions, newer than the room's: gate, recording, the call."""
+    """The standing decisions, newer than the room's: the gates, the recording, the call."""
     previous, room.consent = room.consent, consent
     room.gate()
     if room.recorder is not None:
+        guests = [key for key in room.present() if is_guest(key)]
         if not consent.recording:
             await stop_recording(room, reason="consent_withdrawn")
-        elif consent.seq != previous.seq:
+        elif not all(room.may_record(key) for key in guests):
+            await stop_recording(room, reason=WITHOUT_CONSENT)
+        elif consent.seq != previous.seq or any(
+            consent.guest(key) != previous.guest(key) for key in guests
+        ):
             room.recorder.drop_unconfirmed()  # a decision came in: what came since is unsure
     guard = room.services.guard
     if not consent.video_visit and guard is not None and not room.over_reported:
@@ -107,7 +170,7 @@ async def _start_recording(room: Room) -> None:
         return
     # The consent as committed now, not as last announced: a withdrawal racing this request
     # is either seen here or stops the recording, and what came after it is never written.
-    if not await _read_now(room) or not room.consent.recording:
+    if not await _read_now(room) or not _recording_stands(room):
         await room.tell(
             "clinician",
             error_message(
@@ -124,6 +187,7 @@ async def _start_recording(room: Room) -> None:
         room.video_codec,
         key=services.settings.recordings_seal_key(),
         held=services.guard is not None,
+        recordable=room.may_record,
     )
     room.recorder = recorder
     await services.recordings.started(room.id, recorder.id, recorder.path.name)

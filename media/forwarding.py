@@ -18,19 +18,30 @@ from media import hooks
 from media.bandwidth import LossMeter
 from media.frames import FrameAssembler
 from media.peers import Peer
-from media.room import KINDS, Participant, Room, Subscription
+from media.room import CLINICIAN, KINDS, Participant, Room, Subscription, kind_of
 from media.tracks import ForwardedTrack, Publisher
 from media.transcode import TranscodedTrack
+from signaling.media import SignalingError
 from signaling.media import video as video_message
 
 
 def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> None:
-    """A participant's incoming track: tap its receiver into their publisher."""
+    """A participant's incoming track: tap its receiver into their publisher.
+
+    Their first video is their camera; the clinician's second is their shared screen (a
+    publisher of its own, forwarded while they say they share: `set_screen`). Any other
+    second video is not forwarded.
+    """
     transceiver = next((t for t in peer.pc.getTransceivers() if t.receiver.track is track), None)
     if transceiver is None or track.kind not in KINDS:
         return
     receiver = transceiver.receiver
-    publisher = room.publisher(participant.role, track.kind)
+    feed = _feed_of(room, participant, track.kind)
+    if feed is None:
+        return
+    publisher = room.publisher(participant.role, feed)
+    if feed == "screen":
+        publisher.forwarding = participant.screen and not participant.sound_only
 
     def sink(codec: Any, frame: Any) -> None:
         participant.media_seen = True
@@ -49,6 +60,15 @@ def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> Non
     participant.sources.append(receiver)
 
 
+def _feed_of(room: Room, participant: Participant, kind: str) -> str | None:
+    if kind == "audio":
+        return "audio"
+    camera = room.publishers.get((participant.role, "video"))
+    if camera is None or camera.source not in participant.sources:
+        return "video"  # the first video of this connection: the camera
+    return "screen" if participant.role == CLINICIAN else None
+
+
 def subscribe_everyone(room: Room) -> None:
     for subscriber in room.participants.values():
         subscribe_all(room, subscriber)
@@ -58,8 +78,8 @@ def subscribe_all(room: Room, subscriber: Participant) -> None:
     """Subscribe a participant to every other participant's publishers."""
     if subscriber.peer is None:
         return
-    for (role, kind), publisher in list(room.publishers.items()):
-        if role != subscriber.role and (role, kind) not in subscriber.subscriptions:
+    for (role, feed), publisher in list(room.publishers.items()):
+        if role != subscriber.role and (role, feed) not in subscriber.subscriptions:
             _subscribe(room, subscriber, publisher)
 
 
@@ -98,8 +118,8 @@ def _subscribe(room: Room, subscriber: Participant, publisher: Publisher) -> Non
             keyframe=publisher.ask_keyframe,
             loss=LossMeter(lambda loss: downlink.on_loss(loss) if downlink.paused else None),
         )
-    subscriber.subscriptions[(publisher.role, publisher.kind)] = track
-    subscriber.senders[(publisher.role, publisher.kind)] = sender
+    subscriber.subscriptions[(publisher.role, publisher.feed)] = track
+    subscriber.senders[(publisher.role, publisher.feed)] = sender
     pace(subscriber)
 
 
@@ -139,10 +159,11 @@ def pace(participant: Participant) -> None:
     pacer = participant.pacer
     if pacer is None:
         return
-    for (_role, kind), sender in participant.senders.items():
-        ssrcs = pacer.video_ssrcs if kind == "video" else pacer.audio_ssrcs
+    for (_role, feed), sender in participant.senders.items():
+        video = kind_of(feed) == "video"
+        ssrcs = pacer.video_ssrcs if video else pacer.audio_ssrcs
         ssrcs.add(sender._ssrc)
-        if kind == "video":
+        if video:
             rtx = hooks.rtx_ssrc(sender)
             if rtx is not None:
                 pacer.rtx_ssrcs.add(rtx)
@@ -158,14 +179,14 @@ def pace(participant: Participant) -> None:
 def set_incoming_video(room: Room, participant: Participant) -> None:
     """Pause or resume every video going to this participant, as their state says."""
     off = participant.sound_only or participant.downlink.paused
-    for (role, kind), track in participant.subscriptions.items():
-        if kind != "video" or not isinstance(track, ForwardedTrack) or track.paused == off:
+    for (role, feed), track in participant.subscriptions.items():
+        if track.kind != "video" or not isinstance(track, ForwardedTrack) or track.paused == off:
             continue
         if off:
             track.pause()
         else:
             track.resume()
-            room.publishers[(role, kind)].ask_keyframe()
+            room.publishers[(role, feed)].ask_keyframe()
 
 
 async def set_video(room: Room, role: str, *, enabled: bool) -> None:
@@ -175,19 +196,74 @@ async def set_video(room: Room, role: str, *, enabled: bool) -> None:
         return
     participant.sound_only = not enabled
     set_incoming_video(room, participant)
-    publisher = room.publishers.get((role, "video"))
-    if publisher is not None:
-        publisher.forwarding = enabled
-        if enabled:
-            for track in publisher.subscribers:
-                track.need_keyframe()
-            publisher.ask_keyframe()
+    _set_forwarding(room.publishers.get((role, "video")), enabled)
+    _set_forwarding(room.publishers.get((role, "screen")), enabled and participant.screen)
     await room.announce(
         video_message(room.id, role, "resumed" if enabled else "paused", "requested")
     )
     if enabled and participant.downlink.paused:
         # Their link still cannot carry video: say so, or the pause would go unexplained.
         await room.announce(video_message(room.id, role, "paused", "bandwidth"))
+
+
+def _set_forwarding(publisher: Publisher | None, forwarding: bool) -> None:
+    if publisher is None or publisher.forwarding == forwarding:
+        return
+    publisher.forwarding = forwarding
+    if forwarding:
+        for track in publisher.subscribers:
+            track.need_keyframe()
+        publisher.ask_keyframe()
+
+
+async def set_screen(room: Room, role: str, *, enabled: bool) -> None:
+    """`role` shares their screen, or stops: their second video forwards, or does not; who
+    gets what is told again (`streams`)."""
+    if role != CLINICIAN:
+        raise SignalingError("invalid_message", "Only the clinician shares a screen.")
+    participant = room.participant(role)
+    participant.screen = enabled
+    _set_forwarding(room.publishers.get((role, "screen")), enabled and not participant.sound_only)
+    await tell_streams(room)
+
+
+def streams_of(room: Room, participant: Participant) -> list[dict[str, str]]:
+    """What each of this participant's sending transceivers carries: whose feed, which."""
+    if participant.peer is None:
+        return []
+    mids = {id(t.sender): t.mid for t in participant.peer.pc.getTransceivers()}
+    items = []
+    for (role, feed), sender in participant.senders.items():
+        mid = mids.get(id(sender))
+        publishing = room.participants.get(role)
+        if mid is None or publishing is None or publishing.left:
+            continue
+        if feed == "screen" and not publishing.screen:
+            continue
+        publisher = room.publishers[(role, feed)]
+        items.append(
+            {
+                "mid": mid,
+                "participant": role,
+                "kind": publisher.kind,
+                "source": publisher.source_name,
+            }
+        )
+    items.sort(key=lambda item: (len(item["mid"]), item["mid"]))
+    return items
+
+
+async def tell_streams(room: Room, only: Participant | None = None) -> None:
+    """Tell each participant (or `only` this one) what their transceivers carry, if that
+    changed since they were last told."""
+    for participant in [only] if only is not None else list(room.participants.values()):
+        if participant.peer is None:
+            continue
+        items = streams_of(room, participant)
+        if items == participant.streams_told:
+            continue
+        participant.streams_told = items
+        await room.tell(participant.role, {"type": "streams", "items": items})
 
 
 def _offer_was_sendonly(transceiver: RTCRtpTransceiver) -> bool:

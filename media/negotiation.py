@@ -17,7 +17,14 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from media.bandwidth import Downlink, Pacer
-from media.forwarding import publish, subscribe_all, subscribe_everyone, unsubscribe_all
+from media.consent import WITHOUT_CONSENT, stop_recording
+from media.forwarding import (
+    publish,
+    subscribe_all,
+    subscribe_everyone,
+    tell_streams,
+    unsubscribe_all,
+)
 from media.peers import Peer, ice_configuration, ice_ufrag
 from media.room import KINDS, Participant, Room
 from signaling.media import error as error_message
@@ -42,10 +49,15 @@ async def on_offer(room: Room, role: str, sdp: str) -> None:
         return
     if not reuse:
         await drop_connection(room, role)
+        if room.recorder is not None and not room.may_record(role):
+            # Joining a call being recorded without the recording consent: it stops first.
+            await stop_recording(room, reason=WITHOUT_CONSENT)
         participant.peer = _new_peer(room, participant, _media_kinds(sdp))
         participant.remote_ufrag = ufrag
         participant.stalled = False
         participant.media_seen = False
+        participant.left = False
+        participant.streams_told = None
         participant.joined_at = time.monotonic()
     assert participant.peer is not None
     pc = participant.peer.pc
@@ -54,11 +66,14 @@ async def on_offer(room: Room, role: str, sdp: str) -> None:
     await pc.setRemoteDescription(
         RTCSessionDescription(sdp=room.services.filter.filter_sdp(sdp), type="offer")
     )
+    _receive_what_is_sent(pc)
     for candidate in participant.pending_candidates:
         await _add_candidate(room, participant, candidate)
     participant.pending_candidates.clear()
     subscribe_everyone(room)
     await pc.setLocalDescription(await pc.createAnswer())
+    # Whose is what first, so that the client knows it when its tracks arrive.
+    await tell_streams(room, participant)
     await room.tell(role, {"type": "answer", "sdp": pc.localDescription.sdp})
     if room.recorder is not None and not reuse:
         # Joining a call being recorded: the indicator first, before anything else.
@@ -71,6 +86,7 @@ async def on_offer(room: Room, role: str, sdp: str) -> None:
             elif other.downlink.paused and other is not participant:
                 await room.tell(role, video_message(room.id, other.role, "paused", "bandwidth"))
     await _renegotiate_waiting(room)
+    await tell_streams(room)
 
 
 async def on_answer(room: Room, role: str, sdp: str) -> None:
@@ -82,6 +98,7 @@ async def on_answer(room: Room, role: str, sdp: str) -> None:
     )
     participant.relay_offer_pending = False
     await _renegotiate_waiting(room)
+    await tell_streams(room)
 
 
 async def on_candidate(room: Room, role: str, candidate: dict[str, Any] | None) -> None:
@@ -90,6 +107,16 @@ async def on_candidate(room: Room, role: str, candidate: dict[str, Any] | None) 
         participant.pending_candidates.append(candidate)
         return
     await _add_candidate(room, participant, candidate)
+
+
+async def leave(room: Room, role: str) -> None:
+    """This participant leaves the call (until they offer again): their connection closes,
+    and nobody's `streams` lists them any more."""
+    await drop_connection(room, role)
+    participant = room.participants.get(role)
+    if participant is not None:
+        participant.left = True
+        await tell_streams(room)
 
 
 async def drop_connection(room: Room, role: str) -> None:
@@ -138,7 +165,17 @@ async def _renegotiate_waiting(room: Room) -> None:
         participant.renegotiate = False
         participant.relay_offer_pending = True
         await peer.pc.setLocalDescription(await peer.pc.createOffer())
+        await tell_streams(room, participant)
         await room.tell(participant.role, {"type": "offer", "sdp": peer.pc.localDescription.sdp})
+
+
+def _receive_what_is_sent(pc: Any) -> None:
+    """Where the client's offer now sends on a transceiver the relay added to send only (a
+    browser's `addTrack` reuses one: a screen shared), the relay receives there too."""
+    for transceiver in pc.getTransceivers():
+        offered = getattr(transceiver, "_offerDirection", None)
+        if offered in ("recvonly", "sendrecv") and transceiver.direction == "sendonly":
+            transceiver.direction = "sendrecv"
 
 
 def _new_peer(room: Room, participant: Participant, kinds: list[str]) -> Peer:

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -77,8 +77,12 @@ class Recorder:
         *,
         key: bytes,
         held: bool = False,
+        recordable: Callable[[str], bool] | None = None,
     ) -> None:
         self.id = uuid.uuid4()
+        # Whose recording consent stands now (by participant key): nobody else's frames are
+        # kept, whatever else happens.
+        self._recordable = recordable
         folder.mkdir(parents=True, exist_ok=True)
         self.publishers = list(publishers)
         # The call's negotiated codec, known before any frame arrives (WebM cannot hold H.264).
@@ -113,6 +117,9 @@ class Recorder:
 
     def _listener(self, publisher: Publisher) -> Any:
         def on_frame(codec: str, frame: EncodedFrame) -> None:
+            if self._recordable is not None and not self._recordable(publisher.role):
+                self.discarded += 1
+                return
             if len(self._queue) >= MAX_QUEUED:  # a stalled disk drops frames, not the call
                 self.dropped += 1
                 return

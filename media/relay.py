@@ -35,19 +35,23 @@ from typing import Any
 from app.config import Settings
 from media import consent as consent_steps
 from media import hooks, network
-from media.forwarding import set_video, unsubscribe_all
+from media.forwarding import set_screen, set_video, unsubscribe_all
 from media.gate import ConsentWatch
 from media.health import ticker
-from media.negotiation import drop_connection, on_answer, on_candidate, on_offer
+from media.negotiation import leave, on_answer, on_candidate, on_offer
 from media.owner import NEGOTIATION_FAILED, Step
 from media.peers import PeerFilter, PeerRegistry
 from media.probes import Probes
 from media.recording import RecordingLog
-from media.room import Room, Services
-from signaling.media import Consent, ConsentGuard, Emit, SignalingError
+from media.room import Room, Services, is_guest
+from signaling.media import Consent, ConsentGuard, Emit, GuestConsent, SignalingError
 from signaling.media import error as error_message
 
 __all__ = ["Relay", "Room"]
+
+
+def _stands(standing: GuestConsent | None) -> bool:
+    return standing is not None and standing.video_visit
 
 
 class Relay:
@@ -130,9 +134,7 @@ class Relay:
 
     async def leave(self, call_id: uuid.UUID, role: str) -> None:
         room = self._room(call_id)
-        room.owner.leave(
-            Step(partial(drop_connection, room, role), role=role, failure=NEGOTIATION_FAILED)
-        )
+        room.owner.leave(Step(partial(leave, room, role), role=role, failure=NEGOTIATION_FAILED))
 
     async def consent(self, call_id: uuid.UUID, consent: Consent) -> None:
         """A decision as announced, applied by the room's owner in its turn (before this
@@ -155,11 +157,41 @@ class Relay:
         with contextlib.suppress(SignalingError):  # dropped: the call ended meanwhile
             await done
 
+    async def guest_consent(self, call_id: uuid.UUID, key: str, consent: GuestConsent) -> None:
+        """A guest's decision as announced, applied in the owner's turn (before this returns);
+        a withdrawal closes that guest's gate at once. Older than what the room has: ignored.
+        The call goes on whatever a guest decides."""
+        room = self.rooms.get(call_id)
+        if room is None:
+            return
+        known = room.consent.guest(key)
+        if known is not None and consent.seq and consent.seq < known.seq:
+            return
+        braked = not consent.video_visit
+        if braked:
+            room.brake_guest_withdrawal(key)
+        done = room.owner.submit(
+            Step(partial(consent_steps.guest_announced, room, key, consent, braked=braked))
+        )
+        if done is None:
+            if braked:  # refused: braked until a reading
+                room.guest_withdrawals[key] -= 1
+                room.brake_doubt(time.monotonic())
+            return
+        with contextlib.suppress(SignalingError):
+            await done
+
     async def video(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
         """`role` asks for sound only (False) or for video again (True); everyone is told
         before this returns."""
         room = self._room(call_id)
         await room.owner.run(Step(partial(set_video, room, role, enabled=enabled), role=role))
+
+    async def screen(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
+        """`role` shares their screen (their second sending video, forwarded to everyone as
+        `source` "screen"), or stops; everyone's `streams` says so before this returns."""
+        room = self._room(call_id)
+        await room.owner.run(Step(partial(set_screen, room, role, enabled=enabled), role=role))
 
     async def record(self, call_id: uuid.UUID, action: str) -> None:
         """Start or stop the recording, in the owner's turn (done, or refused, on return)."""
@@ -216,11 +248,22 @@ class Relay:
         room = self.rooms.get(call_id)
         if room is None:
             return
-        # Found gone: the patient's gate closes now, not when the owner comes to it.
+        # Found gone: the patient's gate closes now, not when the owner comes to it; so does
+        # the gate of each guest found gone.
         gone = consent is None or not consent.video_visit
         brake = room.brake_reading() if gone else room.reading_brake
+        guests_gone = [
+            key
+            for key in room.participants
+            if is_guest(key) and not _stands(None if consent is None else consent.guest(key))
+        ]
+        room.brake_guests_reading(guests_gone)
+        guest_brakes = dict(room.guest_reading_brakes)
         room.post(
-            Step(partial(consent_steps.reading, room, consent, started, brake), key="reading")
+            Step(
+                partial(consent_steps.reading, room, consent, started, brake, guest_brakes),
+                key="reading",
+            )
         )
 
     def _on_doubt(self, call_id: uuid.UUID, since: float) -> None:

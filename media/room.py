@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable
+from collections import Counter
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,21 @@ from media.transcode import TranscodedTrack
 from signaling.media import Consent, ConsentGuard, Emit
 
 KINDS = ("audio", "video")
+# A participant's feeds: what each of their publishers carries. "screen" is the clinician's
+# second video (a shared screen), a video publisher of its own.
+FEEDS = ("audio", "video", "screen")
 PATIENT = "patient"
+CLINICIAN = "clinician"
+
+
+def kind_of(feed: str) -> str:
+    return "audio" if feed == "audio" else "video"
+
+
+def is_guest(role: str) -> bool:
+    """Anyone but the patient and the appointment's clinician (keys "<role>:<id>")."""
+    return role not in (PATIENT, CLINICIAN)
+
 
 Subscription = ForwardedTrack | TranscodedTrack
 
@@ -64,7 +79,7 @@ class Participant:
     peer: Peer | None = None
     remote_ufrag: str | None = None
     sources: list[Any] = field(default_factory=list)  # receivers feeding our publishers
-    # (publisher role, kind) -> the track this participant's sender carries
+    # (publisher role, feed) -> the track this participant's sender carries
     subscriptions: dict[tuple[str, str], Subscription] = field(default_factory=dict)
     relay_offer_pending: bool = False
     renegotiate: bool = False
@@ -73,6 +88,9 @@ class Participant:
     media_seen: bool = False
     stalled: bool = False
     sound_only: bool = False  # asked for: no video to them, theirs to nobody
+    screen: bool = False  # sharing their screen: their second video forwards
+    left: bool = False  # said they leave (not a reconnect): not in anyone's `streams`
+    streams_told: list[dict[str, str]] | None = None  # the last `streams` sent them
     downlink: Downlink = field(default_factory=Downlink)
     # Their own leg, as the relay receives their video: loss over the receiver's counters.
     uplink: Uplink = field(default_factory=Uplink)
@@ -111,6 +129,9 @@ class Room:
         # consent gone, not yet run (its number); since when readings lapsed.
         self.withdrawals_waiting = 0
         self.reading_brake: int | None = None
+        # The same per guest: withdrawals posted and not yet run, readings that found them gone.
+        self.guest_withdrawals: Counter[str] = Counter()
+        self.guest_reading_brakes: dict[str, int] = {}
         self.doubt_since: float | None = None
         self._brakes = 0
         self.owner = Owner(f"relay-room-{call_id}", tell=self.tell)
@@ -127,6 +148,40 @@ class Room:
             and self.doubt_since is None
         )
 
+    def guest_allowed(self, key: str) -> bool:
+        """A guest's media forwards only while their own video_visit consent stands, readings
+        answer, and no withdrawal of theirs waits (a guest the consent does not name: never)."""
+        standing = self.consent.guest(key)
+        return (
+            standing is not None
+            and standing.video_visit
+            and not self.in_doubt
+            and self.doubt_since is None
+            and not self.guest_withdrawals[key]
+            and key not in self.guest_reading_brakes
+        )
+
+    def allowed(self, role: str) -> bool:
+        """Whether `role`'s publishers may forward, as consent stands (the clinician's always)."""
+        if role == PATIENT:
+            return self.patient_allowed
+        if role == CLINICIAN:
+            return True
+        return self.guest_allowed(role)
+
+    def may_record(self, role: str) -> bool:
+        """Whether `role`'s recording consent stands (the clinician's is not asked for)."""
+        if role == PATIENT:
+            return self.consent.recording
+        if role == CLINICIAN:
+            return True
+        standing = self.consent.guest(role)
+        return standing is not None and standing.recording
+
+    def present(self) -> list[str]:
+        """Who is in the room now: has a peer connection."""
+        return [role for role, p in self.participants.items() if p.peer is not None]
+
     @property
     def transcoding(self) -> bool:
         return any(
@@ -142,6 +197,11 @@ class Room:
         self.withdrawals_waiting += 1
         self.gate()
 
+    def brake_guest_withdrawal(self, key: str) -> None:
+        """A guest's withdrawal is on its way: nothing of theirs until it has run."""
+        self.guest_withdrawals[key] += 1
+        self.gate()
+
     def brake_reading(self) -> int:
         """A reading found the consent gone: nothing of the patient's until the owner has
         applied it, or a later reading (which replaces it: media.owner's keyed steps)."""
@@ -150,18 +210,30 @@ class Room:
         self.gate()
         return self._brakes
 
+    def brake_guests_reading(self, keys: Collection[str]) -> dict[str, int]:
+        """A reading found these guests' consent gone: the same, per guest."""
+        brakes = {}
+        for key in keys:
+            self._brakes += 1
+            brakes[key] = self.guest_reading_brakes[key] = self._brakes
+        if brakes:
+            self.gate()
+        return brakes
+
     def brake_doubt(self, now: float) -> None:
-        """The readings lapsed: nothing of the patient's until one begun after `now` is applied."""
+        """The readings lapsed: nothing of the patient's or any guest's until one begun after
+        `now` is applied."""
         if self.doubt_since is None:
             self.doubt_since = now
         self.gate()
 
     def gate(self) -> None:
-        """The patient's publishers forward as the room's state says (owner's and brake's)."""
-        allowed = self.patient_allowed
-        for (role, _kind), publisher in self.publishers.items():
-            if role == PATIENT:
-                set_gate(publisher, allowed)
+        """Each participant's publishers forward as the room's state says (owner's and brake's)."""
+        allowed: dict[str, bool] = {}
+        for (role, _feed), publisher in self.publishers.items():
+            if role not in allowed:
+                allowed[role] = self.allowed(role)
+            set_gate(publisher, allowed[role])
 
     # The owner's ---------------------------------------------------------------------------
 
@@ -174,19 +246,19 @@ class Room:
             participant = self.participants[role] = Participant(role)
         return participant
 
-    def publisher(self, role: str, kind: str) -> Publisher:
-        key = (role, kind)
+    def publisher(self, role: str, feed: str) -> Publisher:
+        key = (role, feed)
         publisher = self.publishers.get(key)
         if publisher is None:
-            publisher = self.publishers[key] = Publisher(role, kind)
-            publisher.allowed = role != PATIENT or self.patient_allowed
+            publisher = self.publishers[key] = Publisher(role, kind_of(feed), feed)
+            publisher.allowed = self.allowed(role)
         return publisher
 
     async def tell(self, role: str, message: dict[str, Any]) -> None:
         await self.services.emit(self.id, role, message)
 
     async def announce(self, message: dict[str, Any]) -> None:
-        for role in {*self.participants, "clinician", PATIENT}:
+        for role in {*self.participants, CLINICIAN, PATIENT}:
             await self.services.emit(self.id, role, message)
 
     def relay_ice(self) -> list[dict[str, Any]]:

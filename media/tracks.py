@@ -136,8 +136,10 @@ FrameListener = Callable[[str, EncodedFrame], None]
 class Publisher:
     """One participant's audio or video, fanned out to every subscriber."""
 
-    def __init__(self, role: str, kind: str) -> None:
+    def __init__(self, role: str, kind: str, feed: str | None = None) -> None:
         self.role, self.kind = role, kind
+        # Which of the participant's feeds: "audio", "video" (their camera) or "screen".
+        self.feed = feed or kind
         self.subscribers: set[ForwardedTrack] = set()
         self.listeners: set[FrameListener] = set()  # recorders: (codec name, frame)
         self.allowed = True  # the consent gate: nothing is forwarded while False
@@ -156,6 +158,11 @@ class Publisher:
         self._last_asked = 0.0
         self._asks = 0  # since the last keyframe
         self._deferred: asyncio.TimerHandle | None = None
+
+    @property
+    def source_name(self) -> str:
+        """What the `streams` message calls it: "screen", or "camera" (audio included)."""
+        return "screen" if self.feed == "screen" else "camera"
 
     def attach_source(
         self,

@@ -55,7 +55,7 @@ from signaling import messages
 from signaling.broker import Broker, BrokerUnavailable, Subscription
 from signaling.errors import SignalingError
 from signaling.liveness import Liveness
-from signaling.media import Consent, MediaPlane
+from signaling.media import Consent, GuestConsent, MediaPlane
 from signaling.participants import CLINICIAN, PATIENT, Participants
 
 logger = logging.getLogger("televisit.signaling")
@@ -277,6 +277,17 @@ class CallOwner:
                 await media.candidate(call_id, role, request.get("candidate"))
             elif op == "leave":
                 await media.leave(call_id, role)
+            elif op == "consent" and role != PATIENT:
+                # A guest's decision (role: their participant key), theirs alone.
+                await media.guest_consent(
+                    call_id,
+                    role,
+                    GuestConsent(
+                        bool(request.get("video_visit")),
+                        bool(request.get("recording")),
+                        int(request.get("seq") or 0),
+                    ),
+                )
             elif op == "consent":
                 await media.consent(
                     call_id,
@@ -290,6 +301,8 @@ class CallOwner:
                 await media.record(call_id, str(request.get("action")))
             elif op == "video":
                 await media.video(call_id, role, enabled=bool(request.get("enabled")))
+            elif op == "screen":
+                await media.screen(call_id, role, enabled=bool(request.get("enabled")))
         except SignalingError as exc:
             await tell(call_id, role, messages.error(exc.code, exc.message))
         except Exception as exc:

@@ -13,8 +13,9 @@ what the relay trusts, and when it cannot read it, nothing of the patient's goes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from signaling.errors import SignalingError
@@ -28,6 +29,7 @@ __all__ = [
     "Consent",
     "ConsentGuard",
     "Emit",
+    "GuestConsent",
     "MediaPlane",
     "SignalingError",
     "admitted",
@@ -41,14 +43,43 @@ Emit = Callable[[uuid.UUID, str, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
+class GuestConsent:
+    """What one guest's standing decisions allow the relay to carry of them."""
+
+    video_visit: bool
+    recording: bool
+    # The `seq` of that guest's latest consent record (0: not known), as for the patient.
+    seq: int = 0
+
+
+_NO_GUESTS: Mapping[str, GuestConsent] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class Consent:
-    """What the patient's standing decisions allow the relay to carry."""
+    """What the standing decisions allow the relay to carry: the patient's, and each guest's.
+
+    `guests` maps a guest's participant key ("<role>:<id>") to that guest's decisions. A guest
+    not in it is allowed nothing (nothing of theirs is forwarded or recorded); the patient and
+    the clinician are never in it. A reading (ConsentGuard.read_consent) lists every guest of
+    the call with standing consent; an announcement (MediaPlane.consent) names only what it
+    changes (see Relay.consent).
+    """
 
     video_visit: bool
     recording: bool
     # The `seq` of the call's latest consent record (0: not known). Of two readings the one
     # with the higher `seq` is the newer; a different `seq` means a decision came in between.
     seq: int = 0
+    guests: Mapping[str, GuestConsent] = field(default_factory=lambda: _NO_GUESTS, hash=False)
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a read-only copy, whatever mapping the caller passed.
+        if not isinstance(self.guests, MappingProxyType):
+            object.__setattr__(self, "guests", MappingProxyType(dict(self.guests)))
+
+    def guest(self, key: str) -> GuestConsent | None:
+        return self.guests.get(key)
 
 
 # What stands for a call that is no longer under way, or that the database does not know.
@@ -89,12 +120,24 @@ class MediaPlane(Protocol):
 
     async def leave(self, call_id: uuid.UUID, role: str) -> None: ...
 
-    async def consent(self, call_id: uuid.UUID, consent: Consent) -> None: ...
+    async def consent(self, call_id: uuid.UUID, consent: Consent) -> None:
+        """The patient's decision as announced (the `guests` it names, if any, are applied
+        too; guests it does not name keep what the relay knows of them)."""
+        ...
+
+    async def guest_consent(self, call_id: uuid.UUID, key: str, consent: GuestConsent) -> None:
+        """One guest's decision as announced: their media stops at once on a withdrawal."""
+        ...
 
     async def record(self, call_id: uuid.UUID, action: str) -> None: ...
 
     async def video(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
         """`role` asks for sound only (False) or for video again (True)."""
+        ...
+
+    async def screen(self, call_id: uuid.UUID, role: str, *, enabled: bool) -> None:
+        """`role` shares their screen (True: their second sending video is forwarded to
+        everyone as `source` "screen") or stops sharing it (False)."""
         ...
 
     async def close_call(self, call_id: uuid.UUID) -> None: ...

@@ -172,6 +172,13 @@ class ClinicChat(_ForCall):
     text: ChatText
 
 
+class ClinicScreen(_ForCall):
+    """The clinician shares their screen (their second sending video) or stops."""
+
+    type: Literal["screen"]
+    enabled: bool
+
+
 class Record(_ForCall):
     type: Literal["record"]
     action: Literal["start", "stop"]
@@ -188,6 +195,7 @@ ClinicMessage = Annotated[
     | ClinicLeave
     | Record
     | ClinicVideo
+    | ClinicScreen
     | ClinicPeerMessage
     | ClinicChat
     | Ping,

@@ -503,6 +503,11 @@ class ClinicSession(Connection):
             await self.signaling.media_request(
                 call_id, CLINICIAN, "video", {"enabled": message.enabled}
             )
+        elif isinstance(message, messages.ClinicScreen):
+            self._holding(call_id)
+            await self.signaling.media_request(
+                call_id, CLINICIAN, "screen", {"enabled": message.enabled}
+            )
         elif isinstance(message, messages.Record):
             self._holding(call_id)
             await self.signaling.record(self.clinician.id, call_id, message.action)

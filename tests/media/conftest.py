@@ -5,14 +5,17 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from app.config import Settings
 from media import hooks
+from media.relay import Relay
 from tests.conftest import unavailable
 from tests.live import free_port
+from tests.media.harness import Log, Outbox
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +83,16 @@ def wait_for_coturn(port: int) -> None:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"coturn did not listen on 127.0.0.1:{port} within 10 s")
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[tuple[Relay, Outbox]]:
+    """A relay in the test's process, without a consent guard (signaling's word is the
+    consent), and what it emits (a module may define its own)."""
+    outbox = Outbox()
+    settings = Settings(
+        environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "rec"
+    )
+    relay = Relay(settings=settings, emit=outbox.emit, recordings=Log())
+    yield relay, outbox
+    await relay.shutdown()

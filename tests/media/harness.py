@@ -11,7 +11,7 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from media.relay import Relay
-from signaling.media import Consent
+from signaling.media import Consent, GuestConsent
 from tests.media.clients import ColourCamera, Received, ToneMicrophone, rtc_configuration
 
 
@@ -74,14 +74,21 @@ class Peer:
         tone: float,
         video_first: bool = False,
         video_codec: str | None = None,
+        size: tuple[int, int] = (320, 240),
+        estimates: bool = True,
     ) -> None:
         self.relay, self.outbox, self.call_id, self.role = relay, outbox, call_id, role
         self.video_first = video_first
+        self.size = size  # the camera's frames (small ones keep four peers in one process light)
+        # Whether its receivers send REMB. Several peers and the relay in one process share one
+        # event loop: its lag reads, to their delay-based estimates, as a congested link.
+        self.estimates = estimates
         self.video_codec = video_codec  # offer only this video codec (e.g. "H264")
         self.sources: list[ColourCamera | ToneMicrophone] = []
         self.colour, self.tone = colour, tone
         self.pc: RTCPeerConnection | None = None
         self.tracks: list[Received] = []
+        self.by_mid: dict[str, Received] = {}  # what arrives on each transceiver, by its mid
         self._tasks: list[asyncio.Task[None]] = []
 
     async def join(self) -> None:
@@ -89,7 +96,7 @@ class Peer:
         self.pc = pc
         tracks: list[ColourCamera | ToneMicrophone] = [
             ToneMicrophone(self.tone),
-            ColourCamera(self.colour),
+            ColourCamera(self.colour, *self.size),
         ]
         self.sources = tracks
         for track in reversed(tracks) if self.video_first else tracks:
@@ -107,6 +114,12 @@ class Peer:
         def _on_track(track: Any) -> None:
             received = Received()
             self.tracks.append(received)
+            for transceiver in pc.getTransceivers():
+                if transceiver.receiver.track is track and transceiver.mid is not None:
+                    self.by_mid[transceiver.mid] = received
+                    if not self.estimates:
+                        name = "_RTCRtpReceiver__remote_bitrate_estimator"
+                        setattr(transceiver.receiver, name, None)
             self._tasks.append(asyncio.ensure_future(_read(track, received)))
 
         await pc.setLocalDescription(await pc.createOffer())
@@ -125,6 +138,19 @@ class Peer:
                 )
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
                 await self.relay.answer(self.call_id, self.role, self.pc.localDescription.sdp)
+
+    async def add_video(self, colour: tuple[int, int, int]) -> ColourCamera:
+        """A second camera (a shared screen, as a browser adds it): `addTrack`, and an offer
+        on the same connection."""
+        assert self.pc is not None
+        screen = ColourCamera(colour, *self.size)
+        self.sources.append(screen)
+        self.pc.addTrack(screen)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.relay.offer(self.call_id, self.role, self.pc.localDescription.sdp)
+        answer = await self.outbox.expect(self.call_id, self.role, "answer")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        return screen
 
     def cut_off(self) -> None:
         """Stop sending anything, as if the path died (the peer connection stays open)."""
@@ -157,7 +183,24 @@ async def _read(track: Any, received: Received) -> None:
                 received.last_colour = tuple(rgb.reshape(-1, 3).mean(axis=0))
             else:
                 received.audio_frames += 1
+                samples = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                mono = samples[0, ::channels] if frame.format.is_packed else samples[0]
+                received.audio.append(mono.copy())
+                if len(received.audio) > 60:
+                    del received.audio[:-60]
 
 
-def consent(video: bool = True, recording: bool = True) -> Consent:
-    return Consent(video_visit=video, recording=recording)
+def consent(
+    video: bool = True, recording: bool = True, guests: dict[str, GuestConsent] | None = None
+) -> Consent:
+    return Consent(video_visit=video, recording=recording, guests=guests or {})
+
+
+def streams(outbox: Outbox, call_id: uuid.UUID, role: str) -> list[dict[str, Any]] | None:
+    """The latest `streams` message the relay sent this participant (left in the outbox)."""
+    for message in reversed(outbox.messages[(call_id, role)]):
+        if message.get("type") == "streams":
+            items: list[dict[str, Any]] = message["items"]
+            return items
+    return None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,6 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from app.config import Settings
 from media import bandwidth, hooks, tracks
 from media.bandwidth import Downlink, LossMeter, Pacer, restamp_abs_send_time
 from media.forwarding import _keyframe_asked
@@ -34,20 +31,9 @@ from media.frames import EncodedFrame
 from media.relay import Relay
 from media.tracks import Publisher
 from tests.media.clients import report_loss, send_remb, until
-from tests.media.harness import Log, Outbox, Peer, consent
+from tests.media.harness import Outbox, Peer, consent
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-@pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[tuple[Relay, Outbox]]:
-    outbox = Outbox()
-    settings = Settings(
-        environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "rec"
-    )
-    relay = Relay(settings=settings, emit=outbox.emit, recordings=Log())
-    yield relay, outbox
-    await relay.shutdown()
 
 
 async def call_of_two(relay: Relay, outbox: Outbox) -> tuple[uuid.UUID, Peer, Peer]:

@@ -21,7 +21,7 @@ from app.sealed import HEADER_BYTES, MAGIC, SEGMENT, SealError, key_for, open_se
 from tests.conftest import TEST_SECRET, ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
-from tests.media.clients import MediaClient, rtc_configuration, until
+from tests.media.clients import ColourCamera, MediaClient, rtc_configuration, until
 from tests.signaling.helpers import (
     Socket,
     Visit,
@@ -384,3 +384,65 @@ class TestDeviceCheck:
             key = str(visit.appointment_id)
             while queue_item(queue, key).get("connection") != "direct":
                 queue = await desk.expect("queue")
+
+
+class TestScreenShareThroughTheServer:
+    async def test_the_clinician_shares_a_screen_and_the_patient_is_told_which_track_it_is(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+        ):
+            await call.patient.wait_for_video(BLUE)
+            appointment = str(call.visit.appointment_id)
+            desk, pc = call.desk, call.clinician.pc
+            assert pc is not None
+            assert call.patient.pc is not None
+            # The console adds its screen as a second video and offers on the same connection.
+            pc.addTrack(ColourCamera(GREEN))
+            await pc.setLocalDescription(await pc.createOffer())
+            sdp = pc.localDescription.sdp
+            await desk.send({"type": "offer", "appointment_id": appointment, "sdp": sdp})
+            answer = await desk.expect("answer", within=15)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+            await desk.send({"type": "screen", "appointment_id": appointment, "enabled": True})
+            # The patient's page gets the relay's offer of a new video, and is told it is the
+            # clinician's screen.
+            offer = await call.patient_socket.expect("offer", within=15)
+            patient_pc = call.patient.pc
+            await patient_pc.setRemoteDescription(
+                RTCSessionDescription(sdp=offer["sdp"], type="offer")
+            )
+            await patient_pc.setLocalDescription(await patient_pc.createAnswer())
+            await call.patient_socket.send(
+                {"type": "answer", "sdp": patient_pc.localDescription.sdp}
+            )
+
+            def screens(message: dict[str, Any]) -> list[dict[str, Any]]:
+                return [item for item in message["items"] if item["source"] == "screen"]
+
+            async def told_screen() -> dict[str, Any]:
+                while True:
+                    message = await call.patient_socket.expect("streams", within=15)
+                    if screens(message):
+                        return message
+
+            streams = await told_screen()
+            [screen] = screens(streams)
+            assert screen["participant"] == "clinician"
+            assert screen["kind"] == "video"
+            mids = [t.mid for t in patient_pc.getTransceivers()]
+            assert screen["mid"] in mids
+            await call.patient.wait_for_video(GREEN)
+
+            bad = {"type": "screen", "appointment_id": appointment, "enabled": "sometimes"}
+            await desk.send(bad)
+            await desk.expect("error", within=5, code="invalid_message")
+            await call.patient_socket.send({"type": "screen", "enabled": True})
+            await call.patient_socket.expect("error", within=5, code="invalid_message")
+            await desk.send({"type": "screen", "appointment_id": appointment, "enabled": False})
+            while True:
+                message = await call.patient_socket.expect("streams", within=15)
+                if not screens(message):
+                    break

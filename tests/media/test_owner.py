@@ -90,9 +90,7 @@ class TestOrder:
         monkeypatch.setattr(
             relay_module, "on_offer", traced(trace, "offer", negotiation.on_offer, pause=0.2)
         )
-        monkeypatch.setattr(
-            relay_module, "drop_connection", traced(trace, "leave", negotiation.drop_connection)
-        )
+        monkeypatch.setattr(relay_module, "leave", traced(trace, "leave", negotiation.leave))
         monkeypatch.setattr(
             consent_steps, "announced", traced(trace, "consent", consent_steps.announced)
         )

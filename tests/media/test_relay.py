@@ -17,6 +17,7 @@ from app.config import Settings
 from app.sealed import open_sealed
 from media import owner as owner_module
 from media.relay import Relay
+from signaling.media import GuestConsent
 from tests.media.clients import until
 from tests.media.harness import Log, Outbox, Peer, consent
 
@@ -70,11 +71,14 @@ class TestFanOut:
         self, relay: tuple[Relay, Outbox, Log]
     ) -> None:
         plane, outbox, _ = relay
-        call = await open_call(plane)
+        call = uuid.uuid4()
+        guest = f"interpreter:{uuid.uuid4()}"
+        guests = {guest: GuestConsent(video_visit=True, recording=True)}
+        await plane.open_call(call, consent=consent(guests=guests), ice_servers=[])
         peers = [
             Peer(plane, outbox, call, "patient", colour=RED, tone=440),
             Peer(plane, outbox, call, "clinician", colour=BLUE, tone=660),
-            Peer(plane, outbox, call, "interpreter", colour=GREEN, tone=880),
+            Peer(plane, outbox, call, guest, colour=GREEN, tone=880),
         ]
         for peer in peers:
             await peer.join()

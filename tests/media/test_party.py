@@ -1,0 +1,230 @@
+"""Calls of up to four: everyone gets everyone else, and is told whose track is whose.
+
+The relay runs in the test's process (tests.media.harness) with real aiortc peers on
+loopback: the patient, the clinician and two guests, each with a camera of its own colour and
+a microphone of its own pitch, so what arrives on each transceiver says whose it is. Four
+peers and the relay share this process's one event loop: the peers send small pictures and no
+REMB of their own (the loop's lag would read, to their delay-based estimates, as a congested
+link: a browser measures its own network).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from media.relay import Relay
+from signaling.media import GuestConsent, SignalingError
+from tests.media.clients import until
+from tests.media.harness import Outbox, Peer, consent, streams
+
+RED, BLUE, GREEN, YELLOW, MAGENTA = (
+    (220, 30, 30),
+    (30, 30, 220),
+    (30, 200, 30),
+    (220, 200, 30),
+    (200, 30, 200),
+)
+INTERPRETER = f"interpreter:{uuid.uuid4()}"
+CAREGIVER = f"caregiver:{uuid.uuid4()}"
+EVERYONE = {
+    "patient": (RED, 440.0),
+    "clinician": (BLUE, 660.0),
+    INTERPRETER: (GREEN, 880.0),
+    CAREGIVER: (YELLOW, 1100.0),
+}
+GUESTS = {key: GuestConsent(video_visit=True, recording=True, seq=1) for key in EVERYONE}
+
+
+def party_peer(
+    plane: Relay,
+    outbox: Outbox,
+    call: uuid.UUID,
+    key: str,
+    colour: tuple[int, int, int],
+    tone: float,
+) -> Peer:
+    return Peer(
+        plane, outbox, call, key, colour=colour, tone=tone, size=(160, 120), estimates=False
+    )
+
+
+def close_to(seen: tuple[float, ...] | None, colour: tuple[int, int, int]) -> bool:
+    return seen is not None and all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
+
+
+def mapped(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict[str, Any]) -> bool:
+    """The peer's latest `streams` names each other participant's camera and microphone once,
+    and what arrives on each mid is that participant's picture and pitch."""
+    items = streams(outbox, call, peer.role)
+    if items is None:
+        return False
+    named = sorted((item["participant"], item["kind"]) for item in items)
+    if named != sorted((key, kind) for key in others for kind in ("audio", "video")):
+        return False
+    for item in items:
+        assert item["source"] == "camera"
+        received = peer.by_mid.get(item["mid"])
+        if received is None:
+            return False
+        colour, tone = others[item["participant"]]
+        if item["kind"] == "video" and not close_to(received.last_colour, colour):
+            return False
+        if item["kind"] == "audio" and abs((received.pitch() or 0) - tone) > 30:
+            return False
+    return True
+
+
+def others_of(peer: Peer, everyone: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in everyone.items() if key != peer.role}
+
+
+def frames(peer: Peer) -> dict[str, int]:
+    return {mid: r.video_frames + r.audio_frames for mid, r in peer.by_mid.items()}
+
+
+async def advancing(peers: list[Peer], within: float = 10) -> None:
+    """Every track every peer receives gets new frames (video and sound alike)."""
+    before = {peer.role: frames(peer) for peer in peers}
+
+    def moved() -> bool:
+        return all(
+            all(frames(peer)[mid] > count for mid, count in before[peer.role].items())
+            for peer in peers
+        )
+
+    await until(moved, within)
+
+
+class TestFourParty:
+    async def test_everyone_gets_the_three_others_and_knows_whose_is_whose(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        plane, outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+        peers = [
+            party_peer(plane, outbox, call, key, colour, tone)
+            for key, (colour, tone) in EVERYONE.items()
+        ]
+        back = party_peer(plane, outbox, call, CAREGIVER, MAGENTA, 1100.0)
+        try:
+            await self._scenario(plane, outbox, call, peers, back)
+        finally:
+            for peer in [*peers, back]:
+                await peer.close()
+
+    async def _scenario(
+        self, plane: Relay, outbox: Outbox, call: uuid.UUID, peers: list[Peer], back: Peer
+    ) -> None:
+        for peer in peers:
+            await peer.join()
+        await until(lambda: all(mapped(outbox, call, p, others_of(p, EVERYONE)) for p in peers), 40)
+        # 4 publishers of video to 3 others each: 12 forwarded video streams, all moving.
+        room = plane.rooms[call]
+        forwarded = [
+            track
+            for participant in room.participants.values()
+            for (_role, feed), track in participant.subscriptions.items()
+            if feed == "video"
+        ]
+        assert len(forwarded) == 12
+        await advancing(peers)
+        assert not room.transcoding
+
+        # A guest leaves: nobody's `streams` names them any more.
+        caregiver = peers[3]
+        kept = {peer.role: peer.pc for peer in peers[:3]}
+        await plane.leave(call, CAREGIVER)
+        await caregiver.close()
+        await until(
+            lambda: all(
+                CAREGIVER not in {i["participant"] for i in streams(outbox, call, p.role) or []}
+                for p in peers[:3]
+            ),
+            10,
+        )
+        # They come back on a new peer connection (a new camera): everyone gets everything
+        # again, and the others kept their connections throughout.
+        await back.join()
+        now = {**EVERYONE, CAREGIVER: (MAGENTA, 1100.0)}
+        present = [*peers[:3], back]
+        await until(lambda: all(mapped(outbox, call, p, others_of(p, now)) for p in present), 40)
+        await advancing(present)
+        assert {peer.role: peer.pc for peer in peers[:3]} == kept
+
+
+CYAN = (30, 200, 200)
+
+
+def screen_mapped(outbox: Outbox, call: uuid.UUID, peer: Peer) -> bool:
+    """The peer's `streams` names the clinician's screen, and what arrives there is it."""
+    items = streams(outbox, call, peer.role) or []
+    screens = [i for i in items if i["source"] == "screen"]
+    if len(screens) != 1:
+        return False
+    [screen] = screens
+    assert screen["participant"] == "clinician"
+    assert screen["kind"] == "video"
+    received = peer.by_mid.get(screen["mid"])
+    return received is not None and close_to(received.last_colour, CYAN)
+
+
+class TestScreenShare:
+    async def test_the_clinicians_second_video_reaches_everyone_as_their_screen(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        plane, outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+        three = {key: EVERYONE[key] for key in ("patient", "clinician", INTERPRETER)}
+        peers = [party_peer(plane, outbox, call, key, c, t) for key, (c, t) in three.items()]
+        try:
+            for peer in peers:
+                await peer.join()
+            await until(
+                lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in peers), 40
+            )
+            patient, clinician, interpreter = peers
+            await clinician.add_video(CYAN)
+            await plane.screen(call, "clinician", enabled=True)
+            others = [patient, interpreter]
+            await until(lambda: all(screen_mapped(outbox, call, p) for p in others), 40)
+            # Their camera is still their camera.
+            assert all(mapped_with_screen(outbox, call, p, others_of(p, three)) for p in others)
+            await advancing(peers)
+
+            await plane.screen(call, "clinician", enabled=False)
+            for peer in others:
+                items = streams(outbox, call, peer.role) or []
+                assert [i for i in items if i["source"] == "screen"] == []
+            # Sharing again: the same transceivers, told again.
+            await plane.screen(call, "clinician", enabled=True)
+            await until(lambda: all(screen_mapped(outbox, call, p) for p in others), 20)
+        finally:
+            for peer in peers:
+                await peer.close()
+
+    async def test_only_the_clinician_shares_a_screen(self, relay: tuple[Relay, Outbox]) -> None:
+        plane, _outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+        with pytest.raises(SignalingError) as refused:
+            await plane.screen(call, "patient", enabled=True)
+        assert refused.value.code == "invalid_message"
+
+
+def mapped_with_screen(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict[str, Any]) -> bool:
+    """As `mapped`, the screen left aside."""
+    items = streams(outbox, call, peer.role) or []
+    cameras = [i for i in items if i["source"] == "camera"]
+    for item in cameras:
+        received = peer.by_mid.get(item["mid"])
+        colour, _tone = others[item["participant"]]
+        if item["kind"] == "video" and (
+            received is None or not close_to(received.last_colour, colour)
+        ):
+            return False
+    return len(cameras) == 2 * len(others)
