@@ -14,8 +14,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 
+from app.participants import is_guest
 from media.recording import Recorder
-from media.room import Room, is_guest
+from media.room import Room
 from signaling.media import Consent, GuestConsent
 from signaling.media import error as error_message
 

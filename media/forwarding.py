@@ -14,11 +14,12 @@ from typing import Any
 
 from aiortc import RTCRtpSender, RTCRtpTransceiver
 
+from app.participants import CLINICIAN
 from media import hooks
 from media.bandwidth import LossMeter
 from media.frames import FrameAssembler
 from media.peers import Peer
-from media.room import CLINICIAN, KINDS, Participant, Room, Subscription, kind_of
+from media.room import KINDS, Participant, Room, Subscription, kind_of
 from media.tracks import ForwardedTrack, Publisher
 from media.transcode import TranscodedTrack
 from signaling.media import SignalingError

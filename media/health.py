@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import Any
 
+from app.participants import PATIENT
 from media.adaptation import control
 from media.negotiation import drop_connection
 from media.owner import Step
-from media.room import PATIENT, Room
+from media.room import Room
 from media.stats import participant_stats
 from signaling.media import admitted as admitted_message
 from signaling.media import call as call_message

@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any
 
 from app.config import Settings
+from app.participants import is_guest
 from media import consent as consent_steps
 from media import hooks, network
 from media.forwarding import set_screen, set_video, unsubscribe_all
@@ -43,7 +44,7 @@ from media.owner import NEGOTIATION_FAILED, Step
 from media.peers import PeerFilter, PeerRegistry
 from media.probes import Probes
 from media.recording import RecordingLog
-from media.room import Room, Services, is_guest
+from media.room import Room, Services
 from signaling.media import Consent, ConsentGuard, Emit, GuestConsent, SignalingError
 from signaling.media import error as error_message
 

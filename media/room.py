@@ -21,6 +21,7 @@ from typing import Any
 from aiortc import RTCRtpSender
 
 from app.config import Settings
+from app.participants import CLINICIAN, PATIENT
 from media.bandwidth import Downlink, LossMeter, Pacer, Uplink
 from media.gate import ConsentWatch, set_gate
 from media.owner import Owner, Step
@@ -35,17 +36,10 @@ KINDS = ("audio", "video")
 # A participant's feeds: what each of their publishers carries. "screen" is the clinician's
 # second video (a shared screen), a video publisher of its own.
 FEEDS = ("audio", "video", "screen")
-PATIENT = "patient"
-CLINICIAN = "clinician"
 
 
 def kind_of(feed: str) -> str:
     return "audio" if feed == "audio" else "video"
-
-
-def is_guest(role: str) -> bool:
-    """Anyone but the patient and the appointment's clinician (keys "<role>:<id>")."""
-    return role not in (PATIENT, CLINICIAN)
 
 
 Subscription = ForwardedTrack | TranscodedTrack

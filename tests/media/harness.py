@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -204,3 +205,20 @@ def streams(outbox: Outbox, call_id: uuid.UUID, role: str) -> list[dict[str, Any
             items: list[dict[str, Any]] = message["items"]
             return items
     return None
+
+
+class Guard:
+    """signaling.media.ConsentGuard over decisions held here (a database that answers)."""
+
+    def __init__(self, standing: Consent | None = None) -> None:
+        self.standing = standing or Consent(video_visit=True, recording=True, seq=1)
+        self.over: list[uuid.UUID] = []
+
+    async def read_consent(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
+        return dict.fromkeys(call_ids, self.standing)
+
+    async def call_over(self, call_id: uuid.UUID) -> None:
+        self.over.append(call_id)
+
+    async def recording_refused(self, call_id: uuid.UUID) -> None:
+        pass

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.config import Settings
+from app.participants import PATIENT
 from media import consent as consent_steps
 from media import negotiation
 from media import relay as relay_module
 from media.relay import Relay
-from media.room import PATIENT
 from media.tracks import Publisher
 from signaling.media import Consent, SignalingError
 from tests.media.clients import until
-from tests.media.harness import Log, Outbox, Peer, consent
+from tests.media.harness import Guard, Log, Outbox, Peer, consent
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
 
@@ -158,23 +158,6 @@ class TestBrake:
         assert video.frames >= frames
         await patient.close()
         await clinician.close()
-
-
-class Guard:
-    """signaling.media.ConsentGuard over a decision held here (a database that answers)."""
-
-    def __init__(self) -> None:
-        self.standing = Consent(video_visit=True, recording=True, seq=1)
-        self.over: list[uuid.UUID] = []
-
-    async def read_consent(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
-        return dict.fromkeys(call_ids, self.standing)
-
-    async def call_over(self, call_id: uuid.UUID) -> None:
-        self.over.append(call_id)
-
-    async def recording_refused(self, call_id: uuid.UUID) -> None:
-        pass
 
 
 class TestReadingBrake:
