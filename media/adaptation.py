@@ -3,7 +3,10 @@
 Each participant's `Downlink` estimates what the relay can send them and their `Pacer` sends
 their audio at once and their video at that pace; this round pauses or resumes video to them
 (telling everyone with a `video` message) and tells each publisher, by REMB, to send no more
-than the least its active subscribers can take, never more than its own leg carries. It runs
+than the least its active subscribers can take, never more than its own leg carries. With
+several subscribers, one whose link takes less than THIN_SHARE of what another takes does not
+count: it is outvoted, and while its link shows congestion its own video pauses (and is tried
+again later), so one thin link does not lower what everyone else gets. It runs
 in the room's owner, posted there by the relay's ticker (media.health).
 """
 
@@ -13,7 +16,7 @@ import logging
 from typing import Any
 
 from media import hooks
-from media.bandwidth import MIN_BPS, LossMeter
+from media.bandwidth import MIN_BPS, THIN_SHARE, LossMeter
 from media.forwarding import pace, set_incoming_video
 from media.room import Participant, Room
 from media.tracks import ForwardedTrack, Publisher
@@ -102,11 +105,17 @@ def _publisher_cap(room: Room, key: tuple[str, str], now: float) -> float | None
     ]
     if not subscribers:
         return None
-    budgets = [
-        p.downlink.publisher_cap_bps(now)
+    budgets = {
+        p.role: (p.downlink, p.downlink.publisher_cap_bps(now))
         for p in subscribers
         if not (p.sound_only or p.downlink.paused)
-    ]
+    }
     if not budgets:
         return PAUSED_CAP_BPS
-    return max(MIN_BPS, min(budgets))
+    # A thin link does not hold everyone down: the least of those that take at least
+    # THIN_SHARE of the most; the others are outvoted (their own video pauses if congested).
+    floor = THIN_SHARE * max(bps for _downlink, bps in budgets.values())
+    for downlink, bps in budgets.values():
+        if bps < floor:
+            downlink.outvoted(now)
+    return max(MIN_BPS, min(bps for _downlink, bps in budgets.values() if bps >= floor))

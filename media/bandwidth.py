@@ -83,6 +83,12 @@ RESUME_BACKOFF = 8.0
 # What video tries again at (a REMB will say within a second what the link takes).
 RESUME_BPS = 64_000
 MAX_RESUME_BACKOFF = 60.0
+# A subscriber whose link takes less than this share of what another subscriber of the same
+# publisher takes does not hold the publisher down (media.adaptation): while its link shows
+# congestion its own video pauses (and is tried again) instead, and the others keep quality.
+THIN_SHARE = 0.5
+# Outvoted this recently counts.
+OUTVOTED_MEMORY = 1.0
 # A resumed video that holds this long resets the back-off.
 TRIAL_SECONDS = 10.0
 # Video may leave this far ahead of its pace (a small burst keeps frames together).
@@ -201,6 +207,7 @@ class Downlink:
     _video_bytes: int = 0
     _video_payload_bytes: int = 0
     _congested_at: float | None = None
+    _outvoted_at: float | None = None
     _heavy_loss_at: float | None = None
     _by_loss_estimate: LossEstimate = field(default_factory=lambda: LossEstimate())
     _last_tick: float = field(default_factory=time.monotonic)
@@ -234,6 +241,16 @@ class Downlink:
 
     def congested(self, now: float) -> bool:
         return self._congested_at is not None and now - self._congested_at < CONGESTION_MEMORY
+
+    def outvoted(self, now: float) -> None:
+        """Another subscriber of a publisher this one gets takes far more (THIN_SHARE): the
+        publisher is not held down to this link, so, while it shows congestion, this link's
+        video pauses as if its budget were too low (and is tried again the same way)."""
+        self._outvoted_at = now
+
+    def _thin(self, now: float) -> bool:
+        outvoted = self._outvoted_at is not None and now - self._outvoted_at < OUTVOTED_MEMORY
+        return self.video_budget_bps < PAUSE_BPS or outvoted
 
     def sent(self, nbytes: int, *, audio: bool) -> None:
         if audio:
@@ -308,7 +325,7 @@ class Downlink:
             return None
         if self._resumed_at is not None and now - self._resumed_at >= TRIAL_SECONDS:
             self._backoff, self._resumed_at = RESUME_BACKOFF, None
-        if self.video_budget_bps >= PAUSE_BPS or not self.congested(now):
+        if not self._thin(now) or not self.congested(now):
             self._low_since = None
             return None
         if self._low_since is None:

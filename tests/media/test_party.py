@@ -10,6 +10,7 @@ link: a browser measures its own network).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from media.relay import Relay
 from signaling.media import GuestConsent, SignalingError
-from tests.media.clients import until
+from tests.media.clients import report_loss, send_remb, until
 from tests.media.harness import Outbox, Peer, consent, streams
 
 RED, BLUE, GREEN, YELLOW, MAGENTA = (
@@ -85,7 +86,7 @@ def frames(peer: Peer) -> dict[str, int]:
     return {mid: r.video_frames + r.audio_frames for mid, r in peer.by_mid.items()}
 
 
-async def advancing(peers: list[Peer], within: float = 10) -> None:
+async def advancing(peers: list[Peer], within: float = 20) -> None:
     """Every track every peer receives gets new frames (video and sound alike)."""
     before = {peer.role: frames(peer) for peer in peers}
 
@@ -228,3 +229,65 @@ def mapped_with_screen(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict
         ):
             return False
     return len(cameras) == 2 * len(others)
+
+
+def receiver_of(outbox: Outbox, call: uuid.UUID, peer: Peer, whose: str, kind: str) -> Any:
+    """The peer's receiver of `whose` `kind`, as the relay's `streams` names it."""
+    assert peer.pc is not None
+    items = streams(outbox, call, peer.role) or []
+    [mid] = [i["mid"] for i in items if i["participant"] == whose and i["kind"] == kind]
+    [transceiver] = [t for t in peer.pc.getTransceivers() if t.mid == mid]
+    return transceiver.receiver
+
+
+class TestOneThinLink:
+    async def test_a_thin_subscriber_pauses_on_its_own_leg_and_the_others_keep_quality(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        """The interpreter's link takes 150 kbit/s and loses packets; the clinician's takes
+        1.5 Mbit/s. The patient is not asked for 150 kbit/s: the interpreter's video pauses."""
+        plane, outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+        three = {key: EVERYONE[key] for key in ("patient", "clinician", INTERPRETER)}
+        peers = [party_peer(plane, outbox, call, key, c, t) for key, (c, t) in three.items()]
+        _patient, clinician, interpreter = peers
+        try:
+            for peer in peers:
+                await peer.join()
+            await until(
+                lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in peers), 40
+            )
+            thin = receiver_of(outbox, call, interpreter, "patient", "video")
+            wide = receiver_of(outbox, call, clinician, "patient", "video")
+            publisher = plane.rooms[call].publishers[("patient", "video")]
+
+            def paused(role: str) -> bool:
+                return any(
+                    m.get("type") == "video" and m["role"] == role and m["state"] == "paused"
+                    for m in outbox.messages[(call, "patient")]
+                )
+
+            for _ in range(30):  # what the two browsers say, twice a second
+                await report_loss(thin, 0.03)
+                await send_remb(thin, 150_000)
+                await report_loss(wide, 0.0)
+                await send_remb(wide, 1_500_000)
+                if paused(INTERPRETER):
+                    break
+                await asyncio.sleep(0.5)
+            assert paused(INTERPRETER)
+            assert not paused("clinician")
+            assert publisher.remb_cap is not None
+            assert publisher.remb_cap >= 1_000_000  # not the thin link's 150 kbit/s
+            # The clinician keeps getting the patient's video; the interpreter still hears them.
+            await advancing([clinician])
+            items = streams(outbox, call, INTERPRETER) or []
+            [mid] = [
+                i["mid"] for i in items if i["participant"] == "patient" and i["kind"] == "audio"
+            ]
+            sound = interpreter.by_mid[mid].audio_frames
+            await until(lambda: interpreter.by_mid[mid].audio_frames > sound + 20, 10)
+        finally:
+            for peer in peers:
+                await peer.close()
