@@ -1,4 +1,8 @@
-"""Load for bench/relay.py: calls of two aiortc peers sending pre-encoded 640x480@30 VP8 + Opus.
+"""Load for bench/relay.py: calls of aiortc peers sending pre-encoded 640x480@30 VP8 + Opus.
+
+Calls of two (the patient and the clinician), or with `--party 4` of four (two guests too):
+every peer answers the relay's own offers and reads its `streams` messages, so each received
+frame is matched to the publisher it came from.
 
 The peers never encode or decode (that would eat the measurement): they send packets encoded
 once at start-up, in a loop, and receive through media.hooks' tap (frames assembled, not
@@ -112,10 +116,12 @@ class Peer:
         self.sent: list[float] = [0.0] * len(video)
         self.video, self.audio = video, audio
         self.index = {data: i for i, data in enumerate(video)}
-        self.other: Peer | None = None
-        self.frames: list[float] = []  # arrival times of video frames in the window
+        self.others: dict[str, Peer] = {}  # the call's other peers, by role
+        self.mids: dict[str, str] = {}  # mid -> whose video arrives there (`streams`)
+        self.frames: dict[str, list[float]] = {}  # per mid: arrival times in the window
         self.delays: list[float] = []
         self.measuring = False
+        self.answered: asyncio.Future[dict[str, Any]] | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
     def start(self) -> None:
@@ -127,16 +133,17 @@ class Peer:
         def _on_track(track: Any) -> None:
             transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
             receiver = transceiver.receiver
-            kind = track.kind
+            kind, mid = track.kind, str(transceiver.mid)
 
             def sink(_codec: Any, frame: EncodedFrame) -> None:
-                if kind != "video" or not self.measuring or self.other is None:
+                if kind != "video" or not self.measuring:
                     return
                 now = time.monotonic()
-                self.frames.append(now)
+                self.frames.setdefault(mid, []).append(now)
+                publisher = self.others.get(self.mids.get(mid, ""))
                 index = self.index.get(frame.data)
-                if index is not None:
-                    self.delays.append((now - self.other.sent[index]) * 1000)
+                if index is not None and publisher is not None:
+                    self.delays.append((now - publisher.sent[index]) * 1000)
 
             hooks.tap_receiver(receiver, FrameAssembler(kind, hooks.codec_of(receiver), sink), sink)
             # These peers stand in for browsers on a clean link. aiortc's delay-based estimator,
@@ -152,6 +159,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--party", type=int, choices=(2, 3, 4), default=2)
     args = parser.parse_args()
     hooks.restrict_host_addresses(["127.0.0.1"])
     video, audio = encode_video(), encode_audio()
@@ -165,41 +173,51 @@ async def main() -> None:
                 inbox.setdefault(key, asyncio.Queue()).put_nowait(message)
 
         reader = asyncio.create_task(dispatch())
+
+        async def send(peer: Peer, **message: Any) -> None:
+            await ws.send(json.dumps({"call": peer.call, "role": peer.role, **message}))
+
+        async def serve(peer: Peer) -> None:
+            """What the relay says to this peer: answers, its own offers, `streams`."""
+            queue = inbox.setdefault((peer.call, peer.role), asyncio.Queue())
+            while True:
+                message = await queue.get()
+                kind = message.get("type")
+                if kind == "streams":
+                    peer.mids = {
+                        i["mid"]: i["participant"] for i in message["items"] if i["kind"] == "video"
+                    }
+                elif kind == "answer" and peer.answered is not None:
+                    peer.answered.set_result(message)
+                elif kind == "offer":
+                    offer = RTCSessionDescription(sdp=message["sdp"], type="offer")
+                    await peer.pc.setRemoteDescription(offer)
+                    await peer.pc.setLocalDescription(await peer.pc.createAnswer())
+                    await send(peer, type="answer", sdp=peer.pc.localDescription.sdp)
+
+        servers: list[asyncio.Task[None]] = []
         peers: list[Peer] = []
         for _ in range(args.calls):
             call = str(uuid.uuid4())
-            pair = [Peer(call, role, video, audio) for role in ("patient", "clinician")]
-            pair[0].other, pair[1].other = pair[1], pair[0]
-            for peer in pair:
+            roles = ["patient", "clinician", f"interpreter:{uuid.uuid4()}"]
+            roles = [*roles, f"caregiver:{uuid.uuid4()}"][: args.party]
+            party = [Peer(call, role, video, audio) for role in roles]
+            for peer in party:
+                peer.others = {p.role: p for p in party if p is not peer}
+                servers.append(asyncio.create_task(serve(peer)))
+            for peer in party:
                 peer.start()
                 await peer.pc.setLocalDescription(await peer.pc.createOffer())
-                key = (call, peer.role)
-                inbox.setdefault(key, asyncio.Queue())
-                await ws.send(
-                    json.dumps(
-                        {
-                            "call": call,
-                            "role": peer.role,
-                            "type": "offer",
-                            "sdp": peer.pc.localDescription.sdp,
-                        }
-                    )
-                )
-                while True:
-                    reply = await asyncio.wait_for(inbox[key].get(), 30)
-                    if reply.get("type") == "answer":
-                        break
+                peer.answered = asyncio.get_running_loop().create_future()
+                await send(peer, type="offer", sdp=peer.pc.localDescription.sdp)
+                reply = await asyncio.wait_for(peer.answered, 30)
                 await peer.pc.setRemoteDescription(
                     RTCSessionDescription(sdp=reply["sdp"], type="answer")
                 )
-            peers += pair
+            peers += party
             if args.record:
-                await ws.send(
-                    json.dumps(
-                        {"call": call, "role": "clinician", "type": "record", "action": "start"}
-                    )
-                )
-        await asyncio.sleep(4)  # connected, first keyframes through
+                await send(party[1], type="record", action="start")
+        await asyncio.sleep(4 + 2 * (args.party > 2))  # connected, first keyframes through
         # This process measures delays: a collection here would pause it and count as relay
         # delay. Nothing is collected while it measures (the run is short and bounded).
         gc.collect()
@@ -210,10 +228,17 @@ async def main() -> None:
         await asyncio.sleep(args.seconds)
         for peer in peers:
             peer.measuring = False
-        fps = [len(p.frames) / args.seconds for p in peers]
+        # Per video received: every peer gets party - 1 of them (a missing one counts as 0).
+        fps = [
+            len(p.frames.get(mid, [])) / args.seconds
+            for p in peers
+            for mid in (list(p.frames) + ["missing"] * (args.party - 1 - len(p.frames)))
+        ]
         delays = sorted(d for p in peers for d in p.delays)
         result = {
             "calls": args.calls,
+            "party": args.party,
+            "streams": args.calls * args.party * (args.party - 1),
             "fps_min": min(fps),
             "fps_mean": sum(fps) / len(fps),
             "delay_p50": delays[len(delays) // 2] if delays else None,
@@ -223,6 +248,8 @@ async def main() -> None:
         print("RESULT", json.dumps(result), flush=True)
         for peer in peers:
             await peer.pc.close()
+        for task in servers:
+            task.cancel()
         reader.cancel()
 
 

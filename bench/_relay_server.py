@@ -26,10 +26,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
 from app.config import Settings
+from app.participants import is_guest
 from media import hooks
 from media.peers import ice_configuration
 from media.relay import Relay
-from signaling.media import Consent
+from signaling.media import Consent, GuestConsent
 
 
 class NullLog:
@@ -121,6 +122,8 @@ async def main() -> None:
                     continue
                 if not relay.has_call(call_id):
                     await relay.open_call(call_id, consent=Consent(True, True), ice_servers=[])
+                if kind == "offer" and is_guest(role):
+                    await relay.guest_consent(call_id, role, GuestConsent(True, True))
                 if kind == "offer":
                     await relay.offer(call_id, role, message["sdp"])
                 elif kind == "answer":

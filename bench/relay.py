@@ -13,10 +13,16 @@ does not eat the measurement; relay CPU is read from /proc around the measured w
      revision REV (a worktree made for the run), in alternating rounds (issue 11: bandwidth
      adaptation may cost at most 1.25x the forwarding it adds to)
 
+  5. with --party: relay CPU per forwarded video stream in calls of four (each of 4 publishers
+     to 3 others: 12 streams a call) against calls of two (2 a call), the same number of
+     streams on each side, in alternating rounds (issue 14: target at most 1.1x)
+
 Run: python bench/relay.py [--forward 8,16,20] [--stock 1,2] [--seconds 8] [--runs 5]
      [--recording-rounds 3]   (the recording figure uses the second --forward count)
      python bench/relay.py --against e357c9c [--against-calls 8] [--against-rounds 4]
      [--against-target 1.25] --only-against
+     python bench/relay.py --party [--party-calls 2] [--party-pairs 12] [--party-rounds 3]
+     [--seconds 8] --only-party
 """
 
 from __future__ import annotations
@@ -69,11 +75,11 @@ class RelayProcess:
 
 
 def run_load(
-    relay: RelayProcess, calls: int, seconds: float, record: bool = False
+    relay: RelayProcess, calls: int, seconds: float, record: bool = False, party: int = 2
 ) -> dict[str, Any]:
     command = [
         sys.executable, str(HERE / "_relay_load.py"), "--port", str(relay.port),
-        "--calls", str(calls), "--seconds", str(seconds),
+        "--calls", str(calls), "--seconds", str(seconds), "--party", str(party),
     ]  # fmt: skip
     if record:
         command.append("--record")
@@ -227,6 +233,52 @@ def against(revision: str, calls: int, rounds: int, seconds: float, target: floa
     )
 
 
+def party_figure(calls: int, pairs: int, rounds: int, seconds: float, target: float) -> None:
+    """Relay CPU per forwarded video stream: `calls` calls of four against `pairs` calls of
+    two, a fresh relay process each round, alternating (drift falls on both alike)."""
+    per_stream: dict[int, list[float]] = {4: [], 2: []}
+    per_frame: dict[int, list[float]] = {4: [], 2: []}  # relay CPU-seconds per frame delivered
+    rows: list[str] = []
+    for _ in range(rounds):
+        for party, count in ((4, calls), (2, pairs)):
+            relay = RelayProcess("forward")
+            try:
+                result = run_load(relay, count, seconds, party=party)
+            finally:
+                relay.stop()
+            streams = result["streams"]
+            cost = result["relay_cores"] / streams
+            per_stream[party].append(cost)
+            # On a loaded machine the load may not reach full rate: per frame delivered too.
+            frames = max(result["fps_mean"], 0.1) * streams
+            per_frame[party].append(result["relay_cores"] / frames)
+            rows.append(
+                f"| {count} calls of {party} | {streams} | {result['fps_min']:.1f} / "
+                f"{result['fps_mean']:.1f} | {delays(result)} | {result['relay_cores']:.3f} "
+                f"| {cost * 1000:.2f} | {result['relay_cores'] / frames * 1e6:.0f} "
+                f"| {'yes' if sustained(result, 'forward') else 'no'} |"
+            )
+    print("| relay (640x480@30) | video streams forwarded | fps min / mean per stream "
+          "| delay p50 / p95 ms | relay cores | millicores per stream "
+          "| relay CPU-µs per frame delivered | sustained |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+    four, two = statistics.mean(per_stream[4]), statistics.mean(per_stream[2])
+    print(
+        f"relay CPU per forwarded video stream, calls of four vs calls of two: "
+        f"{four * 1000:.2f} vs {two * 1000:.2f} millicores: **{four / two:.2f}x** "
+        f"(target <= {target:.2f}x; {rounds} alternating rounds of {seconds:.0f} s each; "
+        f"rounds: four {', '.join(f'{c * 1000:.2f}' for c in per_stream[4])}; "
+        f"two {', '.join(f'{c * 1000:.2f}' for c in per_stream[2])})"
+    )
+    four, two = statistics.mean(per_frame[4]), statistics.mean(per_frame[2])
+    print(
+        f"relay CPU per video frame delivered, calls of four vs calls of two: "
+        f"{four * 1e6:.0f} vs {two * 1e6:.0f} µs: **{four / two:.2f}x**"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--forward", default="8,16,20")
@@ -239,7 +291,19 @@ def main() -> None:
     parser.add_argument("--against-rounds", type=int, default=4)
     parser.add_argument("--against-target", type=float, default=1.25)
     parser.add_argument("--only-against", action="store_true")
+    parser.add_argument("--party", action="store_true", help="the calls-of-four figure")
+    parser.add_argument("--party-calls", type=int, default=2)
+    parser.add_argument("--party-pairs", type=int, default=12)
+    parser.add_argument("--party-rounds", type=int, default=3)
+    parser.add_argument("--party-target", type=float, default=1.1)
+    parser.add_argument("--only-party", action="store_true")
     args = parser.parse_args()
+    if args.party:
+        party_figure(
+            args.party_calls, args.party_pairs, args.party_rounds, args.seconds, args.party_target
+        )
+        if args.only_party:
+            return
     if args.against:
         against(
             args.against, args.against_calls, args.against_rounds, args.seconds, args.against_target

@@ -4,7 +4,9 @@ A participant's incoming tracks feed their `Publisher`s; every other participant
 to each, on a free transceiver of their own peer connection (or a new one, which the relay's
 own offer brings: media.negotiation). Where the two legs agree on a codec the subscriber gets
 the publisher's encoded frames as they are (`ForwardedTrack`); where they could not, decoded
-frames (`TranscodedTrack`). Every function here runs in the room's owner.
+frames (`TranscodedTrack`). Publishers are keyed (participant, feed): "audio", "video" (the
+camera) and the clinician's "screen". Each participant is told what their sending transceivers
+carry (`streams`). Every function here runs in the room's owner.
 """
 
 from __future__ import annotations

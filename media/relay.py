@@ -19,7 +19,13 @@ Consent: nothing from the patient is forwarded (or recorded) while their `video_
 does not stand, or while the relay cannot read it. A withdrawal announced here, or readings
 that lapse, also pull the room's brake at once (media.room): the patient's gate closes before
 this returns, whatever the owner is busy with, and stays closed until the owner has run the
-step in question.
+step in question. Each guest has a gate of their own (their own `video_visit`, in
+`Consent.guests`), closed the same way by their withdrawal (`guest_consent`) or a reading that
+no longer names them; a guest's decision never ends the call.
+
+Calls of up to four: every publisher goes to every other participant, the clinician's shared
+screen too (`screen`), and each participant is told which of their transceivers carries whom
+(`streams`, media.forwarding).
 """
 
 from __future__ import annotations
