@@ -19,8 +19,9 @@ CANARY = {
 REASON = "Canary reason: persistent quoxalgia"
 
 
-def _secrets_in(text: str, token: str) -> list[str]:
-    needles = [*CANARY.values(), REASON, token, "Qanary", "quoxalgia", "5550009876"]
+def _secrets_in(text: str, tokens: str) -> list[str]:
+    needles = [*CANARY.values(), REASON, *tokens.split(), "Qanary", "quoxalgia", "5550009876"]
+    needles += [GUEST["name"], GUEST["email"], GUEST["phone"], "Guestcanary", "5550004321"]
     return [needle for needle in needles if needle in text]
 
 
@@ -49,6 +50,7 @@ async def _exercise(http: httpx.AsyncClient, staff: Staff) -> str:
     await http.get(f"/api/v1/visits/{token}")
     await http.get(f"/api/v1/visits/{token}x")
     await http.get(f"/visit/{token}")
+    guest_token = await _guest(http, staff, appointment["id"])
     await http.post(
         f"/api/v1/appointments/{appointment['id']}/reschedule",
         json={"start": rfc3339(local_instant(next_weekday(60), "10:20", "America/New_York"))},
@@ -63,6 +65,35 @@ async def _exercise(http: httpx.AsyncClient, staff: Staff) -> str:
     await http.post(
         "/api/v1/auth/token", data={"username": CANARY["email"], "password": CANARY["name"]}
     )
+    return f"{token} {guest_token}"
+
+
+GUEST = {
+    "role": "interpreter",
+    "name": "Quentin Guestcanary",
+    "email": "quentin.guestcanary@example.org",
+    "phone": "+15550004321",
+}
+
+
+async def _guest(http: httpx.AsyncClient, staff: Staff, appointment_id: str) -> str:
+    """A guest with canary data: invited (and refused once), their link, consent, removal."""
+    path = f"/api/v1/appointments/{appointment_id}/participants"
+    headers = staff.clinician.headers
+    added = await http.post(path, json=GUEST, headers=headers)
+    assert added.status_code == 201, added.text
+    guest = added.json()
+    await http.post(path, json={**GUEST, "phone": GUEST["name"]}, headers=headers)  # 422
+    await http.post(path, json=GUEST, headers=staff.other_clinician.headers)  # 404
+    await http.get(path, headers=headers)
+    token = guest["visit_url"].rsplit("/", 1)[1]
+    version = (await http.get(f"/api/v1/visits/{token}")).json()["consent"]["version"]
+    await http.post(
+        f"/api/v1/visits/{token}/consent",
+        json={"version": version, "decision": "granted", "scopes": ["video_visit"]},
+    )
+    await http.delete(f"{path}/{guest['id']}", headers=headers)
+    await http.get(f"/api/v1/visits/{token}")  # 410 now
     return str(token)
 
 

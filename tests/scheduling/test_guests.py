@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import participants
 from app.audit import AuditEvent
@@ -44,25 +45,35 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+async def add_guest_in(
+    session: AsyncSession,
+    app: FastAPI,
+    staff: Staff,
+    appointment_id: str,
+    role: str = "interpreter",
+) -> tuple[VisitGuest, str]:
+    """A guest added through the service; their token, derived as the API derives it."""
+    appointment = await session.get(Appointment, uuid.UUID(appointment_id))
+    assert appointment is not None
+    guest = await guests.add(
+        session,
+        appointment=appointment,
+        role=role,
+        name="Ina Terpreter",
+        email=None,
+        phone=None,
+        actor_id=staff.scheduler.id,
+        link_key=app.state.link_key,
+        now=now(),
+    )
+    return guest, guests.token_of(guest, app.state.link_key)
+
+
 async def add_guest(
     db: Database, app: FastAPI, staff: Staff, appointment_id: str, role: str = "interpreter"
 ) -> tuple[VisitGuest, str]:
-    """A guest added through the service; their token, derived as the API derives it."""
     async with db.session(write=True) as session:
-        appointment = await session.get(Appointment, uuid.UUID(appointment_id))
-        assert appointment is not None
-        guest = await guests.add(
-            session,
-            appointment=appointment,
-            role=role,
-            name="Ina Terpreter",
-            email=None,
-            phone=None,
-            actor_id=staff.scheduler.id,
-            link_key=app.state.link_key,
-            now=now(),
-        )
-    return guest, guests.token_of(guest, app.state.link_key)
+        return await add_guest_in(session, app, staff, appointment_id, role)
 
 
 class TestParticipantKeys:
@@ -133,6 +144,62 @@ class TestGuestLimit:
         with pytest.raises(IntegrityError):  # nor an unknown role
             async with db.session(write=True) as session:
                 await session.execute(insert(VisitGuest), [{**row, "slot": 2, "role": "uncle"}])
+
+
+class TestRacingAdds:
+    """On PostgreSQL, two transactions adding at once: the second waits on the first's slot in
+    the unique index, then (its savepoint undone) takes the other slot or none."""
+
+    async def _racing(
+        self, db: Database, app: FastAPI, staff: Staff, appointment_id: str
+    ) -> tuple[VisitGuest, VisitGuest | guests.ParticipantLimit]:
+        if db.is_sqlite:
+            pytest.skip("SQLite's write transactions are serial: there is no race to have")
+        second_pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def second() -> VisitGuest | guests.ParticipantLimit:
+            async with db.session(write=True) as session:
+                second_pid.set_result(await session.scalar(text("SELECT pg_backend_pid()")))
+                try:
+                    return (await add_guest_in(session, app, staff, appointment_id))[0]
+                except guests.ParticipantLimit as exc:
+                    return exc
+
+        async with db.session(write=True) as session:
+            first, _ = await add_guest_in(session, app, staff, appointment_id)
+            racer = asyncio.create_task(second())
+            pid = await second_pid
+            # Until the second waits for this transaction (or, were the index missing, is done).
+            while not racer.done():
+                async with db.session(write=False) as probe:
+                    waiting = await probe.scalar(
+                        text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted"),
+                        {"pid": pid},
+                    )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+        return first, await racer
+
+    async def test_a_racing_add_takes_the_other_slot(
+        self, client: httpx.AsyncClient, app: FastAPI, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        first, second = await self._racing(db, app, staff, appointment["id"])
+        assert isinstance(second, VisitGuest)
+        assert (first.slot, second.slot) == (1, 2)
+
+    async def test_of_two_racing_for_the_last_slot_exactly_one_wins(
+        self, client: httpx.AsyncClient, app: FastAPI, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        await add_guest(db, app, staff, appointment["id"])
+        first, second = await self._racing(db, app, staff, appointment["id"])
+        assert first.slot == 2
+        assert isinstance(second, guests.ParticipantLimit)
+        async with db.session(write=False) as session:
+            active = await guests.list_guests(session, uuid.UUID(appointment["id"]))
+        assert len(active) == participants.MAX_GUESTS
 
 
 class TestGuestLinks:
