@@ -239,6 +239,12 @@ const ERRORS = {
 function onError(message) {
   if (chat.refused(message.code)) return;
   if (message.code === "negotiation_failed" && state.call) {
+    // A shared screen the relay could not take must not fail every new connection too.
+    if (state.screen) {
+      stopScreen({ tell: false });
+      state.channel.send({ type: "screen", appointment_id: state.call.id, enabled: false });
+      callMessage.textContent = "Screen sharing stopped: the video connection had to start again. Share again if needed.";
+    }
     startLink();
     return;
   }
