@@ -56,6 +56,7 @@ const state = {
   todayTimer: null,
   guests: new Map(), // this call's guests: id -> {id, role, name, status}
   screen: null, // the shared screen's track while sharing
+  earlyPeers: [], // `peer` messages that came before their call opened
 };
 
 const CONNECTION = {
@@ -200,7 +201,9 @@ async function onMessage(message) {
       if (forCall) peerState(message.from || "patient", message.data || {});
       break;
     case "peer":
+      // Who is in a call is told before the call itself (`call`): kept until it opens.
       if (forCall) onPeer(message);
+      else if (message.appointment_id) state.earlyPeers.push(message);
       break;
     case "chat":
       if (forCall) chat.receive(message);
@@ -492,6 +495,7 @@ async function openCall(appointmentId, iceServers) {
     if (item?.participants) mergeGuests(item.participants, { complete: true });
     else renderGuests();
     loadGuests(appointmentId);
+    for (const early of state.earlyPeers.splice(0)) if (early.appointment_id === appointmentId) onPeer(early);
   }
   state.call.iceServers = iceServers;
   chat.start(appointmentId, "clinician");
