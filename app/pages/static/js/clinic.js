@@ -203,7 +203,7 @@ async function onMessage(message) {
     case "peer":
       // Who is in a call is told before the call itself (`call`): kept until it opens.
       if (forCall) onPeer(message);
-      else if (message.appointment_id) state.earlyPeers.push(message);
+      else if (message.appointment_id) state.earlyPeers = [...state.earlyPeers, message].slice(-8);
       break;
     case "chat":
       if (forCall) chat.receive(message);
