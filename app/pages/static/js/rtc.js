@@ -44,6 +44,7 @@ export class MediaLink {
     }
     this.screenTransceiver = null; // the second outgoing video: a shared screen
     this.wantOffer = false; // an offer of ours is due (the relay's offer came first)
+    this.queue = Promise.resolve(); // negotiation steps, one after the other
     if (screen) this._addScreen(screen);
     pc.ontrack = (event) => {
       const track = event.track;
@@ -63,7 +64,12 @@ export class MediaLink {
     };
   }
 
-  async start() {
+  start() {
+    return this._serial(() => this._offer());
+  }
+
+  async _offer() {
+    if (this.closed) return;
     const offer = await this.pc.createOffer();
     await this.pc.setLocalDescription(offer);
     this.send({ type: "offer", sdp: this.pc.localDescription.sdp });
@@ -73,14 +79,18 @@ export class MediaLink {
    * Offer again (after our own transceivers changed). When the relay's offer is in flight,
    * ours waits until that one is answered.
    */
-  async renegotiate() {
+  renegotiate() {
+    return this._serial(() => this._reoffer());
+  }
+
+  async _reoffer() {
     if (this.closed) return;
     if (this.pc.signalingState !== "stable") {
       this.wantOffer = true;
       return;
     }
     this.wantOffer = false;
-    await this.start();
+    await this._offer();
   }
 
   /** The track on the transceiver the relay calls `mid`, as received (null: none such). */
@@ -99,35 +109,56 @@ export class MediaLink {
   }
 
   /** Send a shared screen as a second video (null: stop sending it); negotiates again. */
-  async shareScreen(track) {
-    if (this.closed) return;
-    const transceiver = this.screenTransceiver;
-    if (track && !transceiver) this._addScreen(track);
-    else if (transceiver) {
-      await transceiver.sender.replaceTrack(track);
-      transceiver.direction = track ? "sendonly" : "inactive";
-    } else return;
-    await this.renegotiate();
+  shareScreen(track) {
+    return this._serial(async () => {
+      if (this.closed) return;
+      const transceiver = this.screenTransceiver;
+      if (track && !transceiver) this._addScreen(track);
+      else if (transceiver) {
+        await transceiver.sender.replaceTrack(track);
+        transceiver.direction = track ? "sendonly" : "inactive";
+      } else return;
+      await this._reoffer();
+    });
   }
 
-  /** A negotiation message from the relay. */
-  async handle(message) {
+
+  /**
+   * A negotiation message from the relay. One at a time, in order: an offer's steps must not
+   * interleave with the next message's (or with an offer of ours).
+   */
+  handle(message) {
+    return this._serial(() => this._handle(message));
+  }
+
+  _serial(step) {
+    const next = this.queue.then(step);
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  async _handle(message) {
     if (this.closed) return;
     const pc = this.pc;
     if (message.type === "answer") {
       if (pc.signalingState !== "have-local-offer") return;
       await pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       await this._flushCandidates();
-      if (this.wantOffer) await this.renegotiate();
+      if (this.wantOffer) await this._reoffer();
     } else if (message.type === "offer") {
       // The relay's offer met one of ours: the browser rolls ours back; it goes again after.
       if (pc.signalingState === "have-local-offer") this.wantOffer = true;
-      await pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+      const sdp = sameExtensionIds(message.sdp, [
+        pc.currentLocalDescription?.sdp,
+        pc.currentRemoteDescription?.sdp,
+        pc.pendingLocalDescription?.sdp, // our first offer, still unanswered
+      ]);
+      await pc.setRemoteDescription({ type: "offer", sdp });
       await this._flushCandidates();
       await pc.setLocalDescription(await pc.createAnswer());
       this.send({ type: "answer", sdp: pc.localDescription.sdp });
       // An offer of ours that met the relay's (rolled back by the browser) goes now.
-      if (this.wantOffer) await this.renegotiate();
+      if (this.wantOffer) await this._reoffer();
     } else if (message.type === "candidate") {
       const candidate = message.candidate;
       if (!candidate || !candidate.candidate) return;
@@ -206,6 +237,50 @@ export class MediaLink {
     const kbpsOut = ((bytesOut - previous.bytesOut) * 8) / 1000 / seconds;
     return { rttMs, lossPct, kbpsIn, kbpsOut, level: qualityLevel(rttMs, lossPct, this.pc.connectionState) };
   }
+}
+
+const EXTMAP = /^a=extmap:(\d+)(\/\w+)? (\S+)(.*)$/;
+
+/**
+ * A later offer keeps the RTP header extension ids this connection already uses.
+ *
+ * The relay (aiortc) numbers header extensions afresh in every offer it makes (mid 1, audio
+ * level 2, ...), while the browser's first offer chose its own numbers and the relay's answer
+ * took them; browsers refuse an offer that gives a number a new meaning ("RTP extension ID
+ * reassignment not supported"), so every offer adding a person would fail. Here each extension
+ * of the offer gets the number it already has in `established` (earlier descriptions of this
+ * connection), and an extension new to the connection a number not in use. The answer carries
+ * the same numbers, and the relay sends and reads with the answer's. An offer that already
+ * agrees is returned unchanged.
+ */
+export function sameExtensionIds(sdp, established) {
+  const known = new Map(); // uri -> id
+  for (const text of established) {
+    for (const line of String(text || "").split(/\r?\n/)) {
+      const match = EXTMAP.exec(line);
+      if (match && !known.has(match[3])) known.set(match[3], Number(match[1]));
+    }
+  }
+  if (!known.size) return sdp;
+  const used = new Set(known.values());
+  const fresh = new Map(); // uri -> id, for extensions the connection has not used yet
+  const idFor = (uri) => {
+    if (known.has(uri)) return known.get(uri);
+    if (!fresh.has(uri)) {
+      let id = 1;
+      while (used.has(id)) id += 1;
+      used.add(id);
+      fresh.set(uri, id);
+    }
+    return fresh.get(uri);
+  };
+  return sdp
+    .split("\r\n")
+    .map((line) => {
+      const match = EXTMAP.exec(line);
+      return match ? `a=extmap:${idFor(match[3])}${match[2] || ""} ${match[3]}${match[4]}` : line;
+    })
+    .join("\r\n");
 }
 
 /** "good", "fair" or "poor" from round trip (ms) and loss (%). */

@@ -223,11 +223,10 @@ export class CallTiles {
     const flags = [];
     if (state.microphone === "off") flags.push("Muted");
     if (state.camera === "off") flags.push("Camera off");
-    entry.label.replaceChildren(
-      el("span", { class: "tile-name", text: name }),
-      role ? el("span", { class: "tile-role", text: role }) : null,
-      ...flags.map((flag) => el("span", { class: "tile-flag", text: flag })),
-    );
+    const parts = [el("span", { class: "tile-name", text: name })];
+    if (role) parts.push(el("span", { class: "tile-role", text: role }));
+    for (const flag of flags) parts.push(el("span", { class: "tile-flag", text: flag }));
+    entry.label.replaceChildren(...parts);
     if (entry.video && !screen && key !== this.self.key) {
       entry.video.setAttribute("aria-label", `${name}, ${role}`);
     } else if (screen) {
