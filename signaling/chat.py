@@ -6,8 +6,9 @@ is `invalid_message` (signaling.messages); a socket not in the call, `not_in_cal
 `BURST` messages at once, or more than `PER_SECOND` a second over time, `rate_limited` (per
 socket, on top of the socket's general limit; the socket stays); the database away,
 `unavailable`. A refused message is neither stored nor delivered. Only then does everyone in the
-call get `{"type":"chat","appointment_id","from":{"role","name","participant"},"text","sent_at"}`
-(`participant`: the sender's participant key), the sender too (their page shows the message
+call get `{"type":"chat","id","appointment_id","from":{"role","name","participant"},"text",
+"sent_at"}` (`participant`: the sender's participant key; `id`: the stored message's, as the
+history `GET /appointments/{id}/chat` gives it), the sender too (their page shows the message
 once the server holds it).
 
 The text and the names are patient data: nothing here logs them, nor an exception's message
@@ -99,5 +100,6 @@ async def send(
             stored.sender_name,
             stored.text,
             _rfc3339(stored.sent_at),
+            message_id=stored.id,
         ),
     )

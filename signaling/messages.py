@@ -289,12 +289,22 @@ def video(
 
 
 def chat(
-    appointment_id: uuid.UUID, participant: str, role: str, name: str, text: str, sent_at: str
+    appointment_id: uuid.UUID,
+    participant: str,
+    role: str,
+    name: str,
+    text: str,
+    sent_at: str,
+    *,
+    message_id: uuid.UUID,
 ) -> dict[str, Any]:
     """A chat message, as everyone in the call gets it (the sender too: it was stored);
-    `participant` is the sender's participant key ("patient", "interpreter:<id>", ...)."""
+    `participant` is the sender's participant key ("patient", "interpreter:<id>", ...); `id`
+    is the stored message's, as `GET /appointments/{id}/chat` gives it (a page that loads the
+    history while messages arrive shows each once)."""
     return {
         "type": "chat",
+        "id": str(message_id),
         "appointment_id": str(appointment_id),
         "from": {"role": role, "name": name, "participant": participant},
         "text": text,

@@ -4,16 +4,17 @@ video uncovered, and axe finds nothing serious on either page with the chat open
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, Route, expect
 
 from app.db import Database
 from tests.e2e.conftest import PHONE, Pages, shot
-from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in
+from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in, video_advances
 from tests.factories import Staff
-from tests.signaling.helpers import make_visit
+from tests.signaling.helpers import Visit, make_visit
 
 PATIENT = "Pat Chatwell"
 
@@ -33,17 +34,23 @@ def messages(page: Page) -> Locator:
     return page.get_by_role("log", name="Chat messages").get_by_test_id("chat-message")
 
 
+async def admitted(pages: Pages, staff: Staff, db: Database) -> tuple[Visit, Page, Page]:
+    """The patient (at phone width) joins and the clinician admits them."""
+    visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=PATIENT)
+    patient = await pages.page(viewport=PHONE)
+    await consent_and_join(patient, visit.token)
+    clinician = await pages.page()
+    await sign_in(clinician, staff.clinician, lands_on="/clinic")
+    item = clinician.get_by_test_id("queue-item").filter(has_text=PATIENT)
+    await item.get_by_test_id("admit").click()
+    return visit, patient, clinician
+
+
 class TestChat:
     async def test_patient_and_clinician_write_to_each_other_with_the_keyboard(
         self, pages: Pages, staff: Staff, db: Database, axe_source: str, artifacts: Path
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=PATIENT)
-        patient = await pages.page(viewport=PHONE)
-        await consent_and_join(patient, visit.token)
-        clinician = await pages.page()
-        await sign_in(clinician, staff.clinician, lands_on="/clinic")
-        item = clinician.get_by_test_id("queue-item").filter(has_text=PATIENT)
-        await item.get_by_test_id("admit").click()
+        visit, patient, clinician = await admitted(pages, staff, db)
         await expect(patient.get_by_test_id("chat-toggle")).to_be_visible()
 
         # The patient opens the chat and writes two lines: Shift+Enter, then Enter sends.
@@ -109,5 +116,62 @@ class TestChat:
             "Hello doctor\ncan you see my rash?",
             "Yes, hold it closer to the camera.",
         ]
+        await clinician.get_by_test_id("end-call").click()
+        await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
+
+
+async def say(page: Page, text: str) -> None:
+    """Write one message in the page's chat (opening the panel if it is closed)."""
+    if await page.get_by_test_id("chat-toggle").get_attribute("aria-expanded") != "true":
+        await page.get_by_test_id("chat-toggle").click()
+    await page.get_by_test_id("chat-input").fill(text)
+    await page.get_by_test_id("chat-input").press("Enter")
+
+
+class TestChatHistory:
+    async def test_a_console_reloaded_mid_call_shows_what_was_said_once_each(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        visit, patient, clinician = await admitted(pages, staff, db)
+        await video_advances(clinician)
+        await say(patient, "first, from the patient")
+        await expect(messages(patient)).to_have_count(1)
+        await say(clinician, "second, from the clinician")
+        await expect(messages(patient)).to_have_count(2)
+
+        # The reloaded console's read of the history is held until a live message has come in
+        # meanwhile: that one is in the history too, and shows once, after the earlier ones.
+        released = asyncio.Event()
+        held: list[str] = []
+
+        async def hold(route: Route) -> None:
+            held.append(route.request.url)
+            await released.wait()
+            await route.continue_()
+
+        await clinician.route(f"**/api/v1/appointments/{visit.appointment_id}/chat", hold)
+        await clinician.reload()
+        await expect(
+            clinician.get_by_role("heading", name=f"In call with {PATIENT}")
+        ).to_be_visible()
+        await video_advances(clinician)
+        await clinician.get_by_test_id("chat-toggle").click()
+        await say(patient, "third, during the reload")
+        await expect(messages(clinician)).to_have_count(1)
+        assert held, "the console never asked for the chat's history"
+        released.set()
+        texts = [
+            "first, from the patient",
+            "second, from the clinician",
+            "third, during the reload",
+        ]
+        await expect(messages(clinician).locator(".chat-text")).to_have_text(texts)
+        await expect(messages(clinician).nth(1)).to_contain_text("(you)")
+        # Live messages go on after the history, each once.
+        await say(patient, "fourth, after it")
+        await expect(messages(clinician).locator(".chat-text")).to_have_text(
+            [*texts, "fourth, after it"]
+        )
+        await expect(clinician.get_by_test_id("chat-toggle")).not_to_contain_text("new")
         await clinician.get_by_test_id("end-call").click()
         await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()

@@ -118,10 +118,12 @@ class TestExchange:
     async def test_patient_and_clinician_both_ways_kept_in_order(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
+        live_ids: list[set[str]] = [set(), set()]
         async with in_call(live_server.ws_url, db, http, staff) as call:
             await call.from_patient("Hello, can you hear me?")
             for socket in (call.patient, call.desk):
                 got = await socket.expect("chat")
+                live_ids[0].add(got["id"])
                 assert got["appointment_id"] == call.id
                 assert got["from"] == {
                     "role": "patient",
@@ -137,6 +139,7 @@ class TestExchange:
             await call.from_clinician(reply)
             for socket in (call.patient, call.desk):
                 got = await socket.expect("chat")
+                live_ids[1].add(got["id"])
                 assert got["from"] == {
                     "role": "clinician",
                     "name": "Dr. Ada Test",
@@ -155,6 +158,8 @@ class TestExchange:
         ]
         assert listed[0]["sent_at"] <= listed[1]["sent_at"]
         assert all(uuid.UUID(m["id"]) for m in listed)
+        # Each live message carries the id the history gives it (pages show each message once).
+        assert live_ids == [{listed[0]["id"]}, {listed[1]["id"]}]
 
 
 class TestRefusals:

@@ -6,6 +6,11 @@
 // it (the server sends it back to everyone in the call, the sender too); a refusal (too many at
 // once, the server busy) puts the text back and says why. Text only ever goes in through
 // textContent.
+//
+// History: given `history(callId)` (the console: `GET /appointments/{id}/chat`), a page that
+// takes a call (again, after a reload or a reconnection) shows what was said before, in order,
+// ahead of the live messages; each message shows once (by its `id`, which the live `chat`
+// message carries too), and earlier messages neither count as unread nor are announced.
 
 import { el } from "./dom.js";
 import { formatTime } from "./time.js";
@@ -27,8 +32,9 @@ export class ChatPanel {
    * container: the element the panel is built in.
    * send(text): sends the chat message; false when the socket is down.
    * heading: the level of the panel's heading in its page ("h2", "h3").
+   * history(callId): optional; resolves to the call's messages so far, oldest first.
    */
-  constructor({ container, send, heading = "h2" }) {
+  constructor({ container, send, heading = "h2", history = null }) {
     panels += 1;
     const id = (name) => `chat-${name}${panels > 1 ? `-${panels}` : ""}`;
     this.send = send;
@@ -36,6 +42,8 @@ export class ChatPanel {
     this.callId = null;
     this.unread = 0;
     this.pending = null;
+    this.history = history;
+    this.shown = new Set(); // ids of the messages on the list
 
     this.count = el("span", { class: "tag chat-unread", hidden: true });
     this.toggleButton = el(
@@ -123,11 +131,25 @@ export class ChatPanel {
       this.renderCount();
       this.status.textContent = "";
       this.pending = null;
+      this.shown = new Set();
     }
     this.callId = callId;
     this.me = me;
     this.root.hidden = false;
     this.input.disabled = this.sendButton.disabled = false;
+    if (this.history) this.loadHistory(callId);
+  }
+
+  /** What was said in this call before: placed by time among what is shown, each once. */
+  async loadHistory(callId) {
+    let items;
+    try {
+      items = await this.history(callId);
+    } catch {
+      return; // the live messages go on; the next start tries again
+    }
+    if (callId !== this.callId) return;
+    for (const message of items || []) this.show(message, { earlier: true });
   }
 
   /** The call is over: what was said stays readable, nothing more can be sent. */
@@ -169,14 +191,26 @@ export class ChatPanel {
 
   /** A `chat` message from the server (this person's own ones too). */
   receive(message) {
+    this.show(message, { earlier: false });
+  }
+
+  show(message, { earlier }) {
+    if (message.id) {
+      if (this.shown.has(message.id)) return;
+      this.shown.add(message.id);
+    }
     const from = message.from || {};
     const mine = from.participant !== undefined && from.participant === this.me;
-    if (mine && this.pending === message.text) this.pending = null;
+    if (mine && !earlier && this.pending === message.text) this.pending = null;
     const when = message.sent_at ? formatTime(message.sent_at) : "";
     const who = mine ? `${from.name || "You"} (you)` : from.name || "Someone";
     const item = el(
       "li",
-      { class: mine ? "chat-message mine" : "chat-message", "data-testid": "chat-message" },
+      {
+        class: mine ? "chat-message mine" : "chat-message",
+        "data-testid": "chat-message",
+        "data-at": String(Date.parse(message.sent_at) || 0),
+      },
       el(
         "p",
         { class: "chat-meta" },
@@ -187,6 +221,14 @@ export class ChatPanel {
       el("p", { class: "chat-text", text: message.text || "" }),
     );
     this.empty.hidden = true;
+    if (earlier) {
+      // Before any message shown that was sent later (live ones that came during the fetch).
+      const at = Number(item.dataset.at);
+      const later = [...this.list.children].find((other) => Number(other.dataset.at) > at);
+      this.list.insertBefore(item, later || null);
+      if (this.isOpen) this.scrollToEnd();
+      return;
+    }
     this.list.append(item);
     if (this.isOpen) this.scrollToEnd();
     else if (!mine) {

@@ -35,6 +35,8 @@ const chat = new ChatPanel({
   container: byId("chat-slot"),
   heading: "h3",
   send: (text) => Boolean(state.call && state.channel?.send({ type: "chat", appointment_id: state.call.id, text })),
+  // What was said before a reload or a reconnection (each message once: by its id).
+  history: async (callId) => (await api(`/api/v1/appointments/${callId}/chat`)).items,
 });
 
 const state = {
