@@ -146,6 +146,47 @@ class TestGuestLimit:
                 await session.execute(insert(VisitGuest), [{**row, "slot": 2, "role": "uncle"}])
 
 
+class TestGuestStatus:
+    async def test_admit_only_a_waiting_guest_and_audit_it(
+        self, client: httpx.AsyncClient, app: FastAPI, db: Database, staff: Staff
+    ) -> None:
+        appointment = await booked(client, staff)
+        guest, _ = await add_guest(db, app, staff, appointment["id"])
+        async with db.session(write=True) as session:
+            assert not await guests.admit(session, guest.id, now=now())  # invited, not waiting
+            assert await guests.set_status(
+                session, guest.id, to=GuestStatus.WAITING, among=[GuestStatus.INVITED.value]
+            )
+            assert await guests.admit(session, guest.id, now=now())
+            assert not await guests.admit(session, guest.id, now=now())  # in the call already
+            await guests.record_admitted(
+                session,
+                actor_id=staff.clinician.id,
+                actor_role="clinician",
+                appointment_id=guest.appointment_id,
+                guest_id=guest.id,
+                role=guest.role,
+            )
+        async with db.session(write=False) as session:
+            row = await session.get(VisitGuest, guest.id)
+            assert row is not None
+            assert row.status == "in_call"
+            assert row.admitted_at is not None
+            listed = await guests.of_appointments(session, [guest.appointment_id])
+        assert [g.id for g in listed[guest.appointment_id]] == [guest.id]
+        [event] = await audit_of(db, str(guest.id))
+        assert (event.action, event.actor_id) == ("guest.admit", staff.clinician.id)
+        assert event.details == {"appointment_id": appointment["id"], "role": "interpreter"}
+        # A removed guest is admitted no more.
+        async with db.session(write=True) as session:
+            await guests.remove(
+                session, appointment_id=guest.appointment_id, guest_id=guest.id, now=now()
+            )
+            assert not await guests.set_status(
+                session, guest.id, to=GuestStatus.WAITING, among=[GuestStatus.REMOVED.value]
+            )
+
+
 class TestRacingAdds:
     """On PostgreSQL, two transactions adding at once: the second waits on the first's slot in
     the unique index, then (its savepoint undone) takes the other slot or none."""
