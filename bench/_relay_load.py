@@ -188,6 +188,9 @@ async def main() -> None:
                         i["mid"]: i["participant"] for i in message["items"] if i["kind"] == "video"
                     }
                 elif kind == "answer" and peer.answered is not None:
+                    # Here, in order: the relay's own offer may follow its answer at once.
+                    answer = RTCSessionDescription(sdp=message["sdp"], type="answer")
+                    await peer.pc.setRemoteDescription(answer)
                     peer.answered.set_result(message)
                 elif kind == "offer":
                     offer = RTCSessionDescription(sdp=message["sdp"], type="offer")
@@ -210,10 +213,7 @@ async def main() -> None:
                 await peer.pc.setLocalDescription(await peer.pc.createOffer())
                 peer.answered = asyncio.get_running_loop().create_future()
                 await send(peer, type="offer", sdp=peer.pc.localDescription.sdp)
-                reply = await asyncio.wait_for(peer.answered, 30)
-                await peer.pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=reply["sdp"], type="answer")
-                )
+                await asyncio.wait_for(peer.answered, 30)
             peers += party
             if args.record:
                 await send(party[1], type="record", action="start")

@@ -3,7 +3,8 @@
 Each participant's `Downlink` estimates what the relay can send them and their `Pacer` sends
 their audio at once and their video at that pace; this round pauses or resumes video to them
 (telling everyone with a `video` message) and tells each publisher, by REMB, to send no more
-than the least its active subscribers can take, never more than its own leg carries. With
+than the least its active subscribers can take (each subscriber's link shared equally by the
+videos it gets), never more than its own leg carries. With
 several subscribers, one whose link takes less than THIN_SHARE of what another takes does not
 count: it is outvoted, and while its link shows congestion its own video pauses (and is tried
 again later), so one thin link does not lower what everyone else gets. It runs
@@ -105,8 +106,9 @@ def _publisher_cap(room: Room, key: tuple[str, str], now: float) -> float | None
     ]
     if not subscribers:
         return None
+    # Each subscriber's link is shared by every video it gets: this publisher may have its share.
     budgets = {
-        p.role: (p.downlink, p.downlink.publisher_cap_bps(now))
+        p.role: (p.downlink, p.downlink.publisher_cap_bps(now) / _videos_to(room, p))
         for p in subscribers
         if not (p.sound_only or p.downlink.paused)
     }
@@ -119,3 +121,19 @@ def _publisher_cap(room: Room, key: tuple[str, str], now: float) -> float | None
         if bps < floor:
             downlink.outvoted(now)
     return max(MIN_BPS, min(bps for _downlink, bps in budgets.values() if bps >= floor))
+
+
+def _videos_to(room: Room, subscriber: Participant) -> int:
+    """How many videos go to this subscriber now (at least 1): those whose publisher sends."""
+    count = 0
+    for key, track in subscriber.subscriptions.items():
+        publisher = room.publishers.get(key)
+        if (
+            track.kind == "video"
+            and publisher is not None
+            and publisher.allowed
+            and publisher.forwarding
+            and publisher.source is not None
+        ):
+            count += 1
+    return max(1, count)

@@ -11,7 +11,10 @@ link: a browser measures its own network).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -178,16 +181,7 @@ class TestScreenShare:
         self, relay: tuple[Relay, Outbox]
     ) -> None:
         plane, outbox = relay
-        call = uuid.uuid4()
-        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
-        three = {key: EVERYONE[key] for key in ("patient", "clinician", INTERPRETER)}
-        peers = [party_peer(plane, outbox, call, key, c, t) for key, (c, t) in three.items()]
-        try:
-            for peer in peers:
-                await peer.join()
-            await until(
-                lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in peers), 40
-            )
+        async with call_of_three(plane, outbox) as (call, three, peers):
             patient, clinician, interpreter = peers
             await clinician.add_video(CYAN)
             await plane.screen(call, "clinician", enabled=True)
@@ -204,9 +198,6 @@ class TestScreenShare:
             # Sharing again: the same transceivers, told again.
             await plane.screen(call, "clinician", enabled=True)
             await until(lambda: all(screen_mapped(outbox, call, p) for p in others), 20)
-        finally:
-            for peer in peers:
-                await peer.close()
 
     async def test_only_the_clinician_shares_a_screen(self, relay: tuple[Relay, Outbox]) -> None:
         plane, _outbox = relay
@@ -231,6 +222,25 @@ def mapped_with_screen(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict
     return len(cameras) == 2 * len(others)
 
 
+@asynccontextmanager
+async def call_of_three(
+    plane: Relay, outbox: Outbox
+) -> AsyncIterator[tuple[uuid.UUID, dict[str, Any], list[Peer]]]:
+    """The patient, the clinician and the interpreter, joined and told whose is whose."""
+    call = uuid.uuid4()
+    await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+    three = {key: EVERYONE[key] for key in ("patient", "clinician", INTERPRETER)}
+    peers = [party_peer(plane, outbox, call, key, c, t) for key, (c, t) in three.items()]
+    try:
+        for peer in peers:
+            await peer.join()
+        await until(lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in peers), 40)
+        yield call, three, peers
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
 def receiver_of(outbox: Outbox, call: uuid.UUID, peer: Peer, whose: str, kind: str) -> Any:
     """The peer's receiver of `whose` `kind`, as the relay's `streams` names it."""
     assert peer.pc is not None
@@ -245,19 +255,11 @@ class TestOneThinLink:
         self, relay: tuple[Relay, Outbox]
     ) -> None:
         """The interpreter's link takes 150 kbit/s and loses packets; the clinician's takes
-        1.5 Mbit/s. The patient is not asked for 150 kbit/s: the interpreter's video pauses."""
+        3 Mbit/s (for two videos). The patient is not asked for the thin link's share: the
+        interpreter's video pauses."""
         plane, outbox = relay
-        call = uuid.uuid4()
-        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
-        three = {key: EVERYONE[key] for key in ("patient", "clinician", INTERPRETER)}
-        peers = [party_peer(plane, outbox, call, key, c, t) for key, (c, t) in three.items()]
-        _patient, clinician, interpreter = peers
-        try:
-            for peer in peers:
-                await peer.join()
-            await until(
-                lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in peers), 40
-            )
+        async with call_of_three(plane, outbox) as (call, _three, peers):
+            _patient, clinician, interpreter = peers
             thin = receiver_of(outbox, call, interpreter, "patient", "video")
             wide = receiver_of(outbox, call, clinician, "patient", "video")
             publisher = plane.rooms[call].publishers[("patient", "video")]
@@ -272,14 +274,14 @@ class TestOneThinLink:
                 await report_loss(thin, 0.03)
                 await send_remb(thin, 150_000)
                 await report_loss(wide, 0.0)
-                await send_remb(wide, 1_500_000)
+                await send_remb(wide, 3_000_000)
                 if paused(INTERPRETER):
                     break
                 await asyncio.sleep(0.5)
             assert paused(INTERPRETER)
             assert not paused("clinician")
             assert publisher.remb_cap is not None
-            assert publisher.remb_cap >= 1_000_000  # not the thin link's 150 kbit/s
+            assert publisher.remb_cap >= 1_000_000  # not the thin link's 75 kbit/s share
             # The clinician keeps getting the patient's video; the interpreter still hears them.
             await advancing([clinician])
             items = streams(outbox, call, INTERPRETER) or []
@@ -288,6 +290,42 @@ class TestOneThinLink:
             ]
             sound = interpreter.by_mid[mid].audio_frames
             await until(lambda: interpreter.by_mid[mid].audio_frames > sound + 20, 10)
-        finally:
-            for peer in peers:
-                await peer.close()
+
+
+class TestSharedLinks:
+    async def test_a_link_carrying_two_videos_gives_each_publisher_half(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        """Three people, every link congested at 600 kbit/s: each publisher's video goes to two
+        subscribers who each get two videos, so it is asked for no more than 300 kbit/s."""
+        plane, outbox = relay
+        async with call_of_three(plane, outbox) as (call, three, peers):
+            receivers = [
+                receiver_of(outbox, call, peer, other, "video")
+                for peer in peers
+                for other in three
+                if other != peer.role
+            ]
+            room = plane.rooms[call]
+            publishers = [room.publishers[(key, "video")] for key in three]
+
+            downlinks = [p.downlink for p in room.participants.values()]
+
+            def heard() -> bool:
+                return all(
+                    d.remb_bps == 600_000 and d.congested(time.monotonic()) for d in downlinks
+                )
+
+            def halved() -> bool:
+                caps = [p.remb_cap for p in publishers]
+                return all(cap is not None and 200_000 <= cap <= 300_000 for cap in caps)
+
+            for _ in range(20):  # what the three browsers say, twice a second
+                for receiver in receivers:
+                    await report_loss(receiver, 0.03)
+                    await send_remb(receiver, 600_000)
+                if heard() and halved():
+                    break
+                await asyncio.sleep(0.5)
+            assert heard()
+            assert halved(), [p.remb_cap for p in publishers]
