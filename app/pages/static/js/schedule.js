@@ -1,9 +1,10 @@
 // /schedule: a week of a clinician's free and booked slots, in the clinician's time zone;
 // book, copy the visit link, download the invite, reschedule and cancel; see which messages
-// (invitation, notices, reminders) went to the patient.
+// (invitation, notices, reminders) went to the patient; add guests (an interpreter, a caregiver,
+// a colleague: each with a link of their own) and remove them.
 
 import { api, ApiError, describe, signOut } from "./api.js";
-import { byId, copyText, downloadBlob, el, randomId } from "./dom.js";
+import { byId, confirmDialog, copyText, downloadBlob, el, randomId } from "./dom.js";
 import { signedInStaff } from "./reauth.js";
 import {
   addDays,
@@ -306,6 +307,7 @@ function openAppointment(appointment, note = "") {
   if (!appointmentDialog.open) appointmentDialog.showModal();
   byId("copy-link").focus();
   loadDeliveries(appointment, 0);
+  openGuests(appointment);
 }
 
 // Messages to the patient: what went, what is due, what could not be delivered ---------------
@@ -415,6 +417,237 @@ byId("cancel-form").addEventListener("submit", async (event) => {
     byId("appointment-error").textContent = describe(error);
   }
 });
+
+// Guests: an interpreter, a caregiver or a colleague, each with a link of their own -------------
+
+const GUEST_PATH = (appointmentId) => `/api/v1/appointments/${appointmentId}/participants`;
+const MAX_GUESTS = 2; // the contract's limit; the server refuses a third (409 participant_limit)
+const GUEST_ROLE = { interpreter: "Interpreter", caregiver: "Caregiver", clinician: "Colleague (clinician)" };
+const GUEST_STATUS = {
+  invited: "Invited",
+  waiting: "In the waiting room",
+  in_call: "In the call",
+  left: "Left",
+  removed: "Removed",
+};
+// What the API's refusals of a guest mean here.
+const GUEST_ERRORS = {
+  participant_limit: "This visit already has two guests, the most it can have. Remove one to add another.",
+  visit_closed: "This visit is over or cancelled: guests can no longer be added.",
+};
+// What a field refused by the API (422 validation_error) needs.
+const GUEST_FIELDS = {
+  name: "Enter the guest's name (up to 200 characters).",
+  email: "Enter a valid email address, or leave it empty.",
+  phone: "Enter the number with + and the country code, digits only (for example +15551234567), or leave it empty.",
+  role: "Choose a role.",
+};
+const guestForm = byId("guest-form");
+const guestState = { items: [], loading: null };
+
+function guestsOpenFor(appointment) {
+  return ["booked", "waiting", "in_call"].includes(appointment.status);
+}
+
+function openGuests(appointment) {
+  guestState.items = [];
+  byId("guest-list").replaceChildren();
+  byId("guest-status").textContent = "Loading…";
+  showGuestForm(false);
+  clearGuestErrors();
+  loadGuests(appointment);
+}
+
+async function loadGuests(appointment) {
+  let items;
+  try {
+    items = (await api(GUEST_PATH(appointment.id))).items;
+  } catch (error) {
+    if (state.open === appointment) byId("guest-status").textContent = describe(error);
+    return;
+  }
+  if (state.open !== appointment) return;
+  guestState.items = items.filter((guest) => guest.status !== "removed");
+  renderGuests(appointment);
+}
+
+function renderGuests(appointment) {
+  const guests = guestState.items;
+  byId("guest-list").replaceChildren(...guests.map((guest) => guestItem(guest)));
+  byId("guest-status").textContent = guests.length ? "" : "No guests.";
+  const full = guests.length >= MAX_GUESTS;
+  const open = guestsOpenFor(appointment);
+  const button = byId("guest-open");
+  button.hidden = !open;
+  button.disabled = full;
+  byId("guests-hint").textContent = !open
+    ? "Guests can be added only while the visit is to come or under way."
+    : full
+      ? "This visit has two guests, the most it can have: remove one to add another."
+      : "An interpreter, a caregiver or a colleague joins the visit with a link of their own; at most two guests.";
+  if (full || !open) showGuestForm(false);
+}
+
+function guestItem(guest) {
+  const linkId = `guest-link-${guest.id}`;
+  const copied = el("span", { class: "muted small", role: "status" });
+  const link = el("input", {
+    id: linkId,
+    type: "text",
+    readonly: true,
+    value: guest.visit_url || "",
+    "data-testid": "guest-link",
+  });
+  return el(
+    "li",
+    { class: "stack guest-item", "data-testid": "guest-item", dataset: { id: guest.id, status: guest.status } },
+    el(
+      "p",
+      { class: "row" },
+      el("span", { class: "name", text: guest.name }),
+      el("span", { class: "muted", text: GUEST_ROLE[guest.role] || guest.role }),
+      el("span", { class: `tag ${guest.status}`, text: GUEST_STATUS[guest.status] || guest.status }),
+    ),
+    el("label", { for: linkId, class: "small", text: `${guest.name}'s own link (give it only to them)` }),
+    el(
+      "div",
+      { class: "copy-row" },
+      link,
+      el("button", {
+        type: "button",
+        "data-testid": "guest-copy",
+        text: "Copy",
+        "aria-label": `Copy ${guest.name}'s link`,
+        onclick: async () => {
+          if (await copyText(link.value)) copied.textContent = "Link copied.";
+          else {
+            link.focus();
+            link.select();
+            copied.textContent = "Selected: press Ctrl+C (or ⌘+C) to copy.";
+          }
+        },
+      }),
+      el("button", {
+        type: "button",
+        class: "danger",
+        "data-testid": "guest-remove",
+        text: "Remove",
+        "aria-label": `Remove ${guest.name} (${(GUEST_ROLE[guest.role] || guest.role).toLowerCase()})`,
+        onclick: () => removeGuest(guest),
+      }),
+    ),
+    copied,
+  );
+}
+
+function showGuestForm(show) {
+  guestForm.hidden = !show;
+  byId("guest-open").setAttribute("aria-expanded", String(show));
+  if (!show) return;
+  guestForm.reset();
+  clearGuestErrors();
+  byId("guest-role").focus();
+}
+
+function clearGuestErrors() {
+  byId("guest-error").textContent = "";
+  for (const field of Object.keys(GUEST_FIELDS)) fieldError(field, "");
+}
+
+function fieldError(field, text) {
+  const input = byId(`guest-${field}`);
+  const box = document.getElementById(`guest-${field}-error`); // the role has none: a list
+  if (box) box.textContent = text;
+  if (text) input.setAttribute("aria-invalid", "true");
+  else input.removeAttribute("aria-invalid");
+}
+
+/** The fields a 422 names, each told what it needs next to it; true when any was. */
+function showFieldErrors(details) {
+  const fields = new Set();
+  for (const detail of Array.isArray(details) ? details : []) {
+    const loc = Array.isArray(detail.loc) ? detail.loc : [];
+    const field = loc[0] === "body" ? loc[1] : loc[0];
+    if (field in GUEST_FIELDS) fields.add(field);
+  }
+  const order = ["role", "name", "email", "phone"].filter((field) => fields.has(field));
+  for (const field of order) fieldError(field, GUEST_FIELDS[field]);
+  if (order.length) byId(`guest-${order[0]}`).focus();
+  return order.length > 0;
+}
+
+byId("guest-open").addEventListener("click", () => showGuestForm(guestForm.hidden));
+byId("guest-cancel").addEventListener("click", () => {
+  showGuestForm(false);
+  byId("guest-open").focus();
+});
+
+guestForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const appointment = state.open;
+  clearGuestErrors();
+  const value = (id) => byId(id).value.trim();
+  if (!value("guest-name")) {
+    fieldError("name", "Enter the guest's name.");
+    byId("guest-name").focus();
+    return;
+  }
+  const json = { role: byId("guest-role").value, name: value("guest-name") };
+  if (value("guest-email")) json.email = value("guest-email");
+  if (value("guest-phone")) json.phone = value("guest-phone").replace(/[\s()-]/g, "");
+  const add = byId("guest-add");
+  add.disabled = true;
+  try {
+    const guest = await api(GUEST_PATH(appointment.id), { method: "POST", json });
+    if (state.open !== appointment) return;
+    guestState.items = [...guestState.items.filter((g) => g.id !== guest.id), guest];
+    showGuestForm(false);
+    renderGuests(appointment);
+    const sent = json.email || json.phone ? " The invitation is on its way to them." : "";
+    byId("guest-status").textContent = `${guest.name} is added, with a link of their own.${sent}`;
+    const link = byId(`guest-link-${guest.id}`);
+    link.focus();
+    link.select();
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.code === "validation_error" && showFieldErrors(failure.details)) {
+      byId("guest-error").textContent = "Check the fields marked.";
+    } else if (failure instanceof ApiError && GUEST_ERRORS[failure.code]) {
+      byId("guest-error").textContent = GUEST_ERRORS[failure.code];
+      if (failure.code === "participant_limit") {
+        // Someone else added one meanwhile: the list shows them, the form closes.
+        await loadGuests(appointment);
+        byId("guests-title").focus();
+      }
+    } else {
+      byId("guest-error").textContent = describe(failure);
+    }
+  } finally {
+    add.disabled = false;
+  }
+});
+
+async function removeGuest(guest) {
+  const appointment = state.open;
+  const sure = await confirmDialog({
+    title: `Remove ${guest.name} from the visit?`,
+    text: "Their link stops working at once; if they are in the call, they leave it.",
+    confirm: "Remove",
+    danger: true,
+  });
+  if (!sure || state.open !== appointment) return;
+  try {
+    await api(`${GUEST_PATH(appointment.id)}/${guest.id}`, { method: "DELETE" });
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) {
+      byId("guest-status").textContent = describe(error);
+      return;
+    }
+  }
+  guestState.items = guestState.items.filter((g) => g.id !== guest.id);
+  renderGuests(appointment);
+  byId("guest-status").textContent = `${guest.name} is removed; their link no longer works.`;
+  byId("guests-title").focus();
+}
 
 // Rescheduling: pick a new free time in the week grid ----------------------------------------
 
