@@ -37,6 +37,9 @@ CONTRACT_HOOKS = [
     "chat-input",  # guests in a visit: chat
     "chat-send",
     "chat-message",
+    "invite-participant",  # guests in a visit (issue 14)
+    "participant-tile",
+    "share-screen",
 ]
 
 
@@ -87,6 +90,7 @@ class TestPageHeaders:
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["cache-control"] == "no-store"
         assert "camera=(self)" in response.headers["permissions-policy"]
+        assert "display-capture=(self)" in response.headers["permissions-policy"]
 
     async def test_a_hostile_host_header_is_not_echoed_into_the_policy(
         self, client: httpx.AsyncClient

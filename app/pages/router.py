@@ -41,9 +41,10 @@ YEAR_SECONDS = 365 * 24 * 3600
 # A Host header we are willing to echo into the CSP: a name or address with an optional port.
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
-# Only the camera and microphone, only for our own pages; nothing else a page could ask for.
+# The camera and microphone, and the screen (the clinician shares it), only for our own pages;
+# nothing else a page could ask for.
 PERMISSIONS_POLICY = (
-    "camera=(self), microphone=(self), display-capture=(), geolocation=(), payment=(), "
+    "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), "
     "usb=(), serial=()"
 )
 

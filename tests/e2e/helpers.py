@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from playwright.async_api import Page, expect
@@ -68,3 +69,23 @@ async def assert_accessible(page: Page, axe_source: str, where: str) -> None:
     violations = await axe_violations(page, axe_source)
     failing = [v for v in violations if v["impact"] in FAILING_IMPACTS]
     assert not failing, f"{where}: " + json.dumps(failing, indent=2)
+
+
+async def invite(clinician: Page, role: str, name: str) -> str:
+    """Invite a guest from the console's call view; their token, from the link shown to copy."""
+    await clinician.get_by_test_id("invite-participant").click()
+    dialog = clinician.locator("#invite-dialog")
+    await dialog.get_by_label("Role").select_option(role)
+    await dialog.get_by_label("Name (required)").fill(name)
+    await dialog.get_by_role("button", name="Invite").click()
+    link = dialog.get_by_test_id("invite-link")
+    await expect(link).to_have_value(re.compile(r"/visit/"))
+    url = await link.input_value()
+    await dialog.get_by_role("button", name="Close").click()
+    return url.rsplit("/visit/", 1)[1]
+
+
+async def admit_guest(clinician: Page, name: str) -> None:
+    row = clinician.get_by_test_id("queue-guest").filter(has_text=name)
+    await expect(row).to_contain_text("Waiting")
+    await row.get_by_test_id("admit-guest").click()

@@ -782,7 +782,8 @@ function mergeGuests(list, { complete = false } = {}) {
 async function loadGuests(appointmentId) {
   try {
     const answer = await api(GUEST_PATH(appointmentId));
-    if (state.call?.id === appointmentId) mergeGuests(answer.items || [], { complete: true });
+    const list = Array.isArray(answer) ? answer : answer.items || [];
+    if (state.call?.id === appointmentId) mergeGuests(list, { complete: true });
   } catch {
     // The queue's items carry the guests too; the list fills from them.
   }
