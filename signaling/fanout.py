@@ -24,6 +24,7 @@ from app.auth.models import User
 from app.config import Settings
 from app.db import Database, utcnow
 from scheduling import calls
+from scheduling import guests as guest_links
 from signaling.broker import Broker, Subscription
 from signaling.participants import Participants
 from signaling.queue import Snapshot, build
@@ -90,7 +91,14 @@ class QueueFanout:
 
     async def snapshot(self, clinician_id: uuid.UUID) -> Snapshot:
         rows = await calls.queue_rows(self.db, clinician_id, day=await self._today(clinician_id))
-        return build(rows, consult_seconds=await self._consult_seconds(clinician_id), now=utcnow())
+        async with self.db.session(write=False) as session:
+            guests = await guest_links.of_appointments(session, [r.appointment_id for r in rows])
+        return build(
+            rows,
+            consult_seconds=await self._consult_seconds(clinician_id),
+            now=utcnow(),
+            guests=guests,
+        )
 
     async def resync(self) -> None:
         """Redis is back: what was posted while it was away is lost. Read every queue watched

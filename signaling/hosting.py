@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.db import Database
-from scheduling import calls
+from scheduling import calls, guest_calls
 from scheduling.models import Appointment, Status
 from signaling import messages
 from signaling.broker import Broker, BrokerUnavailable, Subscription
@@ -252,12 +252,20 @@ class CallOwner:
         if claimed is None:
             raise SignalingError("media_unavailable", "The call moved; try again.")
         await self._open(claimed)
-        # The other participant's media went with the old host: they negotiate anew.
+        # The others' media went with the old host: they negotiate anew (the patient and the
+        # guests on `admitted`, the console on `call`).
         role = str(request.get("role"))
-        other = PATIENT if role == CLINICIAN else CLINICIAN
+        guests = await guest_calls.in_call(hosting.db, call_id)
         servers = hosting.ice_servers(claimed)
-        again = messages.admitted(servers) if other == PATIENT else messages.call(call_id, servers)
-        await hosting.participants.to_participant(call_id, other, again)
+        for other in (PATIENT, CLINICIAN, *(guest_calls.key_of(guest) for guest in guests)):
+            if other == role:
+                continue
+            again = (
+                messages.call(call_id, servers)
+                if other == CLINICIAN
+                else messages.admitted(servers)
+            )
+            await hosting.participants.to_participant(call_id, other, again)
         await self._media(request)
 
     async def _media(self, request: dict[str, Any]) -> None:

@@ -34,15 +34,16 @@ from app.db import Database, create_engine, utcnow
 from app.events import Event
 from app.ice import ice_servers
 from scheduling import calls
-from scheduling.models import Appointment, Status
+from scheduling.models import Appointment, Status, VisitGuest
 from signaling import chat
 from signaling.broker import Broker, Subscription
 from signaling.consent_events import ConsentEvents, ConsentReader
 from signaling.errors import SignalingError
 from signaling.fanout import QueueFanout, QueueWatcher
+from signaling.guests import Guests
 from signaling.hosting import Hosting
 from signaling.liveness import Liveness
-from signaling.local import ConsoleLink, LocalSockets, PatientLink
+from signaling.local import ConsoleLink, GuestLink, LocalSockets, PatientLink
 from signaling.media import Consent, MediaPlane
 from signaling.participants import CLINICIAN, PATIENT, ParticipantHandler, Participants
 from signaling.queue import Snapshot
@@ -55,6 +56,7 @@ __all__ = [
     "ORPHAN_CHECK_SECONDS",
     "PATIENT",
     "ConsoleLink",
+    "GuestLink",
     "ParticipantHandler",
     "PatientLink",
     "QueueWatcher",
@@ -102,7 +104,10 @@ class Signaling:
             standing=self._consent.standing,
             ice_servers=self.ice_servers,
         )
-        self.visits = Visits(settings=settings, fanout=self.queues, hosting=self.hosting)
+        self.guests = Guests(settings=settings, fanout=self.queues, hosting=self.hosting)
+        self.visits = Visits(
+            settings=settings, fanout=self.queues, hosting=self.hosting, guests=self.guests
+        )
         self.consent_events = ConsentEvents(self.visits)
         self.sockets = LocalSockets(db)
         self.upkeep = Upkeep(
@@ -176,13 +181,21 @@ class Signaling:
 
     async def call_participants(self, call_id: uuid.UUID) -> list[str]:
         """The participant keys of everyone in the call: the one list of who a message for
-        "everyone in the call" goes to (guests admitted to it are to be added here)."""
-        return [PATIENT, CLINICIAN]
+        "everyone in the call" goes to (the patient, the clinician, each guest admitted)."""
+        return await self.guests.keys_in_call(call_id)
 
-    async def to_call(self, call_id: uuid.UUID, message: dict[str, Any]) -> None:
-        """Send a message to everyone in the call, wherever their sockets are."""
-        for key in await self.call_participants(call_id):
-            await self.participants.to_participant(call_id, key, message)
+    async def to_call(
+        self, call_id: uuid.UUID, message: dict[str, Any], *, but: str | None = None
+    ) -> None:
+        """Send a message to everyone in the call (but `but`), wherever their sockets are."""
+        await self.guests.to_call(call_id, message, but=but)
+
+    async def present(
+        self, appointment: Appointment, key: str, *, guests_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """`peer joined` of everyone in the call but `key` (of its guests only): what a
+        socket coming back into the call is told before `admitted` or `call`."""
+        return await self.guests.present(appointment, but=key, guests_only=guests_only)
 
     async def chat(
         self, call_id: uuid.UUID, *, sender: str, name: str, text: str, limit: chat.ChatLimit
@@ -200,6 +213,12 @@ class Signaling:
     def patient_gone(self, link: PatientLink) -> None:
         self.sockets.patient_gone(link)
 
+    def guest_here(self, link: GuestLink) -> None:
+        self.sockets.guest_here(link)
+
+    def guest_gone(self, link: GuestLink) -> None:
+        self.sockets.guest_gone(link)
+
     def console_here(self, link: ConsoleLink) -> None:
         self.sockets.console_here(link)
 
@@ -213,6 +232,17 @@ class Signaling:
 
     async def admit(self, clinician_id: uuid.UUID, appointment_id: uuid.UUID) -> Appointment:
         return await self.visits.admit(clinician_id, appointment_id)
+
+    async def admit_guest(
+        self, clinician_id: uuid.UUID, appointment_id: uuid.UUID, participant_id: uuid.UUID
+    ) -> None:
+        await self.guests.admit(clinician_id, appointment_id, participant_id)
+
+    async def guest_left(self, guest: VisitGuest, connection: str) -> bool:
+        return await self.guests.left(guest, connection)
+
+    async def guest_dropped(self, guest: VisitGuest, connection: str) -> None:
+        await self.guests.dropped(guest, connection)
 
     async def end(self, clinician_id: uuid.UUID, appointment_id: uuid.UUID) -> None:
         await self.visits.end(clinician_id, appointment_id)
@@ -279,6 +309,13 @@ class Signaling:
             await self.consent_events.changed(event)
         elif event.kind == "appointment.cancelled":
             await self.visits.cancelled(event)
+        elif event.kind == "guest.consent.recorded":
+            await self.guests.decided(event)
+        elif event.kind == "guest.removed":
+            await self.guests.removed(event)
+        elif event.kind == "guest.added":
+            # The console's queue item lists the visit's guests.
+            await self.queue_changed(uuid.UUID(str(event.data["clinician_id"])))
 
     # The sweeper and the heartbeat -------------------------------------------------------
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.auth.models import StaffSession, User
 from app.db import Database, utcnow
-from scheduling import calls
+from scheduling import calls, guest_calls
 
 
 class PatientLink(Protocol):
@@ -32,6 +32,23 @@ class PatientLink(Protocol):
     def on_presence(self, row: calls.Presence | None) -> None:
         """What the database says of this patient now: close the socket if it is not theirs
         any more (another socket took over, or the visit moved on)."""
+        ...
+
+
+class GuestLink(Protocol):
+    """A guest's socket in this process, as the reconciliation sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def guest_id(self) -> uuid.UUID: ...
+
+    @property
+    def checked_in(self) -> bool: ...
+
+    def on_presence(self, row: guest_calls.Presence | None) -> None:
+        """What the database says of this guest now (as PatientLink.on_presence)."""
         ...
 
 
@@ -63,6 +80,7 @@ class LocalSockets:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.patients: dict[str, PatientLink] = {}
+        self.guests: dict[str, GuestLink] = {}
         self.consoles: set[ConsoleLink] = set()
 
     def patient_here(self, link: PatientLink) -> None:
@@ -73,6 +91,13 @@ class LocalSockets:
     def patient_gone(self, link: PatientLink) -> None:
         """Before its close is written (`patient_dropped`)."""
         self.patients.pop(link.id, None)
+
+    def guest_here(self, link: GuestLink) -> None:
+        """Before its check-in is written (as `patient_here`)."""
+        self.guests[link.id] = link
+
+    def guest_gone(self, link: GuestLink) -> None:
+        self.guests.pop(link.id, None)
 
     def console_here(self, link: ConsoleLink) -> None:
         self.consoles.add(link)

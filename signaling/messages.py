@@ -127,7 +127,10 @@ class Auth(_Message):
 
 
 class Admit(_ForCall):
+    """The patient (no `participant_id`), or a guest waiting to join the running call."""
+
     type: Literal["admit"]
+    participant_id: uuid.UUID | None = None
 
 
 class End(_ForCall):
@@ -257,8 +260,23 @@ def call(appointment_id: uuid.UUID, ice_servers: list[dict[str, Any]]) -> dict[s
     return {"type": "call", "appointment_id": str(appointment_id), "ice_servers": ice_servers}
 
 
-def peer(event: Literal["joined", "left"], role: str) -> dict[str, Any]:
-    return {"type": "peer", "event": event, "role": role}
+def peer(
+    event: Literal["joined", "left"],
+    role: str,
+    *,
+    participant: str | None = None,
+    participant_id: uuid.UUID | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Someone joined or left the call. With `participant` (their key: "patient", "clinician",
+    "interpreter:<id>"...), also who: their guest id (null for the patient and the clinician)
+    and the name their tile shows."""
+    message: dict[str, Any] = {"type": "peer", "event": event, "role": role}
+    if participant is not None:
+        message["participant"] = participant
+        message["participant_id"] = None if participant_id is None else str(participant_id)
+        message["name"] = name
+    return message
 
 
 def ended(reason: str, appointment_id: uuid.UUID | None = None) -> dict[str, Any]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from scheduling.calls import RECONNECTING, QueueRow
-from scheduling.models import Status
+from scheduling.models import Status, VisitGuest
 
 
 def _rfc3339(value: dt.datetime | None) -> str | None:
@@ -27,12 +28,26 @@ class Snapshot:
         return {"type": "queue", "items": self.items}
 
 
-def build(rows: list[QueueRow], *, consult_seconds: int, now: dt.datetime) -> Snapshot:
+def participant(guest: VisitGuest) -> dict[str, Any]:
+    """A guest as the console's queue item lists them (`reconnecting` while their socket is
+    away within the grace period)."""
+    status = "reconnecting" if guest.presence == RECONNECTING else guest.status
+    return {"id": str(guest.id), "role": guest.role, "name": guest.name, "status": status}
+
+
+def build(
+    rows: list[QueueRow],
+    *,
+    consult_seconds: int,
+    now: dt.datetime,
+    guests: Mapping[uuid.UUID, Sequence[VisitGuest]] | None = None,
+) -> Snapshot:
     """Positions 1, 2, ... for connected waiting patients in queue order; null for the rest.
 
     The wait estimate: what remains of the current call by the typical consult length, then a
-    typical consult for each patient ahead.
+    typical consult for each patient ahead. Each item lists the visit's guests (not removed).
     """
+    guests = guests or {}
     in_call_left = 0
     for row in rows:
         if row.status == Status.IN_CALL and row.call_started_at is not None:
@@ -61,6 +76,7 @@ def build(rows: list[QueueRow], *, consult_seconds: int, now: dt.datetime) -> Sn
                 "position": place,
                 "estimated_wait_seconds": eta,
                 "connection": row.connection,
+                "participants": [participant(g) for g in guests.get(row.appointment_id, ())],
             }
         )
     return Snapshot(items, places)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,14 +22,24 @@ from app.config import Settings
 from app.db import Database
 from app.deps import verified_claims
 from app.errors import NotAuthenticated
-from scheduling import calls, consent
+from scheduling import calls, consent, guest_calls, lifecycle
 from scheduling import service as scheduling
-from scheduling.models import Appointment, Status
+from scheduling.guests import VisitLink
+from scheduling.models import Appointment, GuestStatus, Status
 from signaling import messages
 from signaling.hub import Signaling
-from signaling.sockets import ClinicSession, PatientSession, close_with
+from signaling.sockets import (
+    ClinicSession,
+    GuestSession,
+    PatientSession,
+    VisitorSession,
+    close_with,
+)
 
 router = APIRouter()
+CONSENT_REQUIRED = messages.error(
+    "consent_required", "Accept the consent to the video visit first."
+)
 AUTH_SECONDS = 5.0
 TOO_EARLY = 4425
 
@@ -52,6 +63,7 @@ def _origin_allowed(websocket: WebSocket, settings: Settings) -> bool:
 
 @router.websocket("/ws/visits/{token}")
 async def patient_socket(websocket: WebSocket, token: str, verification: str | None = None) -> None:
+    """The patient's socket, or a guest's: the same link rules, each with their own consent."""
     app = websocket.app
     settings: Settings = app.state.settings
     signaling: Signaling = app.state.signaling
@@ -62,7 +74,7 @@ async def patient_socket(websocket: WebSocket, token: str, verification: str | N
     now = dt.datetime.now(dt.UTC)
     try:
         async with app.state.db.session(write=False) as session:
-            appointment = await scheduling.open_visit(
+            link = await scheduling.open_link(
                 session,
                 token=token,
                 now=now,
@@ -71,7 +83,10 @@ async def patient_socket(websocket: WebSocket, token: str, verification: str | N
                 link_key=app.state.link_key,
                 verification=verification,
             )
-            standing = await consent.standing(session, appointment.id)
+            if link.guest is None:
+                consented = (await consent.standing(session, link.appointment.id)).video_visit
+            else:
+                consented = lifecycle.VIDEO_VISIT in link.guest.consent.split()
     except scheduling.VisitNotFound as exc:
         await close_with(websocket, messages.error(exc.code, exc.message), 4404)
         return
@@ -81,42 +96,58 @@ async def patient_socket(websocket: WebSocket, token: str, verification: str | N
     except scheduling.VerificationRequired as exc:
         await close_with(websocket, messages.error(exc.code, exc.message), 4401)
         return
-    if not standing.video_visit:
-        await close_with(
-            websocket,
-            messages.error("consent_required", "Accept the consent to the video visit first."),
-            4403,
-        )
+    if not consented:
+        await close_with(websocket, CONSENT_REQUIRED, 4403)
         return
     window = dt.timedelta(minutes=settings.checkin_minutes_before)
-    visit = PatientSession(websocket, signaling, appointment)
+    db: Database = app.state.db
+    visit: VisitorSession
+    if link.guest is None:
+        visit = PatientSession(websocket, signaling, link.appointment)
+        refuse = partial(_refuse_check_in, websocket, db, link.appointment, now=now, window=window)
+    else:
+        visit = GuestSession(websocket, signaling, link.appointment, link.guest)
+        refuse = partial(_refuse_guest, websocket, db, link, now=now, window=window)
     # Known to this process before the row names it (see Signaling.reconcile).
-    signaling.patient_here(visit)
+    visit.here()
     try:
-        checked_in = await calls.check_in(
-            app.state.db,
-            appointment.id,
-            process=signaling.process_id,
-            connection=visit.id,
-            now=now,
-            opens_before=window,
-        )
+        checked_in = await visit.check_in(now=now, window=window)
     except BaseException:
-        signaling.patient_gone(visit)
+        visit.gone()
         raise
-    if checked_in is None:
-        signaling.patient_gone(visit)
-        await _refuse_check_in(websocket, app.state.db, appointment, now=now, window=window)
+    if not checked_in:
+        visit.gone()
+        await refuse()
         return
-    visit.checked_in_as(checked_in)
     try:
         await visit.attach()
         await visit.serve(visit.handle)
     finally:
-        signaling.patient_gone(visit)
+        visit.gone()
         await visit.detach()
         if not visit.finished:
-            await signaling.patient_dropped(checked_in, visit.id)
+            await visit.dropped()
+
+
+async def _refuse_guest(
+    websocket: WebSocket,
+    db: Database,
+    link: VisitLink,
+    *,
+    now: dt.datetime,
+    window: dt.timedelta,
+) -> None:
+    """Why a guest's check-in did not apply, read again: removed meanwhile, their consent
+    withdrawn meanwhile, or the visit's own reasons (as the patient's)."""
+    assert link.guest is not None
+    current = await guest_calls.get(db, link.guest.id)
+    if current is None or current.status == GuestStatus.REMOVED:
+        removed = messages.error("participant_removed", "You were removed from this visit.")
+        await close_with(websocket, removed, 4410)
+    elif lifecycle.VIDEO_VISIT not in current.consent.split():
+        await close_with(websocket, CONSENT_REQUIRED, 4403)
+    else:
+        await _refuse_check_in(websocket, db, link.appointment, now=now, window=window)
 
 
 async def _refuse_check_in(
@@ -144,11 +175,7 @@ async def _refuse_check_in(
             )
             return
         # Booked, open, and still refused: the consent was withdrawn meanwhile.
-        await close_with(
-            websocket,
-            messages.error("consent_required", "Accept the consent to the video visit first."),
-            4403,
-        )
+        await close_with(websocket, CONSENT_REQUIRED, 4403)
         return
     await close_with(websocket, messages.ended(current.status), 1000)
 

@@ -30,8 +30,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from app.auth.principal import Principal
 from app.auth.tokens import TokenClaims
 from app.errors import NotAuthenticated
-from scheduling import calls
-from scheduling.models import Appointment, Status
+from scheduling import calls, guest_calls
+from scheduling.models import Appointment, GuestStatus, Status, VisitGuest
 from signaling import messages
 from signaling.broker import BrokerUnavailable, Subscription
 from signaling.chat import ChatLimit
@@ -170,46 +170,173 @@ class Connection:
             self.close(1008)
 
 
-class PatientSession(Connection):
-    """The patient's socket: in the waiting room, then in the call."""
+class VisitorSession(Connection):
+    """A socket of someone who came by a visit link: the patient's or a guest's. In the waiting
+    room, then in the call; what they send in the call goes to the relay as theirs (`key`).
+
+    What differs between the patient and a guest is how their presence is written, what their
+    `leave` and their device check do, and what the reconciliation says of them.
+    """
 
     def __init__(
-        self, websocket: WebSocket, signaling: Signaling, appointment: Appointment
+        self, websocket: WebSocket, signaling: Signaling, appointment: Appointment, key: str
     ) -> None:
         super().__init__(websocket)
         self.signaling = signaling
         self.appointment = appointment
-        self.in_call = appointment.status == Status.IN_CALL
+        self.key = key
+        self.in_call = False
         self.finished = False
         # Set once this socket's check-in is written: from then on the row names it.
         self.checked_in = False
-        self._last_place: tuple[int | None, int | None] | None = None
         self._subscription: Subscription | None = None
 
     @property
     def appointment_id(self) -> uuid.UUID:
         return self.appointment.id
 
-    def checked_in_as(self, checked_in: Appointment) -> None:
-        """The row now names this socket as the patient's presence."""
+    @property
+    def name(self) -> str:
+        """The name shown with what they send (chat)."""
+        raise NotImplementedError
+
+    async def _join(self) -> None:
+        self._subscription = await self.signaling.join_participant(
+            self.appointment.id, self.key, self.id, self._on_channel
+        )
+
+    async def _leave_channel(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.cancel()
+
+    def _replaced(self) -> None:
+        """Another socket of the same person checked in after this one."""
+        self.finished = True
+        self.error("replaced", "This visit was opened in another window.")
+        self.close(4409)
+
+    async def _on_channel(self, message: dict[str, Any]) -> None:
+        if "takeover" in message:
+            if message["takeover"] != self.id:
+                self._replaced()
+            return
+        outgoing = message.get("send")
+        if isinstance(outgoing, dict):
+            kind = outgoing.get("type")
+            if kind == "admitted":
+                self.in_call = True
+            elif kind == "ended":
+                self.in_call, self.finished = False, True
+            self.send(outgoing)
+        if "close" in message:
+            self.finished = True
+            self.close(int(message["close"]))
+
+    def here(self) -> None:
+        """Known to this process's reconciliation (before its check-in is written)."""
+
+    def gone(self) -> None:
+        """Not known to it any more (before its close is written)."""
+
+    async def check_in(self, *, now: dt.datetime, window: dt.timedelta) -> bool:
+        """Into the room (or back): False when the row refuses (the visit or their consent).
+        From then on the row names this socket as their presence."""
+        presence = {
+            "process": self.signaling.process_id,
+            "connection": self.id,
+            "now": now,
+            "opens_before": window,
+        }
+        self.checked_in = await self._check_in(presence)
+        return self.checked_in
+
+    async def _check_in(self, presence: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    async def dropped(self) -> None:
+        """The socket closed without leaving: the grace period starts."""
+
+    async def device_checked(self, verdict: str) -> None:
+        """The verdict of the page's connection test."""
+
+    async def leave(self) -> None:
+        """The client's `leave`."""
+
+    async def handle(self, text: str) -> None:
+        message = messages.parse_patient(text)
+        if isinstance(message, messages.Ping):
+            self.send(messages.pong())
+            return
+        if isinstance(message, messages.DeviceCheck):
+            await self.device_checked(message.verdict)
+            return
+        if isinstance(message, messages.Leave):
+            await self.leave()
+            return
+        if not self.in_call:
+            raise SignalingError("not_in_call", "Wait to be admitted before sending media.")
+        call_id, key = self.appointment.id, self.key
+        if isinstance(message, messages.Chat):
+            await self.signaling.chat(
+                call_id, sender=key, name=self.name, text=message.text, limit=self.chat_limit
+            )
+        elif isinstance(message, messages.PeerMessage):
+            await self.signaling.to_call(call_id, messages.peer_message(key, message.data), but=key)
+        elif isinstance(message, messages.VideoRequest):
+            await self.signaling.media_request(call_id, key, "video", {"enabled": message.enabled})
+        elif isinstance(message, messages.Offer | messages.Answer):
+            await self.signaling.media_request(call_id, key, message.type, {"sdp": message.sdp})
+        elif isinstance(message, messages.CandidateMessage):
+            await self.signaling.media_request(
+                call_id, key, "candidate", {"candidate": messages.candidate_dict(message.candidate)}
+            )
+
+
+class PatientSession(VisitorSession):
+    """The patient's socket: in the waiting room, then in the call."""
+
+    def __init__(
+        self, websocket: WebSocket, signaling: Signaling, appointment: Appointment
+    ) -> None:
+        super().__init__(websocket, signaling, appointment, PATIENT)
+        self.in_call = appointment.status == Status.IN_CALL
+        self._last_place: tuple[int | None, int | None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.appointment.patient_name
+
+    def here(self) -> None:
+        self.signaling.patient_here(self)
+
+    def gone(self) -> None:
+        self.signaling.patient_gone(self)
+
+    async def _check_in(self, presence: dict[str, Any]) -> bool:
+        checked_in = await calls.check_in(self.signaling.db, self.appointment.id, **presence)
+        if checked_in is None:
+            return False
         self.appointment = checked_in
         self.in_call = checked_in.status == Status.IN_CALL
-        self.checked_in = True
+        return True
+
+    async def dropped(self) -> None:
+        await self.signaling.patient_dropped(self.appointment, self.id)
 
     async def attach(self) -> None:
         appointment = self.appointment
-        self._subscription = await self.signaling.join_participant(
-            appointment.id, PATIENT, self.id, self._on_channel
-        )
+        await self._join()
         await self.signaling.watch_queue(appointment.clinician_id, self)
         if self.in_call:
+            # Back in a call: who of the guests is in it, then negotiate anew.
+            for peer in await self.signaling.present(appointment, PATIENT, guests_only=True):
+                self.send(peer)
             self.send(messages.admitted(self.signaling.ice_servers(appointment)))
         await self.signaling.queue_changed(appointment.clinician_id)
 
     async def detach(self) -> None:
         await self.signaling.unwatch_queue(self.appointment.clinician_id, self)
-        if self._subscription is not None:
-            await self._subscription.cancel()
+        await self._leave_channel()
 
     def on_presence(self, row: calls.Presence | None) -> None:
         """The reconciliation's view of this patient (what pub/sub may have failed to say)."""
@@ -217,10 +344,7 @@ class PatientSession(Connection):
             return
         if row is not None and row.status in IN_ROOM:
             if row.connection != self.id:
-                # Another socket of this patient checked in after this one.
-                self.finished = True
-                self.error("replaced", "This visit was opened in another window.")
-                self.close(4409)
+                self._replaced()
             return
         self.finished = True
         if row is not None and row.status == Status.BOOKED:
@@ -244,75 +368,98 @@ class PatientSession(Connection):
             self._last_place = place
             self.send(messages.waiting(*place))
 
-    async def _on_channel(self, message: dict[str, Any]) -> None:
-        if "takeover" in message:
-            if message["takeover"] != self.id:
-                self.finished = True
-                self.error("replaced", "This visit was opened in another window.")
-                self.close(4409)
-            return
-        outgoing = message.get("send")
-        if isinstance(outgoing, dict):
-            kind = outgoing.get("type")
-            if kind == "admitted":
-                self.in_call = True
-            elif kind == "ended":
-                self.in_call, self.finished = False, True
-            self.send(outgoing)
-        if "close" in message:
-            self.finished = True
-            self.close(int(message["close"]))
+    async def device_checked(self, verdict: str) -> None:
+        # A write and a queue refresh for every clinician's console: only when it changed.
+        if verdict != self.appointment.connection_check:
+            await self.signaling.device_checked(self.appointment, verdict)
+            self.appointment.connection_check = verdict
 
-    async def handle(self, text: str) -> None:
-        message = messages.parse_patient(text)
-        if isinstance(message, messages.Ping):
-            self.send(messages.pong())
+    async def leave(self) -> None:
+        if self.in_call:
+            await self.signaling.media_request(self.appointment.id, PATIENT, "leave", {})
             return
-        call_id = self.appointment.id
-        if isinstance(message, messages.DeviceCheck):
-            # A write and a queue refresh for every clinician's console: only when it changed.
-            if message.verdict != self.appointment.connection_check:
-                await self.signaling.device_checked(self.appointment, message.verdict)
-                self.appointment.connection_check = message.verdict
+        await self.signaling.leave_waiting_room(self.appointment, self.id)
+        self.finished = True
+        self.send(messages.ended("left"))
+        self.close(1000)
+
+
+class GuestSession(VisitorSession):
+    """A guest's socket (an interpreter, a caregiver, a colleague): in the waiting room until
+    the clinician admits them into the running call (signaling.guests)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        signaling: Signaling,
+        appointment: Appointment,
+        guest: VisitGuest,
+    ) -> None:
+        super().__init__(websocket, signaling, appointment, guest_calls.key_of(guest))
+        self.guest = guest
+
+    @property
+    def guest_id(self) -> uuid.UUID:
+        return self.guest.id
+
+    @property
+    def name(self) -> str:
+        return self.guest.name
+
+    def here(self) -> None:
+        self.signaling.guest_here(self)
+
+    def gone(self) -> None:
+        self.signaling.guest_gone(self)
+
+    async def _check_in(self, presence: dict[str, Any]) -> bool:
+        checked_in = await guest_calls.check_in(self.signaling.db, self.guest.id, **presence)
+        if checked_in is None:
+            return False
+        self.guest = checked_in
+        self.in_call = checked_in.status == GuestStatus.IN_CALL
+        return True
+
+    async def dropped(self) -> None:
+        await self.signaling.guest_dropped(self.guest, self.id)
+
+    async def attach(self) -> None:
+        await self._join()
+        if self.in_call:
+            # Back in the call (within the grace period): who is in it, then negotiate anew.
+            for peer in await self.signaling.present(self.appointment, self.key):
+                self.send(peer)
+            self.send(messages.admitted(self.signaling.ice_servers(self.appointment)))
+        else:
+            self.send(messages.waiting(None, None))
+        await self.signaling.queue_changed(self.appointment.clinician_id)
+
+    async def detach(self) -> None:
+        await self._leave_channel()
+
+    def on_presence(self, row: guest_calls.Presence | None) -> None:
+        """The reconciliation's view of this guest (what pub/sub may have failed to say)."""
+        if self.finished or self.closing:
             return
-        if isinstance(message, messages.Leave):
-            if self.in_call:
-                await self.signaling.media_request(call_id, PATIENT, "leave", {})
-                return
-            await self.signaling.leave_waiting_room(self.appointment, self.id)
-            self.finished = True
-            self.send(messages.ended("left"))
-            self.close(1000)
+        if row is not None and row.status in guest_calls.IN_ROOM:
+            if row.connection != self.id:
+                self._replaced()
             return
-        if not self.in_call:
-            raise SignalingError("not_in_call", "Wait to be admitted before sending media.")
-        if isinstance(message, messages.Chat):
-            await self.signaling.chat(
-                call_id,
-                sender=PATIENT,
-                name=self.appointment.patient_name,
-                text=message.text,
-                limit=self.chat_limit,
-            )
+        self.finished = True
+        if row is not None and row.status == GuestStatus.REMOVED:
+            self.error("participant_removed", "You were removed from this visit.")
+            self.close(4410)
             return
-        if isinstance(message, messages.PeerMessage):
-            await self.signaling.to_participant(
-                call_id, CLINICIAN, messages.peer_message(PATIENT, message.data)
-            )
-            return
-        if isinstance(message, messages.VideoRequest):
-            await self.signaling.media_request(
-                call_id, PATIENT, "video", {"enabled": message.enabled}
-            )
-        elif isinstance(message, messages.Offer | messages.Answer):
-            await self.signaling.media_request(call_id, PATIENT, message.type, {"sdp": message.sdp})
-        elif isinstance(message, messages.CandidateMessage):
-            await self.signaling.media_request(
-                call_id,
-                PATIENT,
-                "candidate",
-                {"candidate": messages.candidate_dict(message.candidate)},
-            )
+        # Out of the room (the call ended, or the grace period ran out while this process was
+        # stalled): the page connects again, and waits again if the visit still runs.
+        self.close(1012)
+
+    async def leave(self) -> None:
+        """Out of the waiting room or the call: the others are told; the link still works."""
+        await self.signaling.guest_left(self.guest, self.id)
+        self.finished = True
+        self.send(messages.ended("left"))
+        self.close(1000)
 
 
 Verify = Callable[[str], Awaitable[tuple[Principal, TokenClaims]]]
@@ -371,7 +518,7 @@ class ClinicSession(Connection):
         for call_id, subscription in held.items():
             if subscription is not None:
                 await subscription.cancel()
-            await self.signaling.to_participant(call_id, PATIENT, messages.peer("left", CLINICIAN))
+            await self.signaling.to_call(call_id, messages.peer("left", CLINICIAN), but=CLINICIAN)
 
     def on_queue(self, snapshot: Snapshot) -> None:
         self.send(snapshot.message())
@@ -424,6 +571,9 @@ class ClinicSession(Connection):
                 # Taken over by another console (or ended) while subscribing.
                 await subscription.cancel()
                 return
+        # Who of the guests is in the call, then negotiate (anew, for a console that came back).
+        for peer in await self.signaling.present(appointment, CLINICIAN, guests_only=True):
+            self.send({**peer, "appointment_id": str(call_id)})
         self.send(messages.call(call_id, self.signaling.ice_servers(appointment)))
 
     async def _on_channel(self, call_id: uuid.UUID, message: dict[str, Any]) -> None:
@@ -462,6 +612,9 @@ class ClinicSession(Connection):
             return
         call_id = message.appointment_id
         if isinstance(message, messages.Admit):
+            if message.participant_id is not None:
+                await self.signaling.admit_guest(self.clinician.id, call_id, message.participant_id)
+                return
             appointment = await self.signaling.admit(self.clinician.id, call_id)
             await self.take_call(appointment)
         elif isinstance(message, messages.End):
@@ -486,8 +639,8 @@ class ClinicSession(Connection):
             await self.signaling.media_request(call_id, CLINICIAN, "leave", {})
         elif isinstance(message, messages.ClinicPeerMessage):
             self._holding(call_id)
-            await self.signaling.to_participant(
-                call_id, PATIENT, messages.peer_message(CLINICIAN, message.data)
+            await self.signaling.to_call(
+                call_id, messages.peer_message(CLINICIAN, message.data), but=CLINICIAN
             )
         elif isinstance(message, messages.ClinicChat):
             self._holding(call_id)

@@ -9,7 +9,8 @@ row naming a socket this process no longer holds starts its grace period; a sock
 connected elsewhere, or whose visit moved on, is closed; a call hosted here that ended or moved
 to another host is closed (a close of the hosting generation the reconciliation saw, through the
 call's owner, so a call hosted again meanwhile stays); a console holding a call that ended is
-told.
+told. Guests' sockets (scheduling.guest_calls) are kept the same way as patients': their grace
+periods, their processes gone, their reconciliation.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Collection, Sequence
 
 from app.config import Settings
 from app.db import utcnow
-from scheduling import calls
+from scheduling import calls, guest_calls
 from scheduling.models import Status
 from signaling.liveness import Liveness
 from signaling.local import LocalSockets
@@ -94,6 +96,7 @@ class Upkeep:
                 )
             else:
                 await self.fanout.changed(expired.clinician_id)
+        await self.visits.guests.expire_grace(live)
 
     async def _adopt_orphans(self, *, scan: bool = False) -> None:
         """Patients shown connected to a process that is gone: reconnecting, with their grace.
@@ -108,17 +111,20 @@ class Upkeep:
         gone = list(dead)
         if scan:
             live = await self.liveness.live_processes()
-            gone += [
-                process
-                for process in await calls.processes_with_patients(self.db)
-                if process not in live and process not in gone
+            holding = [
+                *await calls.processes_with_patients(self.db),
+                *await guest_calls.processes_with_guests(self.db),
             ]
+            gone += [process for process in holding if process not in live and process not in gone]
         if not gone:
             return
         deadline = utcnow() + dt.timedelta(seconds=self.settings.reconnect_grace_seconds)
         marked = await calls.process_gone(self.db, gone, deadline=deadline)
+        guests = await guest_calls.process_gone(self.db, gone, deadline=deadline)
         await self.liveness.forget(dead)
-        for clinician_id in {clinician for _, clinician in marked}:
+        clinicians = {clinician for _, clinician in marked}
+        clinicians |= await guest_calls.clinicians_of(self.db, guests)
+        for clinician_id in clinicians:
             await self.fanout.changed(clinician_id)
 
     # The heartbeat: this process lives, and its sockets agree with the database -----------
@@ -140,6 +146,7 @@ class Upkeep:
     async def reconcile(self) -> None:
         """Make the database agree with this process's sockets, and the sockets with it."""
         await self._reconcile_patients()
+        await self._reconcile_guests()
         await self._reconcile_hosts()
         await self._reconcile_consoles()
 
@@ -153,20 +160,7 @@ class Upkeep:
             process=self.process_id,
             appointment_ids={link.appointment_id for link in patients.values()},
         )
-        # Sockets held after the read: a row naming none of them is not held here. (A socket
-        # is registered before its check-in is written, and let go before its close is.)
-        held = set(patients)
-        named = {row.connection: row for row in rows if row.connection}
-        back = [
-            connection
-            for connection, row in named.items()
-            if connection in held and row.presence == calls.RECONNECTING
-        ]
-        lost = [
-            connection
-            for connection, row in named.items()
-            if connection not in held and row.process == self.process_id
-        ]
+        back, lost = self._judge(rows, patients)
         clinicians: set[uuid.UUID] = set()
         if back:
             reclaimed = await calls.reclaim(self.db, back, process=self.process_id)
@@ -184,6 +178,39 @@ class Upkeep:
         for connection, link in judged.items():
             if connection in patients:
                 link.on_presence(by_visit.get(link.appointment_id))
+
+    def _judge(
+        self, rows: Sequence[calls.Presence | guest_calls.Presence], held: Collection[str]
+    ) -> tuple[list[str], list[str]]:
+        """Of the connections rows name: those held here but marked reconnecting (`back`), and
+        those of this process not held here any more (`lost`). `held` is read after the rows:
+        a socket is registered before its check-in is written, and let go before its close is.
+        """
+        named = {row.connection: row for row in rows if row.connection}
+        back = [c for c, row in named.items() if c in held and row.presence == calls.RECONNECTING]
+        lost = [c for c, row in named.items() if c not in held and row.process == self.process_id]
+        return back, lost
+
+    async def _reconcile_guests(self) -> None:
+        """The guests' sockets here, as `_reconcile_patients` does the patients'."""
+        guests = self.sockets.guests
+        judged = {link.id: link for link in guests.values() if link.checked_in}
+        rows = await guest_calls.presences(
+            self.db,
+            process=self.process_id,
+            guest_ids={link.guest_id for link in guests.values()},
+        )
+        back, lost = self._judge(rows, guests)
+        visits = set(await guest_calls.reclaim(self.db, back, process=self.process_id))
+        if lost:
+            deadline = utcnow() + dt.timedelta(seconds=self.settings.reconnect_grace_seconds)
+            visits |= set(await guest_calls.release(self.db, lost, deadline=deadline))
+        for clinician_id in await guest_calls.clinicians_of(self.db, visits):
+            await self.fanout.changed(clinician_id)
+        by_guest = {row.guest_id: row for row in rows}
+        for connection, link in judged.items():
+            if connection in guests:
+                link.on_presence(by_guest.get(link.guest_id))
 
     async def _reconcile_hosts(self) -> None:
         """Calls hosted here whose call ended, or that another process took over, are closed:

@@ -23,6 +23,7 @@ from signaling import messages
 from signaling.broker import BrokerUnavailable
 from signaling.errors import SignalingError
 from signaling.fanout import QueueFanout
+from signaling.guests import Guests
 from signaling.hosting import Hosting
 from signaling.participants import CLINICIAN, PATIENT
 
@@ -30,8 +31,11 @@ logger = logging.getLogger("televisit.signaling")
 
 
 class Visits:
-    def __init__(self, *, settings: Settings, fanout: QueueFanout, hosting: Hosting) -> None:
+    def __init__(
+        self, *, settings: Settings, fanout: QueueFanout, hosting: Hosting, guests: Guests
+    ) -> None:
         self.settings, self.fanout, self.hosting = settings, fanout, hosting
+        self.guests = guests
         self.db, self.broker, self.process_id = hosting.db, hosting.broker, hosting.process_id
         self.participants = hosting.participants
         self.standing, self.ice_servers = hosting.standing, hosting.ice_servers
@@ -109,6 +113,7 @@ class Visits:
         await self.participants.close_participant(
             marked.id, PATIENT, messages.ended("no_show"), 1000
         )
+        await self.guests.visit_over(marked.id, "no_show")
         await self.fanout.changed(clinician_id)
 
     async def leave_waiting_room(self, appointment: Appointment, connection: str) -> None:
@@ -131,8 +136,13 @@ class Visits:
         await self.fanout.changed(appointment.clinician_id)
 
     async def record(self, clinician_id: uuid.UUID, call_id: uuid.UUID, action: str) -> None:
-        """Recording starts only when every participant present consented to it."""
-        refused = action == "start" and not (await self.standing(call_id)).recording
+        """Recording starts only when every participant present consented to it (the relay
+        checks again with what it reads, and stops a recording when a guest without the
+        consent joins)."""
+        refused = action == "start" and not (
+            (await self.standing(call_id)).recording
+            and await self.guests.all_consent_to_recording(call_id)
+        )
         async with self.db.session(write=True) as session:
             await record_event(
                 session,
@@ -155,6 +165,7 @@ class Visits:
         self.fanout.consult_changed(clinician_id)
         await self.hosting.route(call_id, CLINICIAN, "close", {}, reroute=False)
         await self.participants.close_participant(call_id, PATIENT, messages.ended(reason), 1000)
+        await self.guests.visit_over(call_id, reason)
         await self.participants.release_console(call_id, messages.ended(reason, call_id))
         await self.fanout.changed(clinician_id)
 
@@ -169,6 +180,7 @@ class Visits:
         await self.participants.close_participant(
             event.appointment_id, PATIENT, messages.ended("cancelled"), 4410
         )
+        await self.guests.visit_over(event.appointment_id, "cancelled", 4410)
         clinician_id = event.data.get("clinician_id")
         if clinician_id:
             await self.fanout.changed(uuid.UUID(str(clinician_id)))

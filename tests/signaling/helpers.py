@@ -107,6 +107,8 @@ class Socket:
 
     connection: ClientConnection
     received: list[dict[str, Any]] = field(default_factory=list)
+    # Every message in the order it arrived (`received` loses those `expect` has read).
+    log: list[dict[str, Any]] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
     close_code: int | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -117,6 +119,7 @@ class Socket:
                 message = json.loads(raw)
                 async with self._arrived:
                     self.received.append(message)
+                    self.log.append(message)
                     self._arrived.notify_all()
         except ConnectionClosed:
             pass
@@ -200,3 +203,39 @@ async def console(base_ws: str, token: str) -> AsyncIterator[Socket]:
 
 def items(queue: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["appointment_id"]: item for item in queue["items"]}
+
+
+@dataclass
+class Guest:
+    id: str
+    role: str
+    name: str
+    token: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}:{self.id}"
+
+
+async def add_guest(
+    http: httpx.AsyncClient,
+    visit: Visit,
+    headers: dict[str, str],
+    *,
+    role: str = "interpreter",
+    name: str = "Ines Interpreter",
+    consent: tuple[str, ...] | None = ("video_visit",),
+) -> Guest:
+    """A guest of the visit through the API (their own link), their consent granted unless
+    `consent` is None."""
+    response = await http.post(
+        f"/api/v1/appointments/{visit.appointment_id}/participants",
+        json={"role": role, "name": name},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    guest = Guest(body["id"], role, name, body["visit_url"].rsplit("/", 1)[-1])
+    if consent is not None:
+        await grant(http, guest.token, consent)
+    return guest

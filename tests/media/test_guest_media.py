@@ -1,0 +1,104 @@
+"""A guest's media through the real server: admitted into a running call, seen by the patient
+and the clinician (and seeing them), after the patient was told who joined. aiortc peers on
+loopback, no ICE servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from aiortc import RTCSessionDescription
+
+from app.db import Database
+from tests.factories import Staff
+from tests.live import LiveServer
+from tests.media.clients import MediaClient, until
+from tests.media.test_call import BLUE, RED, admitted_call
+from tests.signaling.helpers import add_guest, open_socket
+
+GREEN = (30, 200, 30)
+GUEST_TONE = 700.0
+
+
+@asynccontextmanager
+async def answering(client: MediaClient) -> AsyncIterator[None]:
+    """Answer the relay's own offers (it renegotiates when someone joins the call), as a
+    browser's page does."""
+
+    async def answer() -> None:
+        while True:
+            offer = await client.socket.expect("offer", within=3600)
+            assert client.pc is not None
+            await client.pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            await client.pc.setLocalDescription(await client.pc.createAnswer())
+            sdp = client.pc.localDescription.sdp
+            await client.socket.send(client._message(type="answer", sdp=sdp))
+
+    task = asyncio.ensure_future(answer())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AssertionError):
+            await task
+
+
+class TestGuestMedia:
+    async def test_an_admitted_guest_sees_and_is_seen_by_both(
+        self, live_server: LiveServer, staff: Staff, db: Database
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=live_server.url) as http,
+            admitted_call(live_server, staff, db, http) as call,
+            answering(call.patient),
+            answering(call.clinician),
+        ):
+            await call.patient.wait_for_video(BLUE)
+            await call.clinician.wait_for_video(RED)
+            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            url = f"{live_server.ws_url}/ws/visits/{guest.token}"
+            async with open_socket(url) as socket:
+                await socket.expect("waiting")
+                await call.desk.send(
+                    {
+                        "type": "admit",
+                        "appointment_id": str(call.visit.appointment_id),
+                        "participant_id": guest.id,
+                    }
+                )
+                admitted = await socket.expect("admitted")
+                client = MediaClient(socket, colour=GREEN, tone=GUEST_TONE)
+                try:
+                    await client.connect(admitted["ice_servers"])
+                    # Then the relay's own offers (it adds the others' tracks), in order.
+                    async with answering(client):
+                        # The patient sees the guest; when the first frame of theirs shows,
+                        # the patient had been told who joined (name and role).
+                        told: list[list[dict[str, object]]] = []
+
+                        def guest_seen() -> bool:
+                            if not call.patient.sees(GREEN):
+                                return False
+                            told.append(
+                                [
+                                    m
+                                    for m in call.patient_socket.log
+                                    if m["type"] == "peer" and m.get("participant") == guest.key
+                                ]
+                            )
+                            return True
+
+                        await until(guest_seen, 30)
+                        assert told[0], "the guest was heard before the patient was told"
+                        assert told[0][0]["name"] == guest.name
+                        assert told[0][0]["role"] == "interpreter"
+                        await call.clinician.wait_for_video(GREEN, within=30)
+                        # The guest sees both (each camera's colour reaches them).
+                        await client.wait_for_video(RED, within=30)
+                        await client.wait_for_video(BLUE, within=30)
+                        await until(lambda: client.received.audio_frames > 50, 15)
+                finally:
+                    await client.close_pc()
