@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from typing import Any
 
-from app.participants import PATIENT
+from app.participants import CLINICIAN
 from media.adaptation import control
 from media.negotiation import drop_connection
 from media.owner import Step
@@ -78,10 +78,11 @@ async def check_stalls(room: Room, now: float) -> None:
 
 
 def negotiate_again(room: Room, role: str) -> dict[str, Any]:
-    """The contract's way to say "negotiate a new peer connection for this call"."""
-    if role == PATIENT:
-        return admitted_message(room.ice_servers)
-    return call_message(room.id, room.ice_servers)
+    """The contract's way to say "negotiate a new peer connection for this call": `call` to
+    the clinician's console, `admitted` to the patient and to a guest."""
+    if role == CLINICIAN:
+        return call_message(room.id, room.ice_servers)
+    return admitted_message(room.ice_servers)
 
 
 async def send_stats(room: Room, now: float) -> None:

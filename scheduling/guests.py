@@ -299,6 +299,7 @@ class GuestConsent:
     key: str
     status: str
     granted: frozenset[str]  # the scopes that stand: "video_visit", "recording"
+    seq: int = 0  # the `seq` of the guest's latest consent record (0: none)
 
 
 async def consents_of(
@@ -316,14 +317,15 @@ async def consents_of(
             VisitGuest.role,
             VisitGuest.status,
             VisitGuest.consent,
+            VisitGuest.consent_seq,
         ).where(
             VisitGuest.appointment_id.in_(list(appointment_ids)),
             VisitGuest.removed_at.is_(None),
         )
     )
-    for appointment_id, guest_id, role, status, granted in rows:
+    for appointment_id, guest_id, role, status, granted, seq in rows:
         key = participants.guest_key(role, guest_id)
-        found[appointment_id][key] = GuestConsent(key, status, frozenset(granted.split()))
+        found[appointment_id][key] = GuestConsent(key, status, frozenset(granted.split()), seq)
     return found
 
 

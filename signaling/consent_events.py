@@ -15,10 +15,11 @@ from collections.abc import Collection
 from app.audit import record_event
 from app.db import Database, utcnow
 from app.events import Event
-from scheduling import calls, consent
+from scheduling import calls, consent, lifecycle
+from scheduling import guests as guest_links
 from scheduling.models import Status
 from signaling import messages
-from signaling.media import NOTHING, Consent
+from signaling.media import NOTHING, Consent, GuestConsent
 from signaling.participants import PATIENT
 from signaling.visits import Visits
 
@@ -34,10 +35,25 @@ class ConsentReader:
         of its own, so that requests holding the pool cannot make the relay doubt."""
         async with self.db.session(write=False) as session:
             found = await consent.of_calls(session, call_ids)
+            under_way = [call_id for call_id, row in found.items() if row.status == Status.IN_CALL]
+            # Every guest of the call not removed, with what their row grants: a guest the
+            # reading does not name is allowed nothing.
+            guests = await guest_links.consents_of(session, under_way)
         return {
-            call_id: Consent(row.standing.video_visit, row.standing.recording, row.seq)
-            for call_id, row in found.items()
-            if row.status == Status.IN_CALL
+            call_id: Consent(
+                found[call_id].standing.video_visit,
+                found[call_id].standing.recording,
+                found[call_id].seq,
+                guests={
+                    key: GuestConsent(
+                        lifecycle.VIDEO_VISIT in guest.granted,
+                        "recording" in guest.granted,
+                        guest.seq,
+                    )
+                    for key, guest in guests.get(call_id, {}).items()
+                },
+            )
+            for call_id in under_way
         }
 
     async def standing(self, appointment_id: uuid.UUID) -> Consent:

@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from aiortc import RTCSessionDescription
 
 from app.db import Database
+from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
 from tests.media.clients import MediaClient, until
@@ -30,7 +32,7 @@ async def answering(client: MediaClient) -> AsyncIterator[None]:
 
     async def answer() -> None:
         while True:
-            offer = await client.socket.expect("offer", within=3600)
+            offer = await client.socket.take("offer", within=3600)
             assert client.pc is not None
             await client.pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
             await client.pc.setLocalDescription(await client.pc.createAnswer())
@@ -100,5 +102,46 @@ class TestGuestMedia:
                         await client.wait_for_video(RED, within=30)
                         await client.wait_for_video(BLUE, within=30)
                         await until(lambda: client.received.audio_frames > 50, 15)
+                finally:
+                    await client.close_pc()
+
+
+class TestRecordingWithGuests:
+    async def test_a_guest_without_the_recording_consent_stops_it_and_blocks_a_new_one(
+        self, live_server_factory: ServerFactory, staff: Staff, db: Database, tmp_path: Path
+    ) -> None:
+        server = live_server_factory(recordings_dir=str(tmp_path / "recordings"))
+        async with (
+            httpx.AsyncClient(base_url=server.url) as http,
+            admitted_call(server, staff, db, http) as call,
+            answering(call.patient),
+            answering(call.clinician),
+        ):
+            await call.clinician.wait_for_video(RED)
+            key = str(call.visit.appointment_id)
+            await call.desk.send({"type": "record", "appointment_id": key, "action": "start"})
+            assert (await call.patient_socket.expect("recording"))["state"] == "on"
+            # A caregiver who consented to the video visit, not to recording, joins.
+            guest = await add_guest(
+                http, call.visit, staff.clinician.headers, role="caregiver", name="Cara"
+            )
+            async with open_socket(f"{server.ws_url}/ws/visits/{guest.token}") as socket:
+                await socket.expect("waiting")
+                admit = {"type": "admit", "appointment_id": key, "participant_id": guest.id}
+                await call.desk.send(admit)
+                admitted = await socket.expect("admitted")
+                client = MediaClient(socket, colour=GREEN, tone=GUEST_TONE)
+                try:
+                    await client.connect(admitted["ice_servers"])
+                    async with answering(client):
+                        # Everyone is told the recording stopped.
+                        off = await call.patient_socket.expect("recording", within=30)
+                        assert off["state"] == "off"
+                        assert (await call.desk.expect("recording", state="off"))["state"]
+                        # And it cannot start again while they are in the call.
+                        start = {"type": "record", "appointment_id": key, "action": "start"}
+                        await call.desk.send(start)
+                        refused = await call.desk.expect("error")
+                        assert refused["code"] == "recording_consent_required"
                 finally:
                     await client.close_pc()

@@ -157,6 +157,18 @@ class Socket:
                     )
                 await self._arrived.wait()
 
+    async def take(self, kind: str, within: float = 5.0) -> dict[str, Any]:
+        """The first unread message of this type, leaving the others unread (for a task that
+        reads one kind beside another that `expect`s the rest)."""
+        async with asyncio.timeout(within), self._arrived:
+            while True:
+                for index, message in enumerate(self.received):
+                    if message.get("type") == kind:
+                        return self.received.pop(index)
+                if self.closed.is_set():
+                    raise AssertionError(f"closed ({self.close_code}) before a {kind!r} message")
+                await self._arrived.wait()
+
     async def expect_close(self, within: float = 5.0) -> int | None:
         async with asyncio.timeout(within):
             await self.closed.wait()
