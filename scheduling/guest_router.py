@@ -16,7 +16,7 @@ from app.audit import PendingEvent
 from app.deps import AuditDep, CurrentUser, OutboxDep, SessionDep, SettingsDep
 from scheduling import guests, service, visits
 from scheduling.access import now
-from scheduling.models import VisitGuest
+from scheduling.models import GuestStatus, VisitGuest
 from scheduling.notifications import outbox as notifications
 from scheduling.schemas import GuestCreate, GuestList, GuestOut
 
@@ -132,6 +132,9 @@ async def remove_participant(
     """The guest's link closes at once (410 `visit_closed`; their socket is closed, 4410)."""
     event = audit.expect("guest.remove", "visit_guest", participant_id)
     appointment = await service.appointment_for(session, viewer=user, appointment_id=appointment_id)
+    before = await guests.get(session, appointment_id=appointment.id, guest_id=participant_id)
+    # Whether the others in the call are to be told they left (read before the removal).
+    was_in_call = before is not None and before.status == GuestStatus.IN_CALL.value
     guest = await guests.remove(
         session, appointment_id=appointment.id, guest_id=participant_id, now=now()
     )
@@ -143,5 +146,6 @@ async def remove_participant(
         participant_id=str(guest.id),
         participant=guests.key_of(guest),
         clinician_id=str(appointment.clinician_id),
+        was_in_call=was_in_call,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -11,6 +11,7 @@ from app.ratelimit import Policy
 from scheduling import consent, service, visits
 from scheduling.access import Verification, link_of, now, rate_limits
 from scheduling.guests import VisitLink
+from scheduling.models import GuestStatus
 from scheduling.notifications.messages import role_phrase
 from scheduling.visit_schemas import (
     ClinicianName,
@@ -125,6 +126,7 @@ async def record_consent(
     effect at once: the patient's ends the call, a guest's takes only that guest out."""
     link = await link_of(request, session, token, verification)
     appointment = link.appointment
+    was_in_call = link.guest is not None and link.guest.status == GuestStatus.IN_CALL.value
     await rate_limits(request).enforce(CONSENT_WRITES, visits.token_hash(token))
     at = now()
     entry = await consent.record(
@@ -150,6 +152,8 @@ async def record_consent(
         participant=link.participant,
         participant_id=str(link.guest.id) if link.guest is not None else None,
         guest_left=decided.guest_left,
+        # Whether the others in the call are to be told this guest left it.
+        was_in_call=was_in_call,
         decision=entry.decision,
         scopes=entry.scopes.split(),
         video_visit=standing.video_visit,

@@ -211,7 +211,7 @@ class Guests:
         key = key_of(guest)
         removal = messages.error("participant_removed", "You were removed from this visit.")
         await self.participants.close_participant(call_id, key, removal, 4410)
-        if event.data.get("was_in_call", True):
+        if event.data.get("was_in_call", True):  # (the others never heard of a waiting one)
             await self.hosting.route(call_id, key, "leave", {}, reroute=False)
             await self.to_call(call_id, peer("left", guest), but=key)
         await self._queues_of_visits([call_id])
@@ -229,17 +229,17 @@ class Guests:
             "seq": int(data.get("seq") or 0),
         }
         await self.hosting.route(call_id, key, "consent", decision, reroute=False)
-        if data.get("video_visit"):
+        if data.get("video_visit") or not data.get("guest_left"):
             return
-        await self.hosting.route(call_id, key, "leave", {}, reroute=False)
-        if data.get("guest_left"):
+        if data.get("was_in_call", True):
+            await self.hosting.route(call_id, key, "leave", {}, reroute=False)
             _role, guest_id = parse_key(key)
             guest = await guest_calls.get(self.db, guest_id) if guest_id else None
             if guest is not None:
                 await self.to_call(call_id, peer("left", guest), but=key)
-            withdrawn = messages.ended("consent_withdrawn")
-            await self.participants.close_participant(call_id, key, withdrawn, 4403)
-            await self._queues_of_visits([call_id])
+        withdrawn = messages.ended("consent_withdrawn")
+        await self.participants.close_participant(call_id, key, withdrawn, 4403)
+        await self._queues_of_visits([call_id])
 
     async def visit_over(self, call_id: uuid.UUID, reason: str, code: int = 1000) -> None:
         """The call ended or the visit closed: every guest's socket is ended."""

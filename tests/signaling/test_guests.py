@@ -318,6 +318,29 @@ class TestDepartures:
                 await call.admit(guest)
                 await back.expect("admitted")
 
+    async def test_a_guest_who_was_only_waiting_leaves_no_peer_left(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        """Removed or withdrawn while waiting: the people in the call never heard of them, and
+        are not told they left."""
+        ws = live_server.ws_url
+        async with running_call(ws, staff, db, http) as call:
+            removed = await add_guest(http, call.visit, staff.clinician.headers, name="Rem")
+            withdrawn = await add_guest(http, call.visit, staff.clinician.headers, name="Wit")
+            async with waiting(ws, removed) as one, waiting(ws, withdrawn) as two:
+                path = f"/api/v1/appointments/{call.id}/participants/{removed.id}"
+                await http.delete(path, headers=staff.clinician.headers)
+                assert (await one.expect("error"))["code"] == "participant_removed"
+                await grant(http, withdrawn.token, decision="withdrawn")
+                assert (await two.expect("ended"))["reason"] == "consent_withdrawn"
+            # Both are off the queue item, or invited again: the news of each was sent.
+            queue = await call.desk.latest("queue")
+            while [p["status"] for p in items(queue)[call.id]["participants"]] != ["invited"]:
+                queue = await call.desk.expect("queue", within=10)
+            await call.desk.send({"type": "message", "appointment_id": call.id, "data": {"n": 1}})
+            await call.patient.expect("message")
+            assert not [m for m in call.patient.log if m["type"] == "peer" and m["event"] == "left"]
+
     async def test_the_patients_withdrawal_ends_the_call_for_everyone(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
