@@ -41,6 +41,10 @@ def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> Non
     receiver = transceiver.receiver
     feed = _feed_of(room, participant, track.kind)
     if feed is None:
+        # Not forwarded; tapped all the same, or aiortc would decode it into a queue nobody reads.
+        hooks.tap_receiver(
+            receiver, FrameAssembler(track.kind, hooks.codec_of(receiver), _drop), _drop
+        )
         return
     publisher = room.publisher(participant.role, feed)
     if feed == "screen":
@@ -61,6 +65,10 @@ def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> Non
         publisher.leg_bps = None
         hooks.cap_remb(receiver, cap=lambda: publisher.remb_cap, heard=publisher.heard_leg)
     participant.sources.append(receiver)
+
+
+def _drop(_codec: Any, _frame: Any) -> None:
+    return None
 
 
 def _feed_of(room: Room, participant: Participant, kind: str) -> str | None:

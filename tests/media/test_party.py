@@ -208,6 +208,26 @@ class TestScreenShare:
         assert refused.value.code == "invalid_message"
 
 
+class TestSecondVideoOfAnyoneElse:
+    async def test_is_not_forwarded_and_not_decoded(self, relay: tuple[Relay, Outbox]) -> None:
+        plane, outbox = relay
+        async with call_of_three(plane, outbox) as (call, _three, peers):
+            patient = peers[0]
+            await patient.add_video(CYAN)
+            room = plane.rooms[call]
+            assert [key for key in room.publishers if key[0] == "patient"] == [
+                ("patient", "audio"),
+                ("patient", "video"),
+            ]
+            peer = room.participants["patient"].peer
+            assert peer is not None
+            receiving = [t for t in peer.pc.getTransceivers() if t.receiver.track is not None]
+            assert len([t for t in receiving if t.kind == "video"]) == 2
+            for transceiver in receiving:  # every one tapped: aiortc decodes none of them
+                queue = getattr(transceiver.receiver, "_RTCRtpReceiver__decoder_queue")  # noqa: B009
+                assert type(queue).__name__ == "_DecoderQueueStandIn"
+
+
 def mapped_with_screen(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict[str, Any]) -> bool:
     """As `mapped`, the screen left aside."""
     items = streams(outbox, call, peer.role) or []
