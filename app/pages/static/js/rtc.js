@@ -70,8 +70,11 @@ export class MediaLink {
 
   async _offer() {
     if (this.closed) return;
-    const offer = await this.pc.createOffer();
-    await this.pc.setLocalDescription(offer);
+    const pc = this.pc;
+    const offer = await pc.createOffer();
+    // The header extensions numbered as the relay numbers them (and, later, as negotiated).
+    const sdp = sameExtensionIds(offer.sdp, [pc.currentLocalDescription?.sdp, pc.currentRemoteDescription?.sdp, RELAY_EXTENSION_IDS]);
+    await pc.setLocalDescription({ type: "offer", sdp });
     this.send({ type: "offer", sdp: this.pc.localDescription.sdp });
   }
 
@@ -239,19 +242,28 @@ export class MediaLink {
   }
 }
 
+// The relay (aiortc) numbers RTP header extensions this way in every offer it makes.
+const RELAY_EXTENSION_IDS = [
+  "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid",
+  "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+  "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+].join("\r\n");
+
 const EXTMAP = /^a=extmap:(\d+)(\/\w+)? (\S+)(.*)$/;
 
 /**
- * A later offer keeps the RTP header extension ids this connection already uses.
+ * An offer's RTP header extensions numbered as `established` numbers them.
  *
  * The relay (aiortc) numbers header extensions afresh in every offer it makes (mid 1, audio
- * level 2, ...), while the browser's first offer chose its own numbers and the relay's answer
- * took them; browsers refuse an offer that gives a number a new meaning ("RTP extension ID
- * reassignment not supported"), so every offer adding a person would fail. Here each extension
- * of the offer gets the number it already has in `established` (earlier descriptions of this
- * connection), and an extension new to the connection a number not in use. The answer carries
- * the same numbers, and the relay sends and reads with the answer's. An offer that already
- * agrees is returned unchanged.
+ * level 2, abs-send-time 3), while Chrome numbers its own differently (audio level 1, ..., mid
+ * 4). Chrome refuses an offer that gives a number a new meaning ("RTP extension ID reassignment
+ * not supported"), so every relay offer adding a person failed; and aiortc reads the bundle's
+ * packets with one map, which its own offer resets to its numbering until the answer comes, so
+ * packets numbered Chrome's way were misread (an aiortc receive loop died on it). So the
+ * browser's first offer takes the relay's numbers (RELAY_EXTENSION_IDS), and every later offer,
+ * ours or the relay's, the ones this connection already uses. Each extension gets the number
+ * it has in `established` (the first mention wins), one new to it a number not in use. An
+ * offer that already agrees is returned unchanged.
  */
 export function sameExtensionIds(sdp, established) {
   const known = new Map(); // uri -> id
