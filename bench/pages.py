@@ -89,8 +89,10 @@ async def run(rounds: int, chromium: str, folder: Path, backend: Backend) -> Non
         )
     )
     staff = await make_staff(db, secret=TEST_SECRET.encode())
+    # Five-minute visits one after the other: every round's waiting room is open (it opens 30
+    # minutes before the start) for up to five rounds.
     visits = [
-        await make_visit(db, staff.clinician, by=staff.scheduler, name=f"Pat Bench {i}")
+        await make_visit(db, staff.clinician, by=staff.scheduler, name=f"Pat Bench {i}", minutes=5)
         for i in range(rounds)
     ]
     await db.dispose()
