@@ -258,7 +258,8 @@ export class CallTiles {
     const name = this.name(key);
     entry.paused.replaceChildren(
       el("span", { class: "avatar", "aria-hidden": "true", text: initials(name) }),
-      el("p", { text }),
+      el("p", { class: "paused-long", text }),
+      el("p", { class: "paused-short", "aria-hidden": "true", text: "Sound only" }),
     );
   }
 
