@@ -44,7 +44,7 @@ class TestDeliveryState:
         await dialog.get_by_role("button", name="Book").click()
 
         details = page.locator("#appointment-dialog")
-        messages = details.get_by_role("list")
+        messages = details.get_by_test_id("deliveries")
         await expect(messages.get_by_role("listitem")).to_have_count(3)
         # Sent once the worker has it; the page looks again by itself.
         await expect(messages.get_by_role("listitem").first).to_contain_text(
