@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from playwright.async_api import Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from app.db import Database
 from tests.e2e.conftest import PHONE, Pages, shot
@@ -83,10 +84,29 @@ async () => {
 """
 
 
+# What each tile shows, for the message of a failed wait.
+TILES = """
+() => [...document.querySelectorAll('[data-testid="participant-tile"]')].map((t) => {
+  const v = t.querySelector("video:not(#local-video)");
+  const said = [...t.querySelectorAll(".paused-tile")].filter((p) => !p.hidden);
+  return {
+    participant: t.dataset.participant,
+    video: v && { width: v.videoWidth, ready: v.readyState, paused: v.paused, time: v.currentTime,
+      tracks: v.srcObject ? v.srcObject.getTracks().map((k) => `${k.kind}:${k.readyState}`) : [] },
+    says: said.map((p) => p.textContent.trim()).join(" "),
+  };
+})
+"""
+
+
 async def every_tile_advances(page: Page, people: int) -> None:
     """`people` tiles (oneself included), and every other person's video moves on."""
-    clocks = await (await page.wait_for_function(REMOTE_CLOCKS, arg=[people])).json_value()
-    await page.wait_for_function(ADVANCED, arg=[people, clocks])
+    try:
+        clocks = await (await page.wait_for_function(REMOTE_CLOCKS, arg=[people])).json_value()
+        await page.wait_for_function(ADVANCED, arg=[people, clocks])
+    except PlaywrightTimeoutError as timeout:
+        shown = await page.evaluate(TILES)
+        raise AssertionError(f"{page.url}: {people} people expected; tiles: {shown}") from timeout
 
 
 async def no_sideways_scrolling(page: Page) -> None:
