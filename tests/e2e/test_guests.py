@@ -2,7 +2,9 @@
 
 The clinician invites an interpreter from the console in the middle of a call; the interpreter
 opens their own link (the same page as the patient's), agrees, waits, and is admitted from under
-the patient's queue item. Every page then shows a tile per person whose video advances; a
+the patient's queue item. Every page then shows a tile per person whose video advances, and
+hears every other person: each one's sound (found by the relay's `streams` message, transceiver
+mid -> person) arrives with energy (Chromium's fake microphone beeps) and plays on their tile. A
 caregiver makes four. The clinician shares the screen (Chromium's fake screen: `getDisplayMedia`
 runs headless with the fake-UI and fake-device flags the other browser tests use); removal,
 a guest's withdrawal and the patient's follow. axe runs on the 3- and 4-tile layouts at phone
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
@@ -99,6 +102,94 @@ TILES = """
 """
 
 
+# Read only: the page's peer connections, and the relay's latest `streams` items as the page
+# received them (which of its transceivers, by mid, carries whom).
+OBSERVE = """
+(() => {
+  const NativePeer = window.RTCPeerConnection;
+  const NativeSocket = window.WebSocket;
+  window.__peerConnections = [];
+  window.__streams = null;
+  window.RTCPeerConnection = class extends NativePeer {
+    constructor(...args) { super(...args); window.__peerConnections.push(this); }
+  };
+  window.WebSocket = class extends NativeSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        try {
+          const message = JSON.parse(event.data);
+          if (message && message.type === "streams") window.__streams = message.items;
+        } catch {}
+      });
+    }
+  };
+})();
+"""
+
+# For every other person (their tile): the sound track the relay says is theirs (the audio item
+# of `streams` naming them, by mid), whether their tile plays that very track (unmuted, not
+# paused), and its inbound RTP totals (energy, samples). Null while the call is not all there.
+SOUND = """
+async ([people]) => {
+  const open = (window.__peerConnections || []).filter((pc) => pc.connectionState === "connected");
+  const pc = open[open.length - 1];
+  const items = window.__streams;
+  const tiles = [...document.querySelectorAll('[data-testid="participant-tile"]')]
+    .filter((t) => t.querySelector("video:not(#local-video)"));
+  if (!pc || !items || tiles.length !== people - 1) return null;
+  const stats = [...(await pc.getStats()).values()].filter(
+    (s) => s.type === "inbound-rtp" && s.kind === "audio");
+  const heard = {};
+  for (const tile of tiles) {
+    const key = tile.dataset.participant;
+    const item = items.find((i) => i.participant === key && i.kind === "audio"
+      && (i.source || "camera") === "camera");
+    const transceiver = item && pc.getTransceivers().find((t) => t.mid === item.mid);
+    const track = transceiver && transceiver.receiver.track;
+    const video = tile.querySelector("video:not(#local-video)");
+    const shown = video.srcObject ? video.srcObject.getAudioTracks() : [];
+    const s = track && stats.find((x) => x.mid === item.mid || x.trackIdentifier === track.id);
+    heard[key] = {
+      mid: item ? item.mid : null,
+      played: Boolean(track) && shown.includes(track) && !video.muted && !video.paused,
+      energy: s ? s.totalAudioEnergy || 0 : null,
+      samples: s ? s.totalSamplesReceived || 0 : null,
+    };
+  }
+  return heard;
+}
+"""
+
+
+async def everyone_is_heard(page: Page, people: int) -> None:
+    """Every other person's sound is on their tile, playing, and its energy and samples grow
+    (Chromium's fake microphone beeps: silence has no energy). Sampled every half second, for
+    at most 40 samples."""
+    before: dict[str, Any] | None = None
+    now: dict[str, Any] | None = None
+    for _ in range(40):
+        now = await page.evaluate(SOUND, [people])
+        if before is None or now is None or set(now) != set(before):
+            before = now
+        elif all(
+            heard["played"]
+            and heard["energy"] is not None
+            and heard["energy"] > (before[key]["energy"] or 0)
+            and heard["samples"] > (before[key]["samples"] or 0)
+            for key, heard in now.items()
+        ):
+            return
+        await page.wait_for_timeout(500)
+    raise AssertionError(f"{page.url}: not everyone heard; first {before}, last {now}")
+
+
+async def observed_page(pages: Pages, **options: Any) -> Page:
+    page = await pages.page(**options)
+    await page.add_init_script(OBSERVE)
+    return page
+
+
 async def every_tile_advances(page: Page, people: int) -> None:
     """`people` tiles (oneself included), and every other person's video moves on."""
     try:
@@ -119,9 +210,9 @@ class TestGuests:
         self, pages: Pages, staff: Staff, db: Database, axe_source: str, artifacts: Path
     ) -> None:
         visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Party")
-        patient = await pages.page(viewport=PHONE)
+        patient = await observed_page(pages, viewport=PHONE)
         await consent_and_join(patient, visit.token)
-        clinician = await pages.page()
+        clinician = await observed_page(pages)
         await sign_in(clinician, staff.clinician, lands_on="/clinic")
         await (
             clinician.get_by_test_id("queue-item")
@@ -134,12 +225,14 @@ class TestGuests:
 
         # An interpreter, invited mid-call: own link, own consent, the waiting room.
         token = await invite(clinician, "interpreter", "Ines Interpreter")
-        interpreter = await pages.page(viewport=PHONE)
+        interpreter = await observed_page(pages, viewport=PHONE)
         await consent_and_join(interpreter, token)
         await admit_guest(clinician, "Ines Interpreter")
         await expect(interpreter).to_have_title(re.compile("your turn"))
         for page in (patient, clinician, interpreter):
             await every_tile_advances(page, 3)
+        for page in (patient, clinician, interpreter):
+            await everyone_is_heard(page, 3)
         # The patient sees who joined, by name and role.
         ines = patient.locator('[data-testid="participant-tile"][data-participant^="interpreter:"]')
         await expect(ines).to_contain_text("Ines Interpreter")
@@ -150,6 +243,8 @@ class TestGuests:
         # Muted, on the others' tiles.
         await interpreter.get_by_role("button", name="Mute").click()
         await expect(ines).to_contain_text("Muted")
+        await interpreter.get_by_role("button", name="Unmute").click()
+        await expect(ines).not_to_contain_text("Muted")
         await shot(patient, artifacts, "40-patient-three-tiles")
         await assert_accessible(patient, axe_source, "visit: call of three, patient")
         await assert_accessible(interpreter, axe_source, "visit: call of three, interpreter")
@@ -157,11 +252,13 @@ class TestGuests:
 
         # A caregiver makes four.
         token = await invite(clinician, "caregiver", "Cara Giver")
-        caregiver = await pages.page(viewport=PHONE)
+        caregiver = await observed_page(pages, viewport=PHONE)
         await consent_and_join(caregiver, token)
         await admit_guest(clinician, "Cara Giver")
         for page in (patient, clinician, interpreter, caregiver):
             await every_tile_advances(page, 4)
+        for page in (patient, clinician, interpreter, caregiver):
+            await everyone_is_heard(page, 4)
         await shot(patient, artifacts, "41-patient-four-tiles")
         await shot(clinician, artifacts, "42-clinician-four-tiles")
         await assert_accessible(patient, axe_source, "visit: call of four, patient")
