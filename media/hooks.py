@@ -15,6 +15,9 @@ aiortc decodes every received frame and encodes every sent one. The relay forwar
   `cap_remb` lowers the REMB aiortc sends a publisher to what its subscribers can take and
   `send_remb` sends one of the relay's own.
 - `restrict_host_addresses` limits the addresses aioice offers as host candidates.
+- `create_offer` is the relay's own offer on a connection already negotiated: it keeps the
+  payload types the connection uses (aiortc would number every codec afresh, and a browser
+  that answers switches to the new numbers while aiortc's receivers keep the old ones).
 
 These reach into private, name-mangled attributes, so the aiortc version is pinned in
 `pyproject.toml` and `check()` (run at start-up and by the tests) fails loudly and clearly if an
@@ -23,6 +26,7 @@ upgrade moved any of them.
 
 from __future__ import annotations
 
+import copy
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +35,8 @@ from typing import Any, Protocol
 
 import aioice.ice
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender
+import aiortc.rtcpeerconnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
@@ -91,6 +96,8 @@ def check() -> None:
     ]
     if not hasattr(RTCDtlsTransport, "_send_rtp"):
         missing.append("RTCDtlsTransport._send_rtp")
+    if not callable(getattr(aiortc.rtcpeerconnection, "filter_preferred_codecs", None)):
+        missing.append("aiortc.rtcpeerconnection.filter_preferred_codecs")
     if missing:
         raise HookError(f"aiortc internals the relay needs are gone: {', '.join(missing)}")
 
@@ -362,3 +369,46 @@ def restrict_host_addresses(addresses: Sequence[str] | None) -> None:
 def _restricted(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     allowed = _allowed_host_addresses or []
     return [a for a in allowed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+
+class _Negotiated(list[RTCRtpCodecParameters]):
+    """A transceiver's codecs as negotiated, standing in for its preferences in one offer."""
+
+
+async def create_offer(pc: RTCPeerConnection) -> RTCSessionDescription:
+    """The relay's own offer, each codec keeping the payload type the connection uses.
+
+    aiortc's `createOffer` numbers every section's codecs afresh (opus 96, VP8 97, ...), even
+    on a connection negotiated with a browser's numbers (opus 111, VP8 96, ...). The browser
+    answers and sends with the new numbers from then on, while aiortc's receivers keep routing
+    and depayloading by the old ones: the participant's sound is dropped and their video read
+    as retransmissions, until the stall check (media.health) builds a new connection. So a
+    section already negotiated offers what it negotiated, and a new section the codecs of the
+    first negotiated one of its kind (the same number never names two codecs in the bundle).
+    """
+    transceivers = pc.getTransceivers()
+    first: dict[str, list[RTCRtpCodecParameters]] = {}
+    for transceiver in transceivers:
+        if transceiver.mid is not None and transceiver._codecs:
+            first.setdefault(transceiver.kind, list(transceiver._codecs))
+    saved = [(t, t._preferred_codecs) for t in transceivers]
+    for transceiver in transceivers:
+        if transceiver.mid is not None and transceiver._codecs:
+            transceiver._preferred_codecs = _Negotiated(transceiver._codecs)  # type: ignore[assignment]
+        elif transceiver.kind in first:
+            transceiver._preferred_codecs = _Negotiated(first[transceiver.kind])  # type: ignore[assignment]
+    original = aiortc.rtcpeerconnection.filter_preferred_codecs
+
+    def keep(codecs: list[RTCRtpCodecParameters], preferred: Any) -> Any:
+        if isinstance(preferred, _Negotiated):
+            return [copy.deepcopy(codec) for codec in preferred]
+        return original(codecs, preferred)
+
+    # createOffer awaits nothing: no other offer runs while the stand-in is in place.
+    aiortc.rtcpeerconnection.filter_preferred_codecs = keep
+    try:
+        return await pc.createOffer()
+    finally:
+        aiortc.rtcpeerconnection.filter_preferred_codecs = original
+        for transceiver, preferred in saved:
+            transceiver._preferred_codecs = preferred

@@ -16,6 +16,7 @@ from typing import Any
 from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from media import hooks
 from media.bandwidth import Downlink, Pacer
 from media.consent import WITHOUT_CONSENT, stop_recording
 from media.forwarding import (
@@ -164,7 +165,7 @@ async def _renegotiate_waiting(room: Room) -> None:
         subscribe_all(room, participant)
         participant.renegotiate = False
         participant.relay_offer_pending = True
-        await peer.pc.setLocalDescription(await peer.pc.createOffer())
+        await peer.pc.setLocalDescription(await hooks.create_offer(peer.pc))
         await tell_streams(room, participant)
         await room.tell(participant.role, {"type": "offer", "sdp": peer.pc.localDescription.sdp})
 

@@ -349,3 +349,97 @@ class TestSharedLinks:
                 await asyncio.sleep(0.5)
             assert heard()
             assert halved(), [p.remb_cap for p in publishers]
+
+
+# A browser numbers its codecs its own way (Chrome: opus 111, VP8 96 and its RTX 97, ...);
+# aiortc's own offer numbers them opus 96, VP8 97, RTX 98, ...
+BROWSER_NUMBERS = {96: 111, 97: 120, 98: 121, 99: 122, 100: 123, 101: 124, 102: 125}
+
+
+def renumbered(sdp: str) -> str:
+    """The offer with its dynamic payload types numbered as BROWSER_NUMBERS says."""
+
+    def number(value: str) -> str:
+        return str(BROWSER_NUMBERS.get(int(value), int(value))) if value.isdigit() else value
+
+    lines = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            head = line.split(" ")
+            line = " ".join(head[:3] + [number(value) for value in head[3:]])
+        for prefix in ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"):
+            if line.startswith(prefix):
+                value, rest = line[len(prefix) :].split(" ", 1)
+                if prefix == "a=fmtp:" and rest.startswith("apt="):
+                    rest = "apt=" + number(rest[len("apt=") :])
+                line = prefix + number(value) + " " + rest
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
+class BrowserNumbering(Peer):
+    def rewrite(self, sdp: str) -> str:
+        return renumbered(sdp)
+
+
+def payload_types(
+    plane: Relay, call: uuid.UUID, role: str
+) -> dict[str, list[tuple[int | None, str]]]:
+    """What each of the relay's sections with this participant sends and reads, by mid."""
+    peer = plane.rooms[call].participants[role].peer
+    assert peer is not None
+    return {
+        t.mid: [(c.payloadType, c.mimeType.lower()) for c in t._codecs]
+        for t in peer.pc.getTransceivers()
+        if t.mid is not None
+    }
+
+
+class TestRelayOffers:
+    async def test_keep_the_payload_types_a_browser_chose(
+        self, relay: tuple[Relay, Outbox]
+    ) -> None:
+        """The relay's own offer (a guest joins a running call) numbers each codec as the
+        connection already does: a browser answering switches to the offer's numbers, while
+        the relay's receivers keep the first ones (the sound would be dropped and the video
+        read as retransmissions, until the stall check builds a new connection)."""
+        plane, outbox = relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests=GUESTS), ice_servers=[])
+        two = {key: EVERYONE[key] for key in ("patient", "clinician")}
+        peers: list[Peer] = [
+            BrowserNumbering(
+                plane, outbox, call, key, colour=c, tone=t, size=(160, 120), estimates=False
+            )
+            for key, (c, t) in two.items()
+        ]
+        guest = party_peer(plane, outbox, call, INTERPRETER, *EVERYONE[INTERPRETER])
+        try:
+            for peer in peers:
+                await peer.join()
+            await until(lambda: all(mapped(outbox, call, p, others_of(p, two)) for p in peers), 40)
+            before = {peer.role: payload_types(plane, call, peer.role) for peer in peers}
+            assert (111, "audio/opus") in before["patient"]["0"]  # as the browser numbered
+            sources = {key: p.source for key, p in plane.rooms[call].publishers.items()}
+
+            await guest.join()
+            three = {**two, INTERPRETER: EVERYONE[INTERPRETER]}
+            everyone = [*peers, guest]
+            await until(
+                lambda: all(mapped(outbox, call, p, others_of(p, three)) for p in everyone), 40
+            )
+            for peer in peers:
+                after = payload_types(plane, call, peer.role)
+                assert len(after) > len(before[peer.role])  # the relay's offer added sections
+                for mid, codecs in before[peer.role].items():
+                    assert after[mid] == codecs, (peer.role, mid)
+                numbers: dict[int | None, str] = {}
+                for codecs in after.values():  # in the bundle, a number names one codec
+                    for number, name in codecs:
+                        assert numbers.setdefault(number, name) == name, (peer.role, number)
+            # Nobody's connection was rebuilt: the same receivers feed the publishers.
+            room = plane.rooms[call]
+            assert {key: room.publishers[key].source for key in sources} == sources
+        finally:
+            for peer in [*peers, guest]:
+                await peer.close()
