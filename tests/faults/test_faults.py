@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -87,29 +88,74 @@ async def negotiate(
             await asyncio.sleep(0.3)
 
 
-async def video_flows(
-    client: MediaClient,
-    socket: Socket,
-    colour: tuple[int, int, int],
-    *,
-    again: str,
-    within: float = 30,
-) -> int:
-    """Until fresh frames of `colour` arrive; a request to negotiate again (`again`: the
-    relay's `admitted` or `call`) is followed. How many negotiations it took."""
-    negotiations = 0
-    async with asyncio.timeout(within):
-        start = client.received.video_frames
-        while True:
-            asked = [m for m in socket.received if m.get("type") == again]
+@dataclass(eq=False)
+class Party:
+    """One participant's page as far as media goes: its peer, its socket, the colour it should
+    see, and the relay's request to negotiate again that it follows (`admitted` or `call`)."""
+
+    client: MediaClient
+    socket: Socket
+    colour: tuple[int, int, int]
+    again: str
+    negotiations: int = 0
+
+    def asked(self) -> list[dict[str, Any]]:
+        """The requests to negotiate again that arrived, taken (the other messages stay)."""
+        asked = [m for m in self.socket.received if m.get("type") == self.again]
+        self.socket.received[:] = [m for m in self.socket.received if m.get("type") != self.again]
+        return asked
+
+    def seen(self) -> str:
+        pc = self.client.pc
+        return (
+            f"{self.again}: {self.client.received.video_frames} frames, last colour "
+            f"{self.client.received.last_colour}, connection {pc and pc.connectionState}, "
+            f"{self.negotiations} negotiations"
+        )
+
+
+async def media_flows(*parties: Party, within: float = 30) -> int:
+    """Until every party sees fresh frames of its colour. Each follows the relay's requests to
+    negotiate again on its own, as each page does: the relay may have dropped any of the
+    connections, and one party's video can need the other's new connection. How many
+    negotiations it took."""
+    starts = {party: party.client.received.video_frames for party in parties}
+    stop = asyncio.Event()
+
+    async def follow(party: Party) -> None:
+        while not stop.is_set():
+            asked = party.asked()
             if asked:
-                socket.received.clear()
-                await negotiate(client, socket, asked[-1]["ice_servers"])
-                negotiations += 1
-                start = 0
-            if client.received.video_frames > start + 10 and client.sees(colour):
-                return negotiations
+                await negotiate(party.client, party.socket, asked[-1]["ice_servers"])
+                party.negotiations += 1
+                starts[party] = 0
             await asyncio.sleep(0.1)
+
+    def fresh(party: Party) -> bool:
+        received = party.client.received
+        return received.video_frames > starts[party] + 10 and party.client.sees(party.colour)
+
+    before = sum(party.negotiations for party in parties)
+    followers = [asyncio.ensure_future(follow(party)) for party in parties]
+    try:
+        async with asyncio.timeout(within) as waited:
+            while not all(fresh(party) for party in parties):
+                for follower in followers:
+                    if follower.done():
+                        follower.result()  # a failed negotiation, raised here
+                await asyncio.sleep(0.1)
+    except BaseException as exc:
+        for follower in followers:
+            follower.cancel()
+        await asyncio.gather(*followers, return_exceptions=True)
+        if isinstance(exc, TimeoutError) and waited.expired():
+            seen = "; ".join(party.seen() for party in parties)
+            raise AssertionError(f"no fresh video in {within} s: {seen}") from None
+        raise
+    # A negotiation under way is finished, as a page would (bounded by its own wait).
+    stop.set()
+    await asyncio.gather(*followers)
+    return sum(party.negotiations for party in parties) - before
 
 
 class Gaps:
@@ -290,8 +336,13 @@ class TestStalledProcess:
                 db, visit.appointment_id, lambda r: r.patient_presence == "connected", within=15
             )
             figures["taken_back_after_resume_s"] = time.monotonic() - resumed
-            renegotiated = await video_flows(patient, patient_socket, BLUE, again="admitted")
-            renegotiated += await video_flows(clinician, desk, RED, again="call")
+            # The relay may have dropped either connection, or both (media.health's stall
+            # check, as it reads what queued up while it was stopped): both pages follow.
+            parties = (
+                Party(patient, patient_socket, BLUE, "admitted"),
+                Party(clinician, desk, RED, "call"),
+            )
+            renegotiated = await media_flows(*parties)
             figures["media_back_after_resume_s"] = time.monotonic() - resumed
             figures["renegotiations"] = renegotiated
             # Past the end of the grace period B gave: the call stands, and its media flows.
@@ -301,8 +352,7 @@ class TestStalledProcess:
             current = await row(db, visit.appointment_id)
             assert (current.status, current.patient_presence) == ("in_call", "connected")
             assert current.call_host == marked.call_host
-            await video_flows(patient, patient_socket, BLUE, again="admitted")
-            await video_flows(clinician, desk, RED, again="call")
+            await media_flows(*parties)
             await end(desk, patient_socket, key)
 
 
@@ -336,8 +386,10 @@ class TestKilledHost:
             try:
                 await negotiate(patient, patient_socket, admitted["ice_servers"])
                 await negotiate(clinician, desk, call["ice_servers"])
-                await video_flows(patient, patient_socket, BLUE, again="admitted")
-                await video_flows(clinician, desk, RED, again="call")
+                await media_flows(
+                    Party(patient, patient_socket, BLUE, "admitted"),
+                    Party(clinician, desk, RED, "call"),
+                )
                 back = time.monotonic() - killed
                 figures["media_back_after_kill_s"] = back
                 figures["grace_s"] = GRACE_SECONDS
