@@ -107,10 +107,15 @@ class Party:
 
     def seen(self) -> str:
         pc = self.client.pc
+        told = [  # whose video the relay paused or resumed, and why
+            (m.get("role"), m.get("state"), m.get("reason"))
+            for m in self.socket.log
+            if m.get("type") == "video"
+        ]
         return (
             f"{self.again}: {self.client.received.video_frames} frames, last colour "
             f"{self.client.received.last_colour}, connection {pc and pc.connectionState}, "
-            f"{self.negotiations} negotiations"
+            f"{self.negotiations} negotiations, told {told}"
         )
 
 
@@ -182,6 +187,17 @@ class Gaps:
         return self.longest
 
 
+def peers(patient_socket: Socket, desk: Socket, key: str) -> tuple[MediaClient, MediaClient]:
+    """The patient's peer (red, 440 Hz) and the console's (blue, 880 Hz). Their receivers send
+    no REMB: both share this process's event loop, whose lag on a loaded machine reads to
+    aiortc's delay-based estimate as a congested link (a few kbit/s on loopback), and the relay
+    would pause video to them and try again only after a growing back-off. Bandwidth has tests
+    of its own (tests/media/test_bandwidth.py)."""
+    patient = MediaClient(patient_socket, colour=RED, tone=440, estimates=False)
+    clinician = MediaClient(desk, colour=BLUE, tone=880, appointment_id=key, estimates=False)
+    return patient, clinician
+
+
 @contextlib.asynccontextmanager
 async def in_call(
     patient_server: LiveServer, console_server: LiveServer, visit: Visit, staff: Staff
@@ -196,8 +212,7 @@ async def in_call(
         await patient_socket.expect("waiting")
         call = await admit(desk, key, within=10)
         admitted = await patient_socket.expect("admitted")
-        patient = MediaClient(patient_socket, colour=RED, tone=440)
-        clinician = MediaClient(desk, colour=BLUE, tone=880, appointment_id=key)
+        patient, clinician = peers(patient_socket, desk, key)
         try:
             await patient.connect(admitted["ice_servers"])
             await clinician.connect(call["ice_servers"])
@@ -381,8 +396,7 @@ class TestKilledHost:
         ):
             admitted = await patient_socket.expect("admitted")
             call = await desk.expect("call")
-            patient = MediaClient(patient_socket, colour=RED, tone=440)
-            clinician = MediaClient(desk, colour=BLUE, tone=880, appointment_id=key)
+            patient, clinician = peers(patient_socket, desk, key)
             try:
                 await negotiate(patient, patient_socket, admitted["ice_servers"])
                 await negotiate(clinician, desk, call["ice_servers"])

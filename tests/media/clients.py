@@ -121,6 +121,13 @@ class Received:
         return float(np.fft.rfftfreq(len(signal), 1 / SAMPLE_RATE)[int(np.argmax(spectrum))])
 
 
+def without_estimate(receiver: RTCRtpReceiver) -> None:
+    """This receiver sends no REMB. Test peers share an event loop (with each other, or with the
+    relay): on a loaded machine its lag reads, to aiortc's delay-based estimate, as a congested
+    link, and the relay would pause their video on loopback (media.bandwidth)."""
+    setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
+
+
 def rtc_configuration(
     ice_servers: list[dict[str, Any]], *, relay_only: bool = False
 ) -> RTCConfiguration:
@@ -148,12 +155,14 @@ class MediaClient:
         appointment_id: str | None = None,
         relay_only: bool = False,
         send_video: bool = True,
+        estimates: bool = True,
     ) -> None:
         self.socket = socket
         self.colour, self.tone = colour, tone
         self.appointment_id = appointment_id  # set for the clinician's console
         self.relay_only = relay_only
         self.send_video = send_video
+        self.estimates = estimates  # whether its video receiver sends REMB (without_estimate)
         self.pc: RTCPeerConnection | None = None
         self.received = Received()
         self.last_answer: dict[str, Any] = {}
@@ -175,6 +184,9 @@ class MediaClient:
             pc.addTrack(ColourCamera(self.colour))
         else:
             pc.addTransceiver("video", direction="recvonly")
+        if not self.estimates:
+            for transceiver in pc.getTransceivers():
+                without_estimate(transceiver.receiver)
 
         @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:

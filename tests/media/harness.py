@@ -13,7 +13,13 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from media.relay import Relay
 from signaling.media import Consent, GuestConsent
-from tests.media.clients import ColourCamera, Received, ToneMicrophone, rtc_configuration
+from tests.media.clients import (
+    ColourCamera,
+    Received,
+    ToneMicrophone,
+    rtc_configuration,
+    without_estimate,
+)
 
 
 class Log:
@@ -119,8 +125,7 @@ class Peer:
                 if transceiver.receiver.track is track and transceiver.mid is not None:
                     self.by_mid[transceiver.mid] = received
                     if not self.estimates:
-                        name = "_RTCRtpReceiver__remote_bitrate_estimator"
-                        setattr(transceiver.receiver, name, None)
+                        without_estimate(transceiver.receiver)
             self._tasks.append(asyncio.ensure_future(_read(track, received)))
 
         await pc.setLocalDescription(await pc.createOffer())
