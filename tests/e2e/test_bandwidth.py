@@ -20,7 +20,7 @@ from tests.e2e.conftest import Pages
 from tests.e2e.helpers import consent_and_join
 from tests.factories import Staff
 from tests.live import LiveServer
-from tests.media.clients import MediaClient, send_remb, until
+from tests.media.clients import MediaClient, send_remb, until, without_estimate
 from tests.signaling.helpers import console, make_visit
 
 # The page's peer connections, kept where the test can read their stats.
@@ -97,7 +97,7 @@ class TestThinSubscriber:
                 )
                 # From here on this peer says only what a thin link's browser would: its own
                 # estimator (of a clean loopback path) is silenced.
-                setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
+                without_estimate(receiver)
                 after: list[float] = []
                 for _ in range(16):  # what a thin link's browser says, twice a second
                     await send_remb(receiver, 150_000)

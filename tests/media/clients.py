@@ -122,9 +122,9 @@ class Received:
 
 
 def without_estimate(receiver: RTCRtpReceiver) -> None:
-    """This receiver sends no REMB. Test peers share an event loop (with each other, or with the
-    relay): on a loaded machine its lag reads, to aiortc's delay-based estimate, as a congested
-    link, and the relay would pause their video on loopback (media.bandwidth)."""
+    """This receiver sends no REMB of its own. aiortc's delay-based estimate, in a busy test
+    process (peers sharing an event loop with each other or with the relay), reads the loop's
+    lag as a congested link of a few kbit/s, which no browser on loopback would say."""
     setattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator", None)  # noqa: B010
 
 
