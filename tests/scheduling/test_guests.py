@@ -325,6 +325,25 @@ async def invite(
     )
 
 
+async def invited(
+    client: httpx.AsyncClient, staff: Staff
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A booked appointment and an interpreter the scheduler invited to it: the appointment, the
+    guest (as the API answered) and the guest's token."""
+    appointment = await booked(client, staff)
+    response = await invite(client, staff.scheduler.headers, appointment["id"])
+    assert response.status_code == 201, response.text
+    guest: dict[str, Any] = response.json()
+    return appointment, guest, token_in(guest["visit_url"])
+
+
+async def remove(
+    client: httpx.AsyncClient, headers: dict[str, str], appointment: dict[str, Any], guest_id: str
+) -> httpx.Response:
+    path = f"{participants_path(appointment['id'])}/{guest_id}"
+    return await client.delete(path, headers=headers)
+
+
 async def audit_of(db: Database, resource_id: str) -> list[AuditEvent]:
     async with db.session(write=False) as session:
         result = await session.execute(
@@ -363,9 +382,7 @@ class TestParticipantsApi:
         assert listed.status_code == 200
         assert listed.json()["items"] == [guest]
 
-        removed = await client.delete(
-            f"{participants_path(appointment['id'])}/{guest['id']}", headers=headers
-        )
+        removed = await remove(client, headers, appointment, guest["id"])
         assert removed.status_code == 204
         listed = await client.get(participants_path(appointment["id"]), headers=headers)
         assert listed.json()["items"] == []
@@ -377,9 +394,7 @@ class TestParticipantsApi:
         [gone] = every.json()["items"]
         assert gone["status"] == "removed"
         assert gone["visit_url"] is None
-        again = await client.delete(
-            f"{participants_path(appointment['id'])}/{guest['id']}", headers=headers
-        )
+        again = await remove(client, headers, appointment, guest["id"])
         assert again.status_code == 404
         # Audited: added and removed, with the appointment and role, never the name.
         events = await audit_of(db, guest["id"])
@@ -483,9 +498,8 @@ class TestParticipantsApi:
     async def test_no_guests_once_the_visit_is_cancelled(
         self, client: httpx.AsyncClient, staff: Staff
     ) -> None:
-        appointment = await booked(client, staff)
+        appointment, _, token = await invited(client, staff)
         headers = staff.scheduler.headers
-        guest = (await invite(client, headers, appointment["id"])).json()
         cancelled = await client.post(
             f"/api/v1/appointments/{appointment['id']}/cancel", json={}, headers=headers
         )
@@ -494,7 +508,7 @@ class TestParticipantsApi:
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "visit_closed"
         # The guest's link closes with the visit.
-        visit = await client.get(f"/api/v1/visits/{token_in(guest['visit_url'])}")
+        visit = await client.get(f"/api/v1/visits/{token}")
         assert visit.status_code == 410
         assert visit.json()["error"]["code"] == "visit_closed"
 
@@ -516,9 +530,8 @@ class TestGuestVisit:
     async def test_the_guest_page_names_the_guest_and_their_role(
         self, client: httpx.AsyncClient, staff: Staff
     ) -> None:
-        appointment = await booked(client, staff)
-        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
-        response = await client.get(f"/api/v1/visits/{token_in(guest['visit_url'])}")
+        appointment, guest, token = await invited(client, staff)
+        response = await client.get(f"/api/v1/visits/{token}")
         assert response.status_code == 200, response.text
         assert response.headers["cache-control"] == "no-store"
         visit = response.json()
@@ -540,9 +553,7 @@ class TestGuestVisit:
     async def test_a_guest_consent_is_the_guests_own(
         self, client: httpx.AsyncClient, db: Database, staff: Staff
     ) -> None:
-        appointment = await booked(client, staff)
-        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
-        token = token_in(guest["visit_url"])
+        appointment, guest, token = await invited(client, staff)
         version = (await client.get(f"/api/v1/visits/{token}")).json()["consent"]["version"]
         decided = await client.post(
             f"/api/v1/visits/{token}/consent",
@@ -583,14 +594,9 @@ class TestGuestVisit:
     async def test_a_removed_guests_link_is_gone(
         self, client: httpx.AsyncClient, staff: Staff
     ) -> None:
-        appointment = await booked(client, staff)
-        guest = (await invite(client, staff.scheduler.headers, appointment["id"])).json()
-        token = token_in(guest["visit_url"])
+        appointment, guest, token = await invited(client, staff)
         assert (await client.get(f"/api/v1/visits/{token}")).status_code == 200
-        removed = await client.delete(
-            f"{participants_path(appointment['id'])}/{guest['id']}",
-            headers=staff.clinician.headers,
-        )
+        removed = await remove(client, staff.clinician.headers, appointment, guest["id"])
         assert removed.status_code == 204
         for response in (
             await client.get(f"/api/v1/visits/{token}"),

@@ -19,7 +19,7 @@ from app.db import Database
 from scheduling import visits
 from scheduling.models import Appointment, Status
 from tests.conftest import TEST_SECRET
-from tests.factories import Person
+from tests.factories import Person, Staff
 
 LINK_KEY = visits.link_key(TEST_SECRET.encode())
 # Where each clinician's next visit placed by `make_visit` starts (its previous one's end).
@@ -211,6 +211,53 @@ async def console(base_ws: str, token: str) -> AsyncIterator[Socket]:
     async with open_socket(f"{base_ws}/ws/clinic") as socket:
         await socket.send({"type": "auth", "token": token})
         yield socket
+
+
+@dataclass
+class Call:
+    """A running call: the patient's socket and the clinician's console that holds it."""
+
+    visit: Visit
+    patient: Socket
+    desk: Socket
+
+    @property
+    def id(self) -> str:
+        return str(self.visit.appointment_id)
+
+    async def invite(self, http: httpx.AsyncClient, **details: Any) -> Guest:
+        """A guest added by the call's clinician (`add_guest`)."""
+        return await add_guest(http, self.visit, self.visit.clinician.headers, **details)
+
+    async def admit(self, guest: Guest) -> None:
+        await self.desk.send(
+            {"type": "admit", "appointment_id": self.id, "participant_id": guest.id}
+        )
+
+    async def from_patient(self, text: str) -> None:
+        await self.patient.send({"type": "chat", "text": text})
+
+    async def from_clinician(self, text: str) -> None:
+        await self.desk.send({"type": "chat", "appointment_id": self.id, "text": text})
+
+
+@asynccontextmanager
+async def running_call(
+    ws: str, staff: Staff, db: Database, http: httpx.AsyncClient, *, name: str = "Pat Patient"
+) -> AsyncIterator[Call]:
+    """A consented patient admitted by their clinician: both sockets, once each has heard the
+    call begin."""
+    visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler, name=name)
+    async with (
+        console(ws, staff.clinician.token) as desk,
+        open_socket(f"{ws}/ws/visits/{visit.token}") as patient,
+    ):
+        await patient.expect("waiting")
+        await desk.send({"type": "admit", "appointment_id": str(visit.appointment_id)})
+        await patient.expect("admitted")
+        await desk.expect("call")
+        await patient.expect("peer", event="joined")
+        yield Call(visit, patient, desk)
 
 
 def items(queue: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -8,8 +8,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -32,54 +31,16 @@ from tests.databases import TcpRelay, own_postgres, postgres_port
 from tests.factories import Staff, make_staff
 from tests.live import LiveServer, free_port
 from tests.signaling.helpers import (
+    Call,
     Socket,
-    Visit,
     consented_visit,
     console,
     make_visit,
     open_socket,
+    running_call,
 )
 
 PATIENT_NAME = "Pat Chatterly"
-
-
-@pytest.fixture
-async def http(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=live_server.url) as client:
-        yield client
-
-
-@dataclass
-class Call:
-    visit: Visit
-    patient: Socket
-    desk: Socket
-
-    @property
-    def id(self) -> str:
-        return str(self.visit.appointment_id)
-
-    async def from_patient(self, text: str) -> None:
-        await self.patient.send({"type": "chat", "text": text})
-
-    async def from_clinician(self, text: str) -> None:
-        await self.desk.send({"type": "chat", "appointment_id": self.id, "text": text})
-
-
-@asynccontextmanager
-async def in_call(
-    ws_url: str, db: Database, http: httpx.AsyncClient, staff: Staff
-) -> AsyncIterator[Call]:
-    """A patient admitted by their clinician: both sockets, once the call is set up."""
-    visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler, name=PATIENT_NAME)
-    async with AsyncExitStack() as stack:
-        desk = await stack.enter_async_context(console(ws_url, staff.clinician.token))
-        patient = await stack.enter_async_context(open_socket(f"{ws_url}/ws/visits/{visit.token}"))
-        await patient.expect("waiting")
-        await desk.send({"type": "admit", "appointment_id": str(visit.appointment_id)})
-        await patient.expect("admitted")
-        await desk.expect("call")
-        yield Call(visit, patient, desk)
 
 
 async def first_of(socket: Socket, kinds: tuple[str, ...], within: float = 5.0) -> dict[str, Any]:
@@ -119,7 +80,7 @@ class TestExchange:
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
         live_ids: list[set[str]] = [set(), set()]
-        async with in_call(live_server.ws_url, db, http, staff) as call:
+        async with running_call(live_server.ws_url, staff, db, http, name=PATIENT_NAME) as call:
             await call.from_patient("Hello, can you hear me?")
             for socket in (call.patient, call.desk):
                 got = await socket.expect("chat")
@@ -166,7 +127,7 @@ class TestRefusals:
     async def test_empty_blank_and_over_length_are_refused_and_not_stored(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
-        async with in_call(live_server.ws_url, db, http, staff) as call:
+        async with running_call(live_server.ws_url, staff, db, http, name=PATIENT_NAME) as call:
             for text in ("", "   \n\t", "x" * 2001, "nul\u0000"):
                 await call.from_patient(text)
                 assert (await call.patient.expect("error"))["code"] == "invalid_message"
@@ -183,7 +144,7 @@ class TestRefusals:
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
     ) -> None:
         sent = 3 * int(BURST)
-        async with in_call(live_server.ws_url, db, http, staff) as call:
+        async with running_call(live_server.ws_url, staff, db, http, name=PATIENT_NAME) as call:
             for n in range(sent):
                 await call.from_patient(f"flood {n}")
             delivered, limited = [], 0
@@ -341,7 +302,7 @@ async def call_served_here(
             transport=httpx.ASGITransport(app=application), base_url="http://testserver"
         ) as http,
         served_here(application) as ws_url,
-        in_call(ws_url, db, http, staff) as call,
+        running_call(ws_url, staff, db, http, name=PATIENT_NAME) as call,
     ):
         yield call, http
 

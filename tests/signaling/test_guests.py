@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,56 +18,17 @@ from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
 from tests.signaling.helpers import (
+    Call,
     Guest,
     Socket,
-    Visit,
     add_guest,
     consented_visit,
     console,
     grant,
     items,
     open_socket,
+    running_call,
 )
-
-
-@pytest.fixture
-async def http(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=live_server.url) as client:
-        yield client
-
-
-@dataclass
-class Call:
-    visit: Visit
-    desk: Socket
-    patient: Socket
-
-    @property
-    def id(self) -> str:
-        return str(self.visit.appointment_id)
-
-    async def admit(self, guest: Guest) -> None:
-        await self.desk.send(
-            {"type": "admit", "appointment_id": self.id, "participant_id": guest.id}
-        )
-
-
-@asynccontextmanager
-async def running_call(
-    ws: str, staff: Staff, db: Database, http: httpx.AsyncClient
-) -> AsyncIterator[Call]:
-    """The patient admitted; the clinician's console holds the call."""
-    visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler, name="Pat Patient")
-    async with (
-        console(ws, staff.clinician.token) as desk,
-        open_socket(f"{ws}/ws/visits/{visit.token}") as patient,
-    ):
-        await patient.expect("waiting")
-        await desk.send({"type": "admit", "appointment_id": str(visit.appointment_id)})
-        await patient.expect("admitted")
-        await desk.expect("call")
-        await patient.expect("peer", event="joined")
-        yield Call(visit, desk, patient)
 
 
 @asynccontextmanager
@@ -85,6 +45,17 @@ async def in_the_call(ws: str, call: Call, guest: Guest) -> AsyncIterator[Socket
         await call.admit(guest)
         await socket.expect("admitted")
         yield socket
+
+
+async def remove(http: httpx.AsyncClient, call: Call, guest: Guest, socket: Socket) -> None:
+    """The clinician removes the guest over HTTP: their socket is told and closed at once."""
+    removed = await http.delete(
+        f"/api/v1/appointments/{call.id}/participants/{guest.id}",
+        headers=call.visit.clinician.headers,
+    )
+    assert removed.status_code == 204
+    assert (await socket.expect("error"))["code"] == "participant_removed"
+    assert await socket.expect_close() == 4410
 
 
 def guest_item(queue: dict[str, Any], appointment_id: str, guest: Guest) -> dict[str, Any]:
@@ -169,7 +140,7 @@ class TestAdmission:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers, name="Ines")
+            guest = await call.invite(http, name="Ines")
             async with waiting(ws, guest) as socket:
                 await until_guest_status(call.desk, call.id, guest, "waiting")
                 await call.admit(guest)
@@ -244,8 +215,8 @@ class TestAdmission:
         has anyone to admit: the limit shows as the API's 409 `participant_limit`."""
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            first = await add_guest(http, call.visit, staff.clinician.headers, name="One")
-            second = await add_guest(http, call.visit, staff.clinician.headers, name="Two")
+            first = await call.invite(http, name="One")
+            second = await call.invite(http, name="Two")
             third = await http.post(
                 f"/api/v1/appointments/{call.id}/participants",
                 json={"role": "caregiver", "name": "Three"},
@@ -253,11 +224,7 @@ class TestAdmission:
             )
             assert third.status_code == 409
             assert third.json()["error"]["code"] == "participant_limit"
-            async with waiting(ws, first) as one, waiting(ws, second) as two:
-                await call.admit(first)
-                await one.expect("admitted")
-                await call.admit(second)
-                await two.expect("admitted")
+            async with in_the_call(ws, call, first) as one, in_the_call(ws, call, second):
                 # Four in the call: each guest was told of the other.
                 assert (await one.expect("peer", participant=second.key))["event"] == "joined"
                 assert (await call.patient.expect("peer", participant=second.key))["name"] == "Two"
@@ -276,15 +243,9 @@ class TestDepartures:
 
     async def _removed(self, ws: str, staff: Staff, db: Database, http: httpx.AsyncClient) -> None:
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest) as socket:
-                removed = await http.delete(
-                    f"/api/v1/appointments/{call.id}/participants/{guest.id}",
-                    headers=staff.clinician.headers,
-                )
-                assert removed.status_code == 204
-                assert (await socket.expect("error"))["code"] == "participant_removed"
-                assert await socket.expect_close() == 4410
+                await remove(http, call, guest, socket)
                 left = await call.patient.expect("peer", participant=guest.key, event="left")
                 assert left["role"] == "interpreter"
                 await call.desk.expect("peer", participant=guest.key, event="left")
@@ -301,7 +262,7 @@ class TestDepartures:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest) as socket:
                 await grant(http, guest.token, decision="withdrawn")
                 assert (await socket.expect("ended"))["reason"] == "consent_withdrawn"
@@ -314,9 +275,8 @@ class TestDepartures:
             assert visit.json()["status"] == "in_call"
             # They consent again, wait again, and are admitted again.
             await grant(http, guest.token)
-            async with waiting(ws, guest) as back:
-                await call.admit(guest)
-                await back.expect("admitted")
+            async with in_the_call(ws, call, guest):
+                pass
 
     async def test_a_guest_who_was_only_waiting_leaves_no_peer_left(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
@@ -325,12 +285,10 @@ class TestDepartures:
         are not told they left."""
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            removed = await add_guest(http, call.visit, staff.clinician.headers, name="Rem")
-            withdrawn = await add_guest(http, call.visit, staff.clinician.headers, name="Wit")
+            removed = await call.invite(http, name="Rem")
+            withdrawn = await call.invite(http, name="Wit")
             async with waiting(ws, removed) as one, waiting(ws, withdrawn) as two:
-                path = f"/api/v1/appointments/{call.id}/participants/{removed.id}"
-                await http.delete(path, headers=staff.clinician.headers)
-                assert (await one.expect("error"))["code"] == "participant_removed"
+                await remove(http, call, removed, one)
                 await grant(http, withdrawn.token, decision="withdrawn")
                 assert (await two.expect("ended"))["reason"] == "consent_withdrawn"
             # Both are off the queue item, or invited again: the news of each was sent.
@@ -346,11 +304,9 @@ class TestDepartures:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
-            waiter = await add_guest(http, call.visit, staff.clinician.headers, name="Wait")
-            async with waiting(ws, guest) as socket, waiting(ws, waiter) as other:
-                await call.admit(guest)
-                await socket.expect("admitted")
+            guest = await call.invite(http)
+            waiter = await call.invite(http, name="Wait")
+            async with in_the_call(ws, call, guest) as socket, waiting(ws, waiter) as other:
                 await grant(http, call.visit.token, decision="withdrawn")
                 for ended in (socket, other, call.patient, call.desk):
                     assert (await ended.expect("ended"))["reason"] == "consent_withdrawn"
@@ -362,7 +318,7 @@ class TestDepartures:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest) as socket:
                 await call.desk.send({"type": "end", "appointment_id": call.id})
                 assert (await socket.expect("ended"))["reason"] == "ended"
@@ -376,7 +332,7 @@ class TestDepartures:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest) as socket:
                 await socket.send({"type": "leave"})
                 assert (await socket.expect("ended"))["reason"] == "left"
@@ -392,7 +348,7 @@ class TestReconnect:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest):
                 pass  # dropped, without a `leave`
             async with open_socket(f"{ws}/ws/visits/{guest.token}") as back:
@@ -409,7 +365,7 @@ class TestReconnect:
     ) -> None:
         ws = live_server.ws_url
         async with running_call(ws, staff, db, http) as call:
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            guest = await call.invite(http)
             async with in_the_call(ws, call, guest):
                 pass  # dropped, without a `leave`
             # The grace is 2 s in tests; the sweeper runs every second.
@@ -439,17 +395,9 @@ class TestTwoProcesses:
             httpx.AsyncClient(base_url=b.url) as http,
             running_call(b.ws_url, staff, db, http) as call,
         ):
-            guest = await add_guest(http, call.visit, staff.clinician.headers)
-            async with waiting(a.ws_url, guest) as socket:
-                await call.admit(guest)
+            guest = await call.invite(http)
+            async with in_the_call(a.ws_url, call, guest) as socket:
                 assert (await call.patient.expect("peer", participant=guest.key))["name"]
-                await socket.expect("admitted")
                 # Removed over HTTP on B: the socket on A is closed at once.
-                removed = await http.delete(
-                    f"/api/v1/appointments/{call.id}/participants/{guest.id}",
-                    headers=staff.clinician.headers,
-                )
-                assert removed.status_code == 204
-                assert (await socket.expect("error"))["code"] == "participant_removed"
-                assert await socket.expect_close() == 4410
+                await remove(http, call, guest, socket)
                 await call.desk.expect("peer", participant=guest.key, event="left")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -34,12 +33,6 @@ async def status_of(http: httpx.AsyncClient, staff: Staff, visit: Visit) -> str:
     )
     status: str = response.json()["status"]
     return status
-
-
-@pytest.fixture
-async def http(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=live_server.url) as client:
-        yield client
 
 
 class TestConsentGate:
