@@ -6,6 +6,7 @@ it takes as little CPU from the server as possible; both sides of every ratio pa
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import json
@@ -16,10 +17,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -32,6 +34,12 @@ from app.config import Settings  # noqa: E402
 from app.db import Database, create_engine  # noqa: E402
 from tests.factories import make_user, set_hours  # noqa: E402
 from tests.live import LiveServer, start_server  # noqa: E402
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+    from tests.factories import Staff
+    from tests.signaling.helpers import Visit
 
 # Readings of a process, from /proc ------------------------------------------------------------
 
@@ -225,3 +233,108 @@ def temp_folder() -> Path:
 def warm(url: str, path: str, token: str) -> None:
     for _ in range(50):
         httpx.get(url + path, headers={"Authorization": f"Bearer {token}"})
+
+
+# Benchmarks in Chromium (bench/pages.py, bench/guest_admit.py) --------------------------------
+
+
+@dataclass
+class Clinic:
+    """A server with a clinician signed in on a desktop page, and their visits of the run."""
+
+    server: LiveServer
+    browser: Browser
+    clinician: Page
+    staff: Staff
+    visits: list[Visit]
+
+
+@asynccontextmanager
+async def signed_in_clinic(
+    chromium: str, folder: Path, backend: Backend, names: Sequence[str]
+) -> AsyncIterator[Clinic]:
+    """Staff and one five-minute visit per patient name written to the database, a server on it
+    (media on loopback, its log in `folder`), and headless Chromium (fake camera and microphone)
+    with the clinician signed in on the console; all stopped on the way out."""
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import TEST_SECRET
+    from tests.e2e.conftest import BASE_ARGS, DESKTOP, FAKE_UI
+    from tests.factories import PASSWORD, make_staff
+    from tests.signaling.helpers import make_visit
+
+    db = Database(
+        create_engine(
+            Settings(environment="test", database_url=backend.url, secret_key=TEST_SECRET)  # type: ignore[arg-type]
+        )
+    )
+    staff = await make_staff(db, secret=TEST_SECRET.encode())
+    # Five-minute visits one after the other: every round's waiting room is open (it opens 30
+    # minutes before the start) for up to five rounds.
+    visits = [
+        await make_visit(db, staff.clinician, by=staff.scheduler, name=name, minutes=5)
+        for name in names
+    ]
+    await db.dispose()
+    server = start_server(
+        {
+            "TELEVISIT_ENVIRONMENT": "test",
+            "TELEVISIT_DATABASE_URL": backend.url,
+            "TELEVISIT_SECRET_KEY": TEST_SECRET,
+            "TELEVISIT_PUBLIC_URL": "http://127.0.0.1",
+            "TELEVISIT_MEDIA_IPS": "127.0.0.1",
+            "TELEVISIT_MEDIA_PEER_ALLOW": "127.0.0.0/8",
+            "TELEVISIT_LOG_LEVEL": "WARNING",
+        },
+        log_path=folder / "server.log",
+    )
+    try:
+        async with async_playwright() as driver:
+            browser = await driver.chromium.launch(
+                executable_path=chromium, headless=True, args=[*BASE_ARGS, FAKE_UI]
+            )
+            context = await browser.new_context(
+                base_url=server.url,
+                viewport=DESKTOP,  # type: ignore[arg-type]  # a ViewportSize dict
+                permissions=["camera", "microphone"],
+            )
+            clinician = await context.new_page()
+            await clinician.goto("/login")
+            await clinician.get_by_test_id("login-email").fill(staff.clinician.user.email)
+            await clinician.get_by_test_id("login-password").fill(PASSWORD)
+            await clinician.get_by_test_id("login-submit").click()
+            await clinician.wait_for_url("**/clinic")
+            yield Clinic(server, browser, clinician, staff, visits)
+            await browser.close()
+    finally:
+        server.stop()
+
+
+async def phone_page(browser: Browser, base: str) -> Page:
+    """A page in a new phone-sized context allowed the (fake) camera and microphone."""
+    from tests.e2e.conftest import PHONE
+
+    context = await browser.new_context(
+        base_url=base,
+        viewport=PHONE,  # type: ignore[arg-type]  # a ViewportSize dict
+        permissions=["camera", "microphone"],
+    )
+    return await context.new_page()
+
+
+def run_in_chromium(
+    script: str, doc: str, run: Callable[[int, str, Path, Backend], Coroutine[Any, Any, None]]
+) -> None:
+    """A Chromium benchmark's command line: `--rounds N`, `--chromium PATH`; `run` is given the
+    rounds, the browser, a temporary folder and a migrated SQLite database."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    if not Path(args.chromium).is_file():
+        sys.exit(f"{args.chromium} is missing: apt-get install chromium")
+    name = Path(script).name
+    print(f"bench/{name}, {time.strftime('%Y-%m-%d %H:%M')}, run {uuid.uuid4().hex[:6]} ({ROOT})")
+    folder = temp_folder()
+    backend = sqlite_backend(folder)  # migrates with its own event loop: before ours
+    asyncio.run(run(args.rounds, args.chromium, folder, backend))

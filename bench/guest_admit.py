@@ -19,25 +19,14 @@ Run: python bench/guest_admit.py [--rounds N] [--chromium /usr/bin/chromium]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
-import sys
-import time
-import uuid
 from pathlib import Path
 
-from _common import ROOT, Backend, sqlite_backend, temp_folder
-from playwright.async_api import Browser, Page, async_playwright
+from _common import Backend, phone_page, run_in_chromium, signed_in_clinic
+from playwright.async_api import Browser, Page
 
-from app.config import Settings
-from app.db import Database, create_engine
-from tests.conftest import TEST_SECRET
-from tests.e2e.conftest import BASE_ARGS, DESKTOP, FAKE_UI, PHONE
 from tests.e2e.helpers import consent_and_join, invite
-from tests.factories import PASSWORD, make_staff
-from tests.live import start_server
-from tests.signaling.helpers import make_visit
 
 NOW = "performance.timeOrigin + performance.now()"
 # Resolves with the time the first frame is presented in the <video> under `selector` (polled
@@ -71,20 +60,11 @@ async def clicked_until(
     return max(seen) - at, [t - at for t in seen]
 
 
-async def phone(browser: Browser, base: str) -> Page:
-    context = await browser.new_context(
-        base_url=base,
-        viewport=PHONE,  # type: ignore[arg-type]  # a ViewportSize dict
-        permissions=["camera", "microphone"],
-    )
-    return await context.new_page()
-
-
 async def one_round(
     browser: Browser, base: str, clinician: Page, token: str, name: str
 ) -> tuple[float, float]:
-    patient = await phone(browser, base)
-    guest = await phone(browser, base)
+    patient = await phone_page(browser, base)
+    guest = await phone_page(browser, base)
     try:
         await consent_and_join(patient, token)
         item = clinician.get_by_test_id("queue-item").filter(has_text=name)
@@ -119,58 +99,16 @@ async def one_round(
 
 
 async def run(rounds: int, chromium: str, folder: Path, backend: Backend) -> None:
-    db = Database(
-        create_engine(
-            Settings(environment="test", database_url=backend.url, secret_key=TEST_SECRET)  # type: ignore[arg-type]
-        )
-    )
-    staff = await make_staff(db, secret=TEST_SECRET.encode())
-    # Five-minute visits one after the other: every round's waiting room is open (it opens 30
-    # minutes before the start) for up to five rounds.
-    visits = [
-        await make_visit(db, staff.clinician, by=staff.scheduler, name=f"Pat Guest {i}", minutes=5)
-        for i in range(rounds)
-    ]
-    await db.dispose()
-    server = start_server(
-        {
-            "TELEVISIT_ENVIRONMENT": "test",
-            "TELEVISIT_DATABASE_URL": backend.url,
-            "TELEVISIT_SECRET_KEY": TEST_SECRET,
-            "TELEVISIT_PUBLIC_URL": "http://127.0.0.1",
-            "TELEVISIT_MEDIA_IPS": "127.0.0.1",
-            "TELEVISIT_MEDIA_PEER_ALLOW": "127.0.0.0/8",
-            "TELEVISIT_LOG_LEVEL": "WARNING",
-        },
-        log_path=folder / "server.log",
-    )
+    names = [f"Pat Guest {i}" for i in range(rounds)]
     pairs: list[float] = []
     guests: list[float] = []
-    try:
-        async with async_playwright() as driver:
-            browser = await driver.chromium.launch(
-                executable_path=chromium, headless=True, args=[*BASE_ARGS, FAKE_UI]
+    async with signed_in_clinic(chromium, folder, backend, names) as clinic:
+        for name, visit in zip(names, clinic.visits, strict=True):
+            pair, guest = await one_round(
+                clinic.browser, clinic.server.url, clinic.clinician, visit.token, name
             )
-            context = await browser.new_context(
-                base_url=server.url,
-                viewport=DESKTOP,  # type: ignore[arg-type]  # a ViewportSize dict
-                permissions=["camera", "microphone"],
-            )
-            clinician = await context.new_page()
-            await clinician.goto("/login")
-            await clinician.get_by_test_id("login-email").fill(staff.clinician.user.email)
-            await clinician.get_by_test_id("login-password").fill(PASSWORD)
-            await clinician.get_by_test_id("login-submit").click()
-            await clinician.wait_for_url("**/clinic")
-            for index, visit in enumerate(visits):
-                pair, guest = await one_round(
-                    browser, server.url, clinician, visit.token, f"Pat Guest {index}"
-                )
-                pairs.append(pair)
-                guests.append(guest)
-            await browser.close()
-    finally:
-        server.stop()
+            pairs.append(pair)
+            guests.append(guest)
     pair_median, guest_median = statistics.median(pairs), statistics.median(guests)
     print(
         f"\nmedians of {len(pairs)}: 1:1 patient admit -> video {pair_median:.0f} ms"
@@ -181,20 +119,5 @@ async def run(rounds: int, chromium: str, folder: Path, backend: Backend) -> Non
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    args = parser.parse_args()
-    if not Path(args.chromium).is_file():
-        sys.exit(f"{args.chromium} is missing: apt-get install chromium")
-    print(
-        f"bench/guest_admit.py, {time.strftime('%Y-%m-%d %H:%M')}, run {uuid.uuid4().hex[:6]} ({ROOT})"
-    )
-    folder = temp_folder()
-    backend = sqlite_backend(folder)  # migrates with its own event loop: before ours
-    asyncio.run(run(args.rounds, args.chromium, folder, backend))
-
-
 if __name__ == "__main__":
-    main()
+    run_in_chromium(__file__, __doc__, run)

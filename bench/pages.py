@@ -13,24 +13,12 @@ Run: python bench/pages.py [--rounds N] [--chromium /usr/bin/chromium]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
-import sys
-import time
-import uuid
 from pathlib import Path
 
-from _common import ROOT, Backend, sqlite_backend, temp_folder
-from playwright.async_api import Browser, Page, async_playwright
-
-from app.config import Settings
-from app.db import Database, create_engine
-from tests.conftest import TEST_SECRET
-from tests.e2e.conftest import BASE_ARGS, DESKTOP, FAKE_UI, PHONE
-from tests.factories import PASSWORD, make_staff
-from tests.live import start_server
-from tests.signaling.helpers import make_visit
+from _common import Backend, phone_page, run_in_chromium, signed_in_clinic
+from playwright.async_api import Browser, Page
 
 NOW = "performance.timeOrigin + performance.now()"
 # Resolves with the time the remote video presents its first frame.
@@ -49,12 +37,7 @@ ADMIT = f"""name => {{
 
 
 async def one_round(browser: Browser, base: str, clinician: Page, token: str, name: str) -> float:
-    patient_context = await browser.new_context(
-        base_url=base,
-        viewport=PHONE,  # type: ignore[arg-type]  # a ViewportSize dict
-        permissions=["camera", "microphone"],
-    )
-    patient = await patient_context.new_page()
+    patient = await phone_page(browser, base)
     try:
         await patient.goto(f"/visit/{token}")
         await patient.get_by_test_id("consent-accept").click()
@@ -79,61 +62,19 @@ async def one_round(browser: Browser, base: str, clinician: Page, token: str, na
         await patient.get_by_role("heading", name="Your visit has ended").wait_for()
         return figure
     finally:
-        await patient_context.close()
+        await patient.context.close()
 
 
 async def run(rounds: int, chromium: str, folder: Path, backend: Backend) -> None:
-    db = Database(
-        create_engine(
-            Settings(environment="test", database_url=backend.url, secret_key=TEST_SECRET)  # type: ignore[arg-type]
-        )
-    )
-    staff = await make_staff(db, secret=TEST_SECRET.encode())
-    # Five-minute visits one after the other: every round's waiting room is open (it opens 30
-    # minutes before the start) for up to five rounds.
-    visits = [
-        await make_visit(db, staff.clinician, by=staff.scheduler, name=f"Pat Bench {i}", minutes=5)
-        for i in range(rounds)
-    ]
-    await db.dispose()
-    server = start_server(
-        {
-            "TELEVISIT_ENVIRONMENT": "test",
-            "TELEVISIT_DATABASE_URL": backend.url,
-            "TELEVISIT_SECRET_KEY": TEST_SECRET,
-            "TELEVISIT_PUBLIC_URL": "http://127.0.0.1",
-            "TELEVISIT_MEDIA_IPS": "127.0.0.1",
-            "TELEVISIT_MEDIA_PEER_ALLOW": "127.0.0.0/8",
-            "TELEVISIT_LOG_LEVEL": "WARNING",
-        },
-        log_path=folder / "server.log",
-    )
+    names = [f"Pat Bench {i}" for i in range(rounds)]
     figures: list[float] = []
-    try:
-        async with async_playwright() as driver:
-            browser = await driver.chromium.launch(
-                executable_path=chromium, headless=True, args=[*BASE_ARGS, FAKE_UI]
-            )
-            context = await browser.new_context(
-                base_url=server.url,
-                viewport=DESKTOP,  # type: ignore[arg-type]  # a ViewportSize dict
-                permissions=["camera", "microphone"],
-            )
-            clinician = await context.new_page()
-            await clinician.goto("/login")
-            await clinician.get_by_test_id("login-email").fill(staff.clinician.user.email)
-            await clinician.get_by_test_id("login-password").fill(PASSWORD)
-            await clinician.get_by_test_id("login-submit").click()
-            await clinician.wait_for_url("**/clinic")
-            for index, visit in enumerate(visits):
-                figures.append(
-                    await one_round(
-                        browser, server.url, clinician, visit.token, f"Pat Bench {index}"
-                    )
+    async with signed_in_clinic(chromium, folder, backend, names) as clinic:
+        for name, visit in zip(names, clinic.visits, strict=True):
+            figures.append(
+                await one_round(
+                    clinic.browser, clinic.server.url, clinic.clinician, visit.token, name
                 )
-            await browser.close()
-    finally:
-        server.stop()
+            )
     median = statistics.median(figures)
     print(
         f"\nadmit -> both remote videos playing, median of {len(figures)}: {median:.0f} ms"
@@ -142,18 +83,5 @@ async def run(rounds: int, chromium: str, folder: Path, backend: Backend) -> Non
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    args = parser.parse_args()
-    if not Path(args.chromium).is_file():
-        sys.exit(f"{args.chromium} is missing: apt-get install chromium")
-    print(f"bench/pages.py, {time.strftime('%Y-%m-%d %H:%M')}, run {uuid.uuid4().hex[:6]} ({ROOT})")
-    folder = temp_folder()
-    backend = sqlite_backend(folder)  # migrates with its own event loop: before ours
-    asyncio.run(run(args.rounds, args.chromium, folder, backend))
-
-
 if __name__ == "__main__":
-    main()
+    run_in_chromium(__file__, __doc__, run)
