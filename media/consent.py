@@ -92,11 +92,6 @@ async def reading(
         room.recorder.confirm(started)
 
 
-def _recording_stands(room: Room) -> bool:
-    """The patient's recording consent stands, and that of every guest present."""
-    return room.consent.recording and all(room.may_record(role) for role in room.present())
-
-
 def _confirms_recording(room: Room, found: Consent) -> bool:
     """The reading found the recording consent standing, as the room has it, for the patient
     and every guest present."""
@@ -171,7 +166,7 @@ async def _start_recording(room: Room) -> None:
         return
     # The consent as committed now, not as last announced: a withdrawal racing this request
     # is either seen here or stops the recording, and what came after it is never written.
-    if not await _read_now(room) or not _recording_stands(room):
+    if not await _read_now(room) or not room.consent.recording_stands(room.present()):
         await room.tell(
             "clinician",
             error_message(

@@ -165,12 +165,7 @@ class Room:
 
     def may_record(self, role: str) -> bool:
         """Whether `role`'s recording consent stands (the clinician's is not asked for)."""
-        if role == PATIENT:
-            return self.consent.recording
-        if role == CLINICIAN:
-            return True
-        standing = self.consent.guest(role)
-        return standing is not None and standing.recording
+        return self.consent.may_record(role)
 
     def present(self) -> list[str]:
         """Who is in the room now: has a peer connection."""

@@ -255,13 +255,3 @@ class Guests:
     async def _queues_of_visits(self, appointment_ids: Iterable[uuid.UUID]) -> None:
         for clinician_id in await guest_calls.clinicians_of(self.db, set(appointment_ids)):
             await self.fanout.changed(clinician_id)
-
-    # Recording -------------------------------------------------------------------------------
-
-    async def all_consent_to_recording(self, call_id: uuid.UUID) -> bool:
-        """Whether every guest in the call has the `recording` consent (the patient's is the
-        appointment's: signaling.visits)."""
-        return all("recording" in guest.consent.split() for guest in await self._in_call(call_id))
-
-    async def _in_call(self, call_id: uuid.UUID) -> list[VisitGuest]:
-        return await guest_calls.in_call(self.db, call_id)

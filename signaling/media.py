@@ -13,11 +13,12 @@ what the relay trusts, and when it cannot read it, nothing of the patient's goes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from app.participants import CLINICIAN, PATIENT
 from signaling.errors import SignalingError
 
 # The server messages the relay emits, built as signaling builds them (the contract's shapes):
@@ -80,6 +81,21 @@ class Consent:
 
     def guest(self, key: str) -> GuestConsent | None:
         return self.guests.get(key)
+
+    def may_record(self, key: str) -> bool:
+        """Whether this person's recording consent stands (the clinician's is not asked for)."""
+        if key == PATIENT:
+            return self.recording
+        if key == CLINICIAN:
+            return True
+        standing = self.guest(key)
+        return standing is not None and standing.recording
+
+    def recording_stands(self, present: Iterable[str]) -> bool:
+        """The rule for `record start` (and for a recording to go on): the patient's recording
+        consent stands, and that of everyone present. Both the relay (with who has media in
+        its room) and signaling (with who is in the call) apply it."""
+        return self.recording and all(self.may_record(key) for key in present)
 
 
 # What stands for a call that is no longer under way, or that the database does not know.

@@ -136,12 +136,16 @@ class Visits:
         await self.fanout.changed(appointment.clinician_id)
 
     async def record(self, clinician_id: uuid.UUID, call_id: uuid.UUID, action: str) -> None:
-        """Recording starts only when every participant present consented to it (the relay
-        checks again with what it reads, and stops a recording when a guest without the
-        consent joins)."""
-        refused = action == "start" and not (
-            (await self.standing(call_id)).recording
-            and await self.guests.all_consent_to_recording(call_id)
+        """Recording starts only when every participant present consented to it.
+
+        The relay decides: it applies the same rule (Consent.recording_stands) to the consent
+        committed when it starts, and stops a recording when someone without the consent
+        joins. This look first refuses at once, as the clinician's own audited refusal, and
+        counts everyone in the call: a guest admitted without the recording consent whose
+        media has not reached the relay yet is not present to the relay, which would start a
+        recording only to stop it when their media arrives (everyone told "on", then "off")."""
+        refused = action == "start" and not (await self.standing(call_id)).recording_stands(
+            await self.guests.keys_in_call(call_id)
         )
         async with self.db.session(write=True) as session:
             await record_event(

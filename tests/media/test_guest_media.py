@@ -9,17 +9,20 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiortc import RTCSessionDescription
+from sqlalchemy import select
 
+from app.audit import AuditEvent
 from app.db import Database
 from tests.conftest import ServerFactory
 from tests.factories import Staff
 from tests.live import LiveServer
 from tests.media.clients import MediaClient, until
-from tests.media.test_call import BLUE, RED, admitted_call
-from tests.signaling.helpers import add_guest, open_socket
+from tests.media.test_call import BLUE, RED, Call, admitted_call
+from tests.signaling.helpers import Socket, add_guest, open_socket
 
 GREEN = (30, 200, 30)
 GUEST_TONE = 700.0
@@ -48,18 +51,28 @@ async def answering(client: MediaClient) -> AsyncIterator[None]:
             await task
 
 
+@asynccontextmanager
+async def answered_call(
+    server: LiveServer, staff: Staff, db: Database
+) -> AsyncIterator[tuple[Call, httpx.AsyncClient]]:
+    """A call, both sides answering the relay's own offers, the clinician seeing the patient;
+    and an HTTP client of the server."""
+    async with (
+        httpx.AsyncClient(base_url=server.url) as http,
+        admitted_call(server, staff, db, http) as call,
+        answering(call.patient),
+        answering(call.clinician),
+    ):
+        await call.clinician.wait_for_video(RED)
+        yield call, http
+
+
 class TestGuestMedia:
     async def test_an_admitted_guest_sees_and_is_seen_by_both(
         self, live_server: LiveServer, staff: Staff, db: Database
     ) -> None:
-        async with (
-            httpx.AsyncClient(base_url=live_server.url) as http,
-            admitted_call(live_server, staff, db, http) as call,
-            answering(call.patient),
-            answering(call.clinician),
-        ):
+        async with answered_call(live_server, staff, db) as (call, http):
             await call.patient.wait_for_video(BLUE)
-            await call.clinician.wait_for_video(RED)
             guest = await add_guest(http, call.visit, staff.clinician.headers)
             url = f"{live_server.ws_url}/ws/visits/{guest.token}"
             async with open_socket(url) as socket:
@@ -106,30 +119,33 @@ class TestGuestMedia:
                     await client.close_pc()
 
 
+@asynccontextmanager
+async def caregiver_admitted(
+    server: LiveServer, call: Call, http: httpx.AsyncClient
+) -> AsyncIterator[tuple[Socket, dict[str, Any]]]:
+    """A caregiver who consented to the video visit, not to recording, admitted into the call
+    (their media not connected): their socket and their `admitted` message."""
+    guest = await add_guest(
+        http, call.visit, call.visit.clinician.headers, role="caregiver", name="Cara"
+    )
+    async with open_socket(f"{server.ws_url}/ws/visits/{guest.token}") as socket:
+        await socket.expect("waiting")
+        key = str(call.visit.appointment_id)
+        await call.desk.send({"type": "admit", "appointment_id": key, "participant_id": guest.id})
+        yield socket, await socket.expect("admitted")
+
+
 class TestRecordingWithGuests:
     async def test_a_guest_without_the_recording_consent_stops_it_and_blocks_a_new_one(
         self, live_server_factory: ServerFactory, staff: Staff, db: Database, tmp_path: Path
     ) -> None:
         server = live_server_factory(recordings_dir=str(tmp_path / "recordings"))
-        async with (
-            httpx.AsyncClient(base_url=server.url) as http,
-            admitted_call(server, staff, db, http) as call,
-            answering(call.patient),
-            answering(call.clinician),
-        ):
-            await call.clinician.wait_for_video(RED)
+        async with answered_call(server, staff, db) as (call, http):
             key = str(call.visit.appointment_id)
-            await call.desk.send({"type": "record", "appointment_id": key, "action": "start"})
+            start = {"type": "record", "appointment_id": key, "action": "start"}
+            await call.desk.send(start)
             assert (await call.patient_socket.expect("recording"))["state"] == "on"
-            # A caregiver who consented to the video visit, not to recording, joins.
-            guest = await add_guest(
-                http, call.visit, staff.clinician.headers, role="caregiver", name="Cara"
-            )
-            async with open_socket(f"{server.ws_url}/ws/visits/{guest.token}") as socket:
-                await socket.expect("waiting")
-                admit = {"type": "admit", "appointment_id": key, "participant_id": guest.id}
-                await call.desk.send(admit)
-                admitted = await socket.expect("admitted")
+            async with caregiver_admitted(server, call, http) as (socket, admitted):
                 client = MediaClient(socket, colour=GREEN, tone=GUEST_TONE)
                 try:
                     await client.connect(admitted["ice_servers"])
@@ -139,9 +155,31 @@ class TestRecordingWithGuests:
                         assert off["state"] == "off"
                         assert (await call.desk.expect("recording", state="off"))["state"]
                         # And it cannot start again while they are in the call.
-                        start = {"type": "record", "appointment_id": key, "action": "start"}
                         await call.desk.send(start)
                         refused = await call.desk.expect("error")
                         assert refused["code"] == "recording_consent_required"
                 finally:
                     await client.close_pc()
+
+    async def test_a_guest_admitted_without_it_refuses_a_start_before_their_media_arrives(
+        self, live_server_factory: ServerFactory, staff: Staff, db: Database, tmp_path: Path
+    ) -> None:
+        """Admitted, their media not yet at the relay (which counts only those with media in
+        its room): signaling's look counts everyone in the call and refuses at once, as the
+        clinician's refusal, rather than the relay starting a recording their media would stop."""
+        server = live_server_factory(recordings_dir=str(tmp_path / "recordings"))
+        async with (
+            answered_call(server, staff, db) as (call, http),
+            caregiver_admitted(server, call, http),
+        ):
+            key = str(call.visit.appointment_id)
+            await call.desk.send({"type": "record", "appointment_id": key, "action": "start"})
+            refused = await call.desk.expect("error")
+            assert refused["code"] == "recording_consent_required"
+        async with db.session(write=False) as session:
+            audited = await session.execute(
+                select(AuditEvent.actor_role, AuditEvent.outcome).where(
+                    AuditEvent.resource_id == key, AuditEvent.action == "recording.start"
+                )
+            )
+            assert list(audited.all()) == [("clinician", "recording_consent_required")]
