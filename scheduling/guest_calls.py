@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from app.db import Database
-from app.participants import MAX_PEOPLE, guest_key
+from app.participants import MAX_GUESTS, guest_key
 from scheduling.calls import CONNECTED, RECONNECTING
 from scheduling.lifecycle import VIDEO_VISIT, names_scope
 from scheduling.models import Appointment, GuestStatus, Status, VisitGuest
@@ -207,8 +207,13 @@ async def admit(
             VisitGuest.presence == CONNECTED,
             _consent_stands(),
             _visit(Appointment.status == Status.IN_CALL.value),
-            # The patient and the clinician, and the guests in the call already.
-            in_call + 2 < MAX_PEOPLE,
+            # Room for one more guest. The slots index caps a visit's active guests at
+            # MAX_GUESTS too, and this guest, waiting, holds one of them: so today this always
+            # holds, and an admission past the limit is refused earlier, as adding a third guest
+            # (409 `participant_limit`). It stays in the statement, from the same constant, so
+            # that the call's size is decided where the admission is, whatever the slots become
+            # (signaling.guests says `call_full` when it does not hold).
+            in_call < MAX_GUESTS,
         ],
         {"status": IN_CALL, "admitted_at": now},
     )

@@ -167,6 +167,8 @@ class Guests:
             return SignalingError(
                 "consent_required", "The participant's consent to the video visit does not stand."
             )
+        # The statement's one other condition, room for one more guest: not met while the
+        # slots index caps a visit's guests at the same MAX_GUESTS (guest_calls.admit).
         return SignalingError("call_full", "The call has as many people as it may have.")
 
     # Departures ------------------------------------------------------------------------------
