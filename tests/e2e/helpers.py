@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from playwright.async_api import Page, expect
 
@@ -12,6 +13,12 @@ from tests.factories import PASSWORD, Person
 
 # Serious and critical violations fail a page; minor and moderate ones are reported only.
 FAILING_IMPACTS = ("serious", "critical")
+
+
+def page_kind(page: Page) -> str:
+    """Which page, for a failure message: the first part of its path (`/visit`, `/clinic`),
+    never the visit's token that follows it in a patient's or a guest's link."""
+    return "/" + urlsplit(page.url).path.strip("/").split("/", 1)[0]
 
 
 async def sign_in(page: Page, person: Person, *, lands_on: str) -> None:

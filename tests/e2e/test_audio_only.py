@@ -21,7 +21,13 @@ from playwright.async_api import Page, expect
 
 from app.db import Database
 from tests.e2e.conftest import PHONE, Pages, shot
-from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in, video_advances
+from tests.e2e.helpers import (
+    assert_accessible,
+    consent_and_join,
+    page_kind,
+    sign_in,
+    video_advances,
+)
 from tests.factories import Staff
 from tests.signaling.helpers import make_visit
 
@@ -179,7 +185,7 @@ async def sound_only_and_back(
     await video_stops_and_sound_goes_on(chooser)
     for page, who in ((chooser, "chose"), (other, "told")):
         await shot(page, artifacts, f"{shots}-{who}")
-        await assert_accessible(page, axe_source, f"{page.url}: sound only, {who}")
+        await assert_accessible(page, axe_source, f"{page_kind(page)}: sound only, {who}")
         await no_sideways_scrolling(page)
 
     await press()

@@ -27,6 +27,7 @@ from tests.e2e.helpers import (
     assert_accessible,
     consent_and_join,
     invite,
+    page_kind,
     sign_in,
     video_advances,
 )
@@ -181,7 +182,7 @@ async def everyone_is_heard(page: Page, people: int) -> None:
         ):
             return
         await page.wait_for_timeout(500)
-    raise AssertionError(f"{page.url}: not everyone heard; first {before}, last {now}")
+    raise AssertionError(f"{page_kind(page)}: not everyone heard; first {before}, last {now}")
 
 
 async def observed_page(pages: Pages, **options: Any) -> Page:
@@ -197,7 +198,8 @@ async def every_tile_advances(page: Page, people: int) -> None:
         await page.wait_for_function(ADVANCED, arg=[people, clocks])
     except PlaywrightTimeoutError as timeout:
         shown = await page.evaluate(TILES)
-        raise AssertionError(f"{page.url}: {people} people expected; tiles: {shown}") from timeout
+        expected = f"{page_kind(page)}: {people} people expected; tiles: {shown}"
+        raise AssertionError(expected) from timeout
 
 
 async def no_sideways_scrolling(page: Page) -> None:
