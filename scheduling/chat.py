@@ -4,6 +4,12 @@ Each message is stored before anyone is sent it (signaling.chat), so what the pa
 is what staff read afterwards (`GET /api/v1/appointments/{id}/chat`). A message is stored only
 while the visit's call runs: a socket that still believes itself in a call that ended cannot add
 to its chat. The text is patient data: it never reaches a log line.
+
+Who in a running call may be shown what was said before (`visible_to`, for the pages that come
+back into the call): the patient and the clinician all of it; a guest only what was said from
+their latest admission on (what the patient and the clinician said before a caregiver or an
+interpreter joined was not said in front of them); anyone not in the call (waiting, removed,
+gone, or the call not running), nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime
-from scheduling.models import Appointment, Status
+from app.participants import parse_key
+from scheduling.models import Appointment, GuestStatus, Status, VisitGuest
 
 # The contract's bounds on one message, in characters (the database checks them too).
 MAX_TEXT = 2000
@@ -77,11 +84,40 @@ async def add_message(
     return message
 
 
-async def messages_of(session: AsyncSession, appointment_id: uuid.UUID) -> Sequence[ChatMessage]:
-    """The visit's chat, oldest first."""
-    result = await session.scalars(
-        select(ChatMessage)
-        .where(ChatMessage.appointment_id == appointment_id)
-        .order_by(ChatMessage.sent_at, ChatMessage.id)
-    )
+async def messages_of(
+    session: AsyncSession, appointment_id: uuid.UUID, *, since: dt.datetime | None = None
+) -> Sequence[ChatMessage]:
+    """The visit's chat (from `since` on), oldest first."""
+    query = select(ChatMessage).where(ChatMessage.appointment_id == appointment_id)
+    if since is not None:
+        query = query.where(ChatMessage.sent_at >= since)
+    result = await session.scalars(query.order_by(ChatMessage.sent_at, ChatMessage.id))
     return result.all()
+
+
+async def visible_to(
+    session: AsyncSession, *, appointment_id: uuid.UUID, participant: str
+) -> Sequence[ChatMessage] | None:
+    """What was said in the running call that this participant (their key) may be shown, oldest
+    first; None when they are not in it now (or the call is not running)."""
+    status = await session.scalar(
+        select(Appointment.status).where(Appointment.id == appointment_id)
+    )
+    if status != Status.IN_CALL.value:
+        return None
+    try:
+        _role, guest_id = parse_key(participant)
+    except ValueError:
+        return None
+    if guest_id is None:
+        return await messages_of(session, appointment_id)
+    admitted_at = await session.scalar(
+        select(VisitGuest.admitted_at).where(
+            VisitGuest.id == guest_id,
+            VisitGuest.appointment_id == appointment_id,
+            VisitGuest.status == GuestStatus.IN_CALL.value,
+        )
+    )
+    if admitted_at is None:
+        return None
+    return await messages_of(session, appointment_id, since=admitted_at)

@@ -11,6 +11,13 @@ call get `{"type":"chat","id","appointment_id","from":{"role","name","participan
 history `GET /appointments/{id}/chat` gives it), the sender too (their page shows the message
 once the server holds it).
 
+A page that comes back into a running call (a reload, a new socket), or a guest admitted into it,
+is sent `{"type":"chat_history","appointment_id","items"}` right after `admitted`: the call's
+messages this person may see (scheduling.chat.visible_to: the patient all of them, a guest those
+from their admission on), oldest first, each item the `chat` message it was sent as. Nobody
+waiting or removed is sent it. The console reads the history over HTTP instead (staff reads are
+audited there).
+
 The text and the names are patient data: nothing here logs them, nor an exception's message
 (which may quote a statement's parameters).
 """
@@ -91,15 +98,33 @@ async def send(
             extra={"error_type": type(exc).__name__, "appointment_id": str(call_id)},
         )
         raise SignalingError("unavailable", "Could not send that just now; try again.") from None
-    await deliver(
-        call_id,
-        messages.chat(
-            call_id,
-            stored.sender,
-            chat.sender_role(stored.sender),
-            stored.sender_name,
-            stored.text,
-            _rfc3339(stored.sent_at),
-            message_id=stored.id,
-        ),
+    await deliver(call_id, _as_sent(stored))
+
+
+def _as_sent(stored: chat.ChatMessage) -> dict[str, Any]:
+    """A stored message as the call's `chat` message."""
+    return messages.chat(
+        stored.appointment_id,
+        stored.sender,
+        chat.sender_role(stored.sender),
+        stored.sender_name,
+        stored.text,
+        _rfc3339(stored.sent_at),
+        message_id=stored.id,
     )
+
+
+async def history(db: Database, call_id: uuid.UUID, participant: str) -> dict[str, Any] | None:
+    """The `chat_history` for this participant of the running call; None when they are not in
+    it, or when it cannot be read just now (the live messages go on without it)."""
+    try:
+        async with db.session(write=False) as session:
+            found = await chat.visible_to(session, appointment_id=call_id, participant=participant)
+            items = None if found is None else [_as_sent(message) for message in found]
+    except Exception as exc:
+        logger.warning(
+            "chat history not read",
+            extra={"error_type": type(exc).__name__, "appointment_id": str(call_id)},
+        )
+        return None
+    return None if items is None else messages.chat_history(call_id, items)

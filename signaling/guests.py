@@ -10,7 +10,8 @@ arrival and departure: `{"type":"peer","event":"joined"|"left","role","participa
 
 On admission the order is what the contract promises: everyone already in the call gets the
 guest's `peer joined` (name and role), then the guest gets a `peer joined` for each of them, and
-only then `admitted`. The relay forwards nothing of the guest's before they negotiate, which
+only then `admitted` (and the call's chat from their admission on: signaling.chat). The relay
+forwards nothing of the guest's before they negotiate, which
 their client does on `admitted`: the patient has seen who joined before hearing them.
 """
 
@@ -30,7 +31,7 @@ from scheduling import calls, guest_calls, lifecycle
 from scheduling import guests as guest_links
 from scheduling import service as scheduling
 from scheduling.models import Appointment, GuestStatus, Status, VisitGuest
-from signaling import messages
+from signaling import chat, messages
 from signaling.broker import BrokerUnavailable
 from signaling.errors import SignalingError
 from signaling.fanout import QueueFanout
@@ -134,6 +135,10 @@ class Guests:
             raise SignalingError(
                 "admit_failed", "The participant could not be reached; they are still waiting."
             )
+        # Then what was said in the call from their admission on (what came in between).
+        history = await chat.history(self.db, appointment_id, key)
+        if history is not None:
+            await self.participants.to_participant(appointment_id, key, history)
         async with self.db.session(write=True) as session:
             await guest_links.record_admitted(
                 session,

@@ -205,6 +205,10 @@ class Signaling:
             self.db, self.to_call, call_id, sender=sender, name=name, text=text, limit=limit
         )
 
+    async def chat_history(self, call_id: uuid.UUID, participant: str) -> dict[str, Any] | None:
+        """The `chat_history` this participant of the running call may be sent (None: none)."""
+        return await chat.history(self.db, call_id, participant)
+
     # This process's sockets --------------------------------------------------------------
 
     def patient_here(self, link: PatientLink) -> None:

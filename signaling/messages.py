@@ -330,5 +330,11 @@ def chat(
     }
 
 
+def chat_history(appointment_id: uuid.UUID, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """What was said in the call before, for a page coming (back) into it: each item the `chat`
+    message it was sent as, oldest first (signaling.chat.history)."""
+    return {"type": "chat_history", "appointment_id": str(appointment_id), "items": items}
+
+
 def pong() -> dict[str, Any]:
     return {"type": "pong"}

@@ -232,6 +232,17 @@ class VisitorSession(Connection):
             self.finished = True
             self.close(int(message["close"]))
 
+    async def _back_in_call(self, peers: list[dict[str, Any]]) -> None:
+        """A socket (back) in the running call: who else is in it, `admitted` (the page
+        negotiates anew), then what was said in the call that this person may see (a page
+        reloaded mid-call shows the conversation so far; signaling.chat)."""
+        for peer in peers:
+            self.send(peer)
+        self.send(messages.admitted(self.signaling.ice_servers(self.appointment)))
+        history = await self.signaling.chat_history(self.appointment.id, self.key)
+        if history is not None:
+            self.send(history)
+
     def here(self) -> None:
         """Known to this process's reconciliation (before its check-in is written)."""
 
@@ -329,9 +340,9 @@ class PatientSession(VisitorSession):
         await self.signaling.watch_queue(appointment.clinician_id, self)
         if self.in_call:
             # Back in a call: who of the guests is in it, then negotiate anew.
-            for peer in await self.signaling.present(appointment, PATIENT, guests_only=True):
-                self.send(peer)
-            self.send(messages.admitted(self.signaling.ice_servers(appointment)))
+            await self._back_in_call(
+                await self.signaling.present(appointment, PATIENT, guests_only=True)
+            )
         await self.signaling.queue_changed(appointment.clinician_id)
 
     async def detach(self) -> None:
@@ -427,9 +438,7 @@ class GuestSession(VisitorSession):
         await self._join()
         if self.in_call:
             # Back in the call (within the grace period): who is in it, then negotiate anew.
-            for peer in await self.signaling.present(self.appointment, self.key):
-                self.send(peer)
-            self.send(messages.admitted(self.signaling.ice_servers(self.appointment)))
+            await self._back_in_call(await self.signaling.present(self.appointment, self.key))
         else:
             self.send(messages.waiting(None, None))
         await self.signaling.queue_changed(self.appointment.clinician_id)

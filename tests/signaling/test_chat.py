@@ -1,6 +1,7 @@
 """Chat in a call through real sockets on a real server: delivered to everyone in the call,
 kept with the visit, refused when empty, too long, too frequent or out of the call, read back
-by the clinician and admins only (audited), and never in a log line."""
+by the clinician and admins only (audited), sent again to a page back in the call (a guest only
+from their admission on, nobody waiting or removed), and never in a log line."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tests.live import LiveServer, free_port
 from tests.signaling.helpers import (
     Call,
     Socket,
+    add_guest,
     consented_visit,
     console,
     make_visit,
@@ -253,6 +255,121 @@ class TestReadBack:
         assert details is not None
         assert details["count"] == 1
         assert "a message" not in str(details)
+
+
+def kinds(socket: Socket) -> list[str]:
+    """The types of every message the socket has had, in order."""
+    return [str(message.get("type")) for message in socket.log]
+
+
+async def back_in_call(url: str) -> tuple[Socket, dict[str, Any]]:
+    """A second socket of someone in the call (the first is replaced): its `chat_history`,
+    checked to come right after `admitted`. Closed again before it returns."""
+    async with open_socket(url) as socket:
+        history = await socket.expect("chat_history")
+        got = kinds(socket)
+        assert got.index("chat_history") == got.index("admitted") + 1, got
+    return socket, history
+
+
+def texts(history: dict[str, Any]) -> list[str]:
+    return [item["text"] for item in history["items"]]
+
+
+class TestHistoryOverTheSocket:
+    async def test_a_patient_back_in_the_call_is_sent_everything_said_so_far(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        ws = live_server.ws_url
+        async with running_call(ws, staff, db, http, name=PATIENT_NAME) as call:
+            await call.from_patient("Hello, can you hear me?")
+            said = [await call.patient.expect("chat")]
+            await call.from_clinician("Yes, clearly.")
+            said.append(await call.patient.expect("chat"))
+            # A reload: the new socket takes over and is sent the chat as the live one was.
+            _, history = await back_in_call(f"{ws}/ws/visits/{call.visit.token}")
+            assert history["appointment_id"] == call.id
+            assert history["items"] == said
+            # The console reads the history over HTTP (audited), never over the socket.
+            await call.desk.send({"type": "ping"})
+            await call.desk.expect("pong")
+            assert "chat_history" not in kinds(call.desk)
+
+    async def test_a_waiting_patient_is_sent_no_history(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        visit = await consented_visit(db, http, staff.clinician, by=staff.scheduler)
+        async with db.session(write=True) as session:
+            session.add(_row(visit.appointment_id, "kept with the visit"))
+        async with open_socket(f"{live_server.ws_url}/ws/visits/{visit.token}") as patient:
+            await patient.expect("waiting")
+            await patient.send({"type": "ping"})
+            await patient.expect("pong")
+            assert "chat_history" not in kinds(patient)
+            assert "chat" not in kinds(patient)
+
+    async def test_a_guest_sees_what_was_said_from_their_admission_on(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        ws = live_server.ws_url
+        async with running_call(ws, staff, db, http, name=PATIENT_NAME) as call:
+            guest = await add_guest(http, call.visit, staff.clinician.headers, role="caregiver")
+            guest_url = f"{ws}/ws/visits/{guest.token}"
+            await call.from_patient("before anyone else came")
+            await call.patient.expect("chat")
+            async with open_socket(guest_url) as waiting:
+                await waiting.expect("waiting")
+                await call.from_clinician("while the caregiver waits")
+                await call.patient.expect("chat")
+                await waiting.send({"type": "ping"})
+                await waiting.expect("pong")
+                assert not {"chat", "chat_history"} & set(kinds(waiting))
+                await call.desk.send(
+                    {"type": "admit", "appointment_id": call.id, "participant_id": guest.id}
+                )
+                await waiting.expect("admitted")
+                # Admitted: only what is said from now on.
+                assert (await waiting.expect("chat_history"))["items"] == []
+                await call.from_patient("now that you are here")
+                after = await waiting.expect("chat")
+                assert "chat" not in kinds(waiting)[: kinds(waiting).index("admitted")]
+                # The guest's page reloaded: still only what was said since their admission.
+                _, history = await back_in_call(guest_url)
+                assert history["items"] == [after]
+                assert await waiting.expect_close() == 4409
+            # The patient's page reloaded: everything.
+            _, everything = await back_in_call(f"{ws}/ws/visits/{call.visit.token}")
+            assert texts(everything) == [
+                "before anyone else came",
+                "while the caregiver waits",
+                "now that you are here",
+            ]
+
+    async def test_a_removed_guest_is_sent_no_history(
+        self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient
+    ) -> None:
+        ws = live_server.ws_url
+        async with running_call(ws, staff, db, http, name=PATIENT_NAME) as call:
+            guest = await add_guest(http, call.visit, staff.clinician.headers)
+            async with open_socket(f"{ws}/ws/visits/{guest.token}") as socket:
+                await socket.expect("waiting")
+                await call.desk.send(
+                    {"type": "admit", "appointment_id": call.id, "participant_id": guest.id}
+                )
+                await socket.expect("chat_history")
+                await call.from_patient("said in front of the interpreter")
+                await socket.expect("chat")
+                removed = await http.delete(
+                    f"/api/v1/appointments/{call.id}/participants/{guest.id}",
+                    headers=staff.clinician.headers,
+                )
+                assert removed.status_code == 204
+                assert await socket.expect_close() == 4410
+            await call.from_patient("said after they were removed")
+            await call.patient.expect("chat")
+            async with open_socket(f"{ws}/ws/visits/{guest.token}") as again:
+                assert await again.expect_close() == 4410
+                assert not {"chat", "chat_history", "admitted"} & set(kinds(again))
 
 
 CLIENT_LOGGERS = ("websockets.client", "httpx", "httpcore")
