@@ -1,15 +1,20 @@
 """Chat in the call, in Chromium: the patient (phone width) and the clinician write to each other
 with the keyboard alone, messages land in each page's live region, the open panel leaves the
-video uncovered, and axe finds nothing serious on either page with the chat open."""
+video uncovered, and axe finds nothing serious on either page with the chat open. What was said
+before shows again after a reload (the console reads it over HTTP, once per call it shows, not
+on a reconnection; the patient's page is sent it on its socket)."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import httpx
-from playwright.async_api import Locator, Page, Route, expect
+from playwright.async_api import Locator, Page, Request, Route, WebSocket, expect
+from sqlalchemy import func, select
 
+from app.audit import AuditEvent
 from app.db import Database
 from tests.e2e.conftest import PHONE, Pages, shot
 from tests.e2e.helpers import assert_accessible, consent_and_join, sign_in, video_advances
@@ -175,3 +180,107 @@ class TestChatHistory:
         await expect(clinician.get_by_test_id("chat-toggle")).not_to_contain_text("new")
         await clinician.get_by_test_id("end-call").click()
         await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
+
+    async def test_a_console_reconnecting_mid_call_does_not_read_the_history_again(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        """Each read of the history is a staff read in the audit trail: one at the take, none
+        for a socket that comes back (the panel holds the call's messages already)."""
+        reads: list[str] = []
+        sockets: list[WebSocket] = []
+        # `call` on a socket after the first: the server handed the call to the console again.
+        taken_again = asyncio.Event()
+
+        def on_request(request: Request) -> None:
+            if request.url.endswith("/chat"):
+                reads.append(request.url)
+
+        def on_socket(socket: WebSocket) -> None:
+            index = len(sockets)
+            sockets.append(socket)
+
+            def on_frame(frame: str | bytes) -> None:
+                if index > 0 and '"type": "call"' in str(frame):
+                    taken_again.set()
+
+            socket.on("framereceived", on_frame)
+
+        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=PATIENT)
+        patient = await pages.page(viewport=PHONE)
+        await consent_and_join(patient, visit.token)
+        clinician = await pages.page()
+        clinician.on("request", on_request)
+        clinician.on("websocket", on_socket)
+        await sign_in(clinician, staff.clinician, lands_on="/clinic")
+        item = clinician.get_by_test_id("queue-item").filter(has_text=PATIENT)
+        await item.get_by_test_id("admit").click()
+        await video_advances(clinician)
+        await clinician.get_by_test_id("chat-toggle").click()
+        await say(patient, "before the reconnection")
+        await expect(messages(clinician)).to_have_count(1)
+        await until_audited(db, visit.appointment_id, 1)
+        assert len(reads) == 1
+
+        # The browser says the network went and came back: the console's socket is dropped and
+        # opened again, and the server hands it the call again (`call` on the new socket).
+        await clinician.evaluate("() => window.dispatchEvent(new Event('offline'))")
+        await clinician.evaluate("() => window.dispatchEvent(new Event('online'))")
+        async with asyncio.timeout(30):
+            await taken_again.wait()
+        await video_advances(clinician)
+        await say(patient, "after the reconnection")
+        await expect(messages(clinician).locator(".chat-text")).to_have_text(
+            ["before the reconnection", "after the reconnection"]
+        )
+        assert len(sockets) >= 2
+        assert len(reads) == 1, reads
+        assert await chat_reads(db, visit.appointment_id) == 1
+        await clinician.get_by_test_id("end-call").click()
+        await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
+
+    async def test_a_patient_reloaded_mid_call_shows_what_was_said(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        _visit, patient, clinician = await admitted(pages, staff, db)
+        await video_advances(clinician)
+        await say(patient, "first, from the patient")
+        await say(clinician, "second, from the clinician")
+        await expect(messages(patient)).to_have_count(2)
+
+        await patient.reload()
+        await expect(patient.get_by_test_id("join")).to_be_enabled()
+        await patient.get_by_test_id("join").click()
+        await video_advances(patient)
+        # Earlier messages are neither unread nor announced: the closed panel counts none.
+        await expect(patient.get_by_test_id("chat-toggle")).not_to_contain_text("new")
+        await patient.get_by_test_id("chat-toggle").click()
+        texts = ["first, from the patient", "second, from the clinician"]
+        await expect(messages(patient).locator(".chat-text")).to_have_text(texts)
+        await expect(messages(patient).first).to_contain_text(f"{PATIENT} (you)")
+        await expect(messages(patient).nth(1)).to_contain_text(staff.clinician.user.name)
+        await expect(messages(patient).nth(1)).not_to_contain_text("(you)")
+        # The live messages go on after them, each once.
+        await say(clinician, "third, after the reload")
+        await expect(messages(patient).locator(".chat-text")).to_have_text(
+            [*texts, "third, after the reload"]
+        )
+        await clinician.get_by_test_id("end-call").click()
+        await expect(patient.get_by_role("heading", name="Your visit has ended")).to_be_visible()
+
+
+async def chat_reads(db: Database, appointment_id: uuid.UUID) -> int:
+    """The staff reads of the visit's chat in the audit trail."""
+    async with db.session(write=False) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == "chat.list")
+            .where(AuditEvent.resource_id == str(appointment_id))
+        )
+    return int(count or 0)
+
+
+async def until_audited(db: Database, appointment_id: uuid.UUID, reads: int) -> None:
+    async with asyncio.timeout(30):
+        while await chat_reads(db, appointment_id) < reads:  # noqa: ASYNC110 (the database)
+            await asyncio.sleep(0.1)

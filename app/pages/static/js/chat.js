@@ -7,10 +7,15 @@
 // once, the server busy) puts the text back and says why. Text only ever goes in through
 // textContent.
 //
-// History: given `history(callId)` (the console: `GET /appointments/{id}/chat`), a page that
-// takes a call (again, after a reload or a reconnection) shows what was said before, in order,
-// ahead of the live messages; each message shows once (by its `id`, which the live `chat`
-// message carries too), and earlier messages neither count as unread nor are announced.
+// History: what was said before shows in order, ahead of the live messages; each message shows
+// once (by its `id`, which the live `chat` message carries too), and earlier messages neither
+// count as unread nor are announced. Two sources:
+// - `history(callId)` (the console: `GET /appointments/{id}/chat`, a staff read the server
+//   audits): asked once per call the panel shows, when it starts showing it (a first take, or
+//   a reload); never again on a reconnection (the panel holds that call's messages already), but
+//   again on the next start if the read failed.
+// - `earlier(callId, items)`: the server's `chat_history` (the visit page: sent after
+//   `admitted` when the page comes back into a running call, or a guest is admitted).
 
 import { el } from "./dom.js";
 import { formatTime } from "./time.js";
@@ -44,6 +49,7 @@ export class ChatPanel {
     this.pending = null;
     this.history = history;
     this.shown = new Set(); // ids of the messages on the list
+    this.loaded = null; // the call whose history was asked for (and not refused)
 
     this.count = el("span", { class: "tag chat-unread", hidden: true });
     this.toggleButton = el(
@@ -137,17 +143,24 @@ export class ChatPanel {
     this.me = me;
     this.root.hidden = false;
     this.input.disabled = this.sendButton.disabled = false;
-    if (this.history) this.loadHistory(callId);
+    if (this.history && this.loaded !== callId) this.loadHistory(callId);
   }
 
-  /** What was said in this call before: placed by time among what is shown, each once. */
+  /** The call's history, once per call shown (each read is audited). */
   async loadHistory(callId) {
+    this.loaded = callId;
     let items;
     try {
       items = await this.history(callId);
     } catch {
-      return; // the live messages go on; the next start tries again
+      if (this.loaded === callId) this.loaded = null; // the next start tries again
+      return; // the live messages go on
     }
+    this.earlier(callId, items);
+  }
+
+  /** What was said in this call before: placed by time among what is shown, each once. */
+  earlier(callId, items) {
     if (callId !== this.callId) return;
     for (const message of items || []) this.show(message, { earlier: true });
   }

@@ -50,7 +50,8 @@ const tiles = new CallTiles({
   self: { key: "patient", tile: byId("self-tile") },
 });
 
-// Chat in the call (chat.js): sent on this page's socket.
+// Chat in the call (chat.js): sent on this page's socket; what was said before comes on it too
+// (`chat_history`).
 const chat = new ChatPanel({
   container: byId("chat-slot"),
   send: (text) => Boolean(state.channel?.send({ type: "chat", text })),
@@ -459,6 +460,10 @@ async function onMessage(message) {
       break;
     case "chat":
       chat.receive(message);
+      break;
+    case "chat_history":
+      // What was said before this page came (back) into the call (after `admitted`).
+      chat.earlier(message.appointment_id, message.items);
       break;
     case "ended":
       finish(message.reason);
