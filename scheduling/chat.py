@@ -18,7 +18,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, Uuid, select
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, Uuid, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -93,6 +93,16 @@ async def messages_of(
         query = query.where(ChatMessage.sent_at >= since)
     result = await session.scalars(query.order_by(ChatMessage.sent_at, ChatMessage.id))
     return result.all()
+
+
+async def count_of(session: AsyncSession, appointment_id: uuid.UUID) -> int:
+    """How many messages the visit's chat has (the console's hint: signaling.chat.count)."""
+    found = await session.scalar(
+        select(func.count())
+        .select_from(ChatMessage)
+        .where(ChatMessage.appointment_id == appointment_id)
+    )
+    return int(found or 0)
 
 
 async def visible_to(

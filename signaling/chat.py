@@ -16,7 +16,9 @@ is sent `{"type":"chat_history","appointment_id","items"}` right after `admitted
 messages this person may see (scheduling.chat.visible_to: the patient all of them, a guest those
 from their admission on), oldest first, each item the `chat` message it was sent as. Nobody
 waiting or removed is sent it. The console reads the history over HTTP instead (staff reads are
-audited there).
+audited there), only when it lacks some of it: the `call` it is sent on every take of a call
+(an admission, its socket back after a reload or a reconnection) says how many messages the call
+has (`chat_count`), and the console reads the history only when it shows fewer.
 
 The text and the names are patient data: nothing here logs them, nor an exception's message
 (which may quote a statement's parameters).
@@ -112,6 +114,19 @@ def _as_sent(stored: chat.ChatMessage) -> dict[str, Any]:
         _rfc3339(stored.sent_at),
         message_id=stored.id,
     )
+
+
+async def count(db: Database, call_id: uuid.UUID) -> int | None:
+    """How many messages the call's chat has; None when that cannot be read just now."""
+    try:
+        async with db.session(write=False) as session:
+            return await chat.count_of(session, call_id)
+    except Exception as exc:
+        logger.warning(
+            "chat count not read",
+            extra={"error_type": type(exc).__name__, "appointment_id": str(call_id)},
+        )
+        return None
 
 
 async def history(db: Database, call_id: uuid.UUID, participant: str) -> dict[str, Any] | None:

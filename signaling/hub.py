@@ -205,6 +205,10 @@ class Signaling:
             self.db, self.to_call, call_id, sender=sender, name=name, text=text, limit=limit
         )
 
+    async def chat_count(self, call_id: uuid.UUID) -> int | None:
+        """How many messages the call's chat has (for the console's `call`; None: unknown)."""
+        return await chat.count(self.db, call_id)
+
     async def chat_history(self, call_id: uuid.UUID, participant: str) -> dict[str, Any] | None:
         """The `chat_history` this participant of the running call may be sent (None: none)."""
         return await chat.history(self.db, call_id, participant)

@@ -256,8 +256,19 @@ def admitted(ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
     return {"type": "admitted", "ice_servers": ice_servers}
 
 
-def call(appointment_id: uuid.UUID, ice_servers: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "call", "appointment_id": str(appointment_id), "ice_servers": ice_servers}
+def call(
+    appointment_id: uuid.UUID, ice_servers: list[dict[str, Any]], *, chat_count: int | None = None
+) -> dict[str, Any]:
+    """The console holds the call (again): negotiate. `chat_count` (when known): how many
+    messages the call's chat has, so the console reads the history only when it lacks some."""
+    message: dict[str, Any] = {
+        "type": "call",
+        "appointment_id": str(appointment_id),
+        "ice_servers": ice_servers,
+    }
+    if chat_count is not None:
+        message["chat_count"] = chat_count
+    return message
 
 
 def peer(

@@ -583,7 +583,10 @@ class ClinicSession(Connection):
         # Who of the guests is in the call, then negotiate (anew, for a console that came back).
         for peer in await self.signaling.present(appointment, CLINICIAN, guests_only=True):
             self.send({**peer, "appointment_id": str(call_id)})
-        self.send(messages.call(call_id, self.signaling.ice_servers(appointment)))
+        # With the number of chat messages: the console reads the history only when it lacks some.
+        servers = self.signaling.ice_servers(appointment)
+        count = await self.signaling.chat_count(call_id)
+        self.send(messages.call(call_id, servers, chat_count=count))
 
     async def _on_channel(self, call_id: uuid.UUID, message: dict[str, Any]) -> None:
         if "takeover" in message:

@@ -290,10 +290,15 @@ class TestHistoryOverTheSocket:
             _, history = await back_in_call(f"{ws}/ws/visits/{call.visit.token}")
             assert history["appointment_id"] == call.id
             assert history["items"] == said
-            # The console reads the history over HTTP (audited), never over the socket.
-            await call.desk.send({"type": "ping"})
-            await call.desk.expect("pong")
-            assert "chat_history" not in kinds(call.desk)
+            # The console reads the history over HTTP (audited), never over the socket: a console
+            # back is told how many messages there are (it reads them only if it lacks some).
+            async with console(ws, staff.clinician.token) as desk:
+                again = await desk.expect("call")
+                assert again["appointment_id"] == call.id
+                assert again["chat_count"] == 2
+                await desk.send({"type": "ping"})
+                await desk.expect("pong")
+            assert "chat_history" not in kinds(call.desk) + kinds(desk)
 
     async def test_a_waiting_patient_is_sent_no_history(
         self, live_server: LiveServer, staff: Staff, db: Database, http: httpx.AsyncClient

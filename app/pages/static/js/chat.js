@@ -11,9 +11,11 @@
 // once (by its `id`, which the live `chat` message carries too), and earlier messages neither
 // count as unread nor are announced. Two sources:
 // - `history(callId)` (the console: `GET /appointments/{id}/chat`, a staff read the server
-//   audits): asked once per call the panel shows, when it starts showing it (a first take, or
-//   a reload); never again on a reconnection (the panel holds that call's messages already), but
-//   again on the next start if the read failed.
+//   audits, so never a read nobody needs): on `start`, only when the panel lacks messages: the
+//   server's `call` says how many the call has (`chat_count`), and the panel reads the history
+//   when it shows fewer (a reload mid-call, a reconnection that missed some; not a first take
+//   of a call without messages, nor a reconnection that missed none). Without a count, once per
+//   call shown (again on the next start if the read failed).
 // - `earlier(callId, items)`: the server's `chat_history` (the visit page: sent after
 //   `admitted` when the page comes back into a running call, or a guest is admitted).
 
@@ -50,6 +52,7 @@ export class ChatPanel {
     this.history = history;
     this.shown = new Set(); // ids of the messages on the list
     this.loaded = null; // the call whose history was asked for (and not refused)
+    this.reading = null; // the call whose history is being read
 
     this.count = el("span", { class: "tag chat-unread", hidden: true });
     this.toggleButton = el(
@@ -128,8 +131,11 @@ export class ChatPanel {
     return !this.body.hidden;
   }
 
-  /** A call begins (or goes on, after a reconnection): `me` is this person's participant key. */
-  start(callId, me) {
+  /**
+   * A call begins (or goes on, after a reconnection): `me` is this person's participant key;
+   * `count`, when the server says it, how many messages the call's chat has.
+   */
+  start(callId, me, count = null) {
     if (callId !== this.callId) {
       this.list.replaceChildren();
       this.empty.hidden = false;
@@ -143,18 +149,26 @@ export class ChatPanel {
     this.me = me;
     this.root.hidden = false;
     this.input.disabled = this.sendButton.disabled = false;
-    if (this.history && this.loaded !== callId) this.loadHistory(callId);
+    if (this.history && this.lacks(callId, count)) this.loadHistory(callId);
   }
 
-  /** The call's history, once per call shown (each read is audited). */
+  /** Whether the call has messages this panel does not show (each read is audited). */
+  lacks(callId, count) {
+    if (this.reading === callId) return false;
+    if (typeof count === "number") return count > this.shown.size;
+    return this.loaded !== callId;
+  }
+
   async loadHistory(callId) {
-    this.loaded = callId;
+    this.loaded = this.reading = callId;
     let items;
     try {
       items = await this.history(callId);
     } catch {
       if (this.loaded === callId) this.loaded = null; // the next start tries again
       return; // the live messages go on
+    } finally {
+      if (this.reading === callId) this.reading = null;
     }
     this.earlier(callId, items);
   }

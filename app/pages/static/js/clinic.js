@@ -35,7 +35,8 @@ const chat = new ChatPanel({
   container: byId("chat-slot"),
   heading: "h3",
   send: (text) => Boolean(state.call && state.channel?.send({ type: "chat", appointment_id: state.call.id, text })),
-  // What was said before a reload or a reconnection (each message once: by its id).
+  // What was said before: read (an audited staff read) only when the panel lacks some of the
+  // call's messages (after a reload, or a reconnection that missed some); each shows once.
   history: async (callId) => (await api(`/api/v1/appointments/${callId}/chat`)).items,
 });
 
@@ -182,7 +183,7 @@ async function onMessage(message) {
       onQueue(message.items || []);
       break;
     case "call":
-      await openCall(message.appointment_id, message.ice_servers);
+      await openCall(message.appointment_id, message.ice_servers, message.chat_count);
       break;
     case "answer":
     case "offer":
@@ -476,7 +477,7 @@ function admitPatient(item) {
   state.channel.send({ type: "admit", appointment_id: item.appointment_id });
 }
 
-async function openCall(appointmentId, iceServers) {
+async function openCall(appointmentId, iceServers, chatCount = null) {
   const item = state.queue.find((i) => i.appointment_id === appointmentId);
   const name = item?.patient_name || state.call?.name || "the patient";
   if (!state.call || state.call.id !== appointmentId) {
@@ -500,7 +501,7 @@ async function openCall(appointmentId, iceServers) {
     for (const early of state.earlyPeers.splice(0)) if (early.appointment_id === appointmentId) onPeer(early);
   }
   state.call.iceServers = iceServers;
-  chat.start(appointmentId, "clinician");
+  chat.start(appointmentId, "clinician", chatCount); // reads the history only if it lacks some
   state.pendingAdmit = null;
   renderQueue();
   const media = await ensureMedia();
