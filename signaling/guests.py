@@ -11,8 +11,8 @@ arrival and departure: `{"type":"peer","event":"joined"|"left","role","participa
 On admission the order is what the contract promises: everyone already in the call gets the
 guest's `peer joined` (name and role), then the guest gets a `peer joined` for each of them, and
 only then `admitted` (and the call's chat from their admission on: signaling.chat). The relay
-forwards nothing of the guest's before they negotiate, which
-their client does on `admitted`: the patient has seen who joined before hearing them.
+forwards nothing of the guest's before they negotiate, which their client does on `admitted`:
+the patient has seen who joined before hearing them.
 """
 
 from __future__ import annotations
