@@ -14,10 +14,10 @@ cannot stop a complete rewrite: `televisit audit verify` prints the head to be k
 Each decision also rewrites, in its transaction, the appointment's `patient_consent` (the scopes
 the patient's decisions grant) and `consent_seq` (the latest record's `seq`); a guest's
 (participant `<role>:<id>`, app.participants) rewrites that guest's row's `consent` and
-`consent_seq` instead of `patient_consent`. The appointment's
-transitions check that column in their own statement (scheduling.lifecycle), and the relay
-re-reads it several times a second (`of_calls`): a committed withdrawal reaches the call's media
-whatever becomes of the event announcing it.
+`consent_seq` instead of `patient_consent`. The appointment's transitions check that column in
+their own statement (scheduling.lifecycle), and the relay re-reads both, the call's and its
+guests', several times a second (`of_calls`, one query): a committed withdrawal reaches the
+call's media whatever becomes of the event announcing it.
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import hashlib
 import json
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import participants
 from app.errors import Conflict
 from scheduling import calls, guests
-from scheduling.models import Appointment, ConsentChain, ConsentRecord, ConsentText
+from scheduling.models import Appointment, ConsentChain, ConsentRecord, ConsentText, VisitGuest
 
 SCOPES = ("video_visit", "recording")
 GENESIS = "0" * 64
@@ -230,30 +230,61 @@ async def standing(
 
 @dataclass(frozen=True, slots=True)
 class CallConsent:
-    """What the appointment's row says: its status, the patient's standing, the latest `seq`."""
+    """What the appointment's row says: its status, the patient's standing, the latest `seq`;
+    and what each of its guests' rows says (every guest not removed, by participant key)."""
 
     status: str
     standing: Standing
     seq: int
+    guests: dict[str, guests.GuestConsent] = field(default_factory=dict)
 
 
 async def of_calls(
     session: AsyncSession, appointment_ids: Collection[uuid.UUID]
 ) -> dict[uuid.UUID, CallConsent]:
-    """The standing consent of these appointments, by primary key: cheap enough to ask often."""
+    """The standing consent of these appointments and of their guests: one query by primary key
+    (the appointments, left-joined to their guests not removed), cheap enough to ask often."""
+    found: dict[uuid.UUID, CallConsent] = {}
     if not appointment_ids:
-        return {}
+        return found
     rows = await session.execute(
         select(
             Appointment.id,
             Appointment.status,
             Appointment.patient_consent,
             Appointment.consent_seq,
-        ).where(Appointment.id.in_(list(appointment_ids)))
+            VisitGuest.id,
+            VisitGuest.role,
+            VisitGuest.status,
+            VisitGuest.consent,
+            VisitGuest.consent_seq,
+        )
+        .outerjoin(
+            VisitGuest,
+            and_(VisitGuest.appointment_id == Appointment.id, VisitGuest.removed_at.is_(None)),
+        )
+        .where(Appointment.id.in_(list(appointment_ids)))
     )
-    return {
-        row[0]: CallConsent(row[1], Standing(frozenset(row[2].split())), row[3]) for row in rows
-    }
+    for (
+        call_id,
+        status,
+        granted,
+        seq,
+        guest_id,
+        role,
+        guest_status,
+        guest_granted,
+        guest_seq,
+    ) in rows:
+        call = found.get(call_id)
+        if call is None:
+            call = found[call_id] = CallConsent(status, Standing(frozenset(granted.split())), seq)
+        if guest_id is not None:
+            key = participants.guest_key(role, guest_id)
+            call.guests[key] = guests.GuestConsent(
+                key, guest_status, frozenset(guest_granted.split()), guest_seq
+            )
+    return found
 
 
 @dataclass(frozen=True, slots=True)

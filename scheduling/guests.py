@@ -302,33 +302,6 @@ class GuestConsent:
     seq: int = 0  # the `seq` of the guest's latest consent record (0: none)
 
 
-async def consents_of(
-    session: AsyncSession, appointment_ids: Collection[uuid.UUID]
-) -> dict[uuid.UUID, dict[str, GuestConsent]]:
-    """Active guests' standing consent by appointment and participant key: cheap to ask often
-    (the relay's consent guard reads it with the patient's, scheduling.consent.of_calls)."""
-    found: dict[uuid.UUID, dict[str, GuestConsent]] = {a: {} for a in appointment_ids}
-    if not appointment_ids:
-        return found
-    rows = await session.execute(
-        select(
-            VisitGuest.appointment_id,
-            VisitGuest.id,
-            VisitGuest.role,
-            VisitGuest.status,
-            VisitGuest.consent,
-            VisitGuest.consent_seq,
-        ).where(
-            VisitGuest.appointment_id.in_(list(appointment_ids)),
-            VisitGuest.removed_at.is_(None),
-        )
-    )
-    for appointment_id, guest_id, role, status, granted, seq in rows:
-        key = participants.guest_key(role, guest_id)
-        found[appointment_id][key] = GuestConsent(key, status, frozenset(granted.split()), seq)
-    return found
-
-
 async def record_admitted(
     session: AsyncSession,
     *,

@@ -16,7 +16,6 @@ from app.audit import record_event
 from app.db import Database, utcnow
 from app.events import Event
 from scheduling import calls, consent, lifecycle
-from scheduling import guests as guest_links
 from scheduling.models import Status
 from signaling import messages
 from signaling.media import NOTHING, Consent, GuestConsent
@@ -31,29 +30,29 @@ class ConsentReader:
         self.db = db
 
     async def read(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
-        """Asked by the relay several times a second: one query by primary key, on a connection
-        of its own, so that requests holding the pool cannot make the relay doubt."""
+        """Asked by the relay several times a second: one query by primary key (the calls with
+        their guests), on a connection of its own, so that requests holding the pool cannot
+        make the relay doubt."""
         async with self.db.session(write=False) as session:
             found = await consent.of_calls(session, call_ids)
-            under_way = [call_id for call_id, row in found.items() if row.status == Status.IN_CALL]
-            # Every guest of the call not removed, with what their row grants: a guest the
-            # reading does not name is allowed nothing.
-            guests = await guest_links.consents_of(session, under_way)
+        # Every guest of the call not removed, with what their row grants: a guest the reading
+        # does not name is allowed nothing.
         return {
             call_id: Consent(
-                found[call_id].standing.video_visit,
-                found[call_id].standing.recording,
-                found[call_id].seq,
+                row.standing.video_visit,
+                row.standing.recording,
+                row.seq,
                 guests={
                     key: GuestConsent(
                         lifecycle.VIDEO_VISIT in guest.granted,
                         "recording" in guest.granted,
                         guest.seq,
                     )
-                    for key, guest in guests.get(call_id, {}).items()
+                    for key, guest in row.guests.items()
                 },
             )
-            for call_id in under_way
+            for call_id, row in found.items()
+            if row.status == Status.IN_CALL
         }
 
     async def standing(self, appointment_id: uuid.UUID) -> Consent:

@@ -300,8 +300,8 @@ class TestGuestConsent:
             assert row.consent == "recording video_visit"
             assert row.consent_seq == entry.seq
             assert visit.patient_consent == ""  # the patient's consent is the patient's alone
-            found = await guests.consents_of(session, [guest.appointment_id])
-        assert found[guest.appointment_id][key].granted == {"recording", "video_visit"}
+            found = await consent.of_calls(session, [guest.appointment_id])
+        assert found[guest.appointment_id].guests[key].granted == {"recording", "video_visit"}
 
 
 # Over HTTP -----------------------------------------------------------------------------------
