@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event, text
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy import DateTime, MetaData, QueuePool, event, make_url, text
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -110,8 +111,8 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _sqlite_setup(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours to issue.
         dbapi_connection.isolation_level = None
@@ -122,7 +123,7 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -155,7 +156,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             }
         )
         engine = create_async_engine(settings.database_url, hide_parameters=True, **pool)
-        _sqlite_setup(engine)
+        _sqlite_setup(engine.sync_engine)
         return engine
     engine = create_async_engine(
         settings.database_url,
@@ -169,6 +170,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
         hide_parameters=True,
     )
     _connect_errors_say_unavailable(engine)
+    return engine
+
+
+def create_sqlite_thread_engine(settings: Settings) -> Engine:
+    """A synchronous engine on the same SQLite file, with one connection, for a thread of its
+    own: a whole unit of work done on that thread costs the event loop one hop to it and back,
+    where aiosqlite takes one per call of the driver (signaling.consent_events.ConsentReader)."""
+    url = make_url(settings.database_url).set(drivername="sqlite")
+    engine = sa_create_engine(
+        url,
+        hide_parameters=True,
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
+    _sqlite_setup(engine)
     return engine
 
 

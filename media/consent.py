@@ -109,9 +109,19 @@ def _confirms_recording(room: Room, found: Consent) -> bool:
 
 
 async def doubt(room: Room, since: float) -> None:
-    """No reading for too long: nothing of the patient's goes anywhere until one answers."""
+    """No reading for too long: nothing of the patient's or a guest's goes anywhere until one
+    answers. A recording goes on: it writes only what a later reading confirms (media.gate)."""
     if room.in_doubt or room.consent_read_at >= since:
         return  # in doubt already, or a reading begun after the lapse came first
+    room.in_doubt = True
+    room.gate()
+
+
+async def unknown(room: Room, since: float) -> None:
+    """No reading for much longer (media.gate.UNKNOWN_SECONDS): the database is out of reach,
+    and a recording running stops, keeping only what readings confirmed."""
+    if room.consent_read_at >= since:
+        return  # a reading begun since answered first
     room.in_doubt = True
     room.gate()
     if room.recorder is not None:

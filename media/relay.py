@@ -89,6 +89,7 @@ class Relay:
                 lambda: list(self.rooms.values()),
                 on_reading=self._on_reading,
                 on_doubt=self._on_doubt,
+                on_unknown=self._on_unknown,
             )
         )
         self.services = Services(
@@ -278,6 +279,12 @@ class Relay:
         if room is not None:
             room.brake_doubt(since)
             room.post(Step(partial(consent_steps.doubt, room, since), key="doubt"))
+
+    def _on_unknown(self, call_id: uuid.UUID, since: float) -> None:
+        room = self.rooms.get(call_id)
+        if room is not None:
+            room.brake_doubt(since)
+            room.post(Step(partial(consent_steps.unknown, room, since), key="unknown"))
 
     # The last step -------------------------------------------------------------------------
 

@@ -30,8 +30,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, Select, and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import participants
 from app.errors import Conflict
@@ -240,14 +240,22 @@ class CallConsent:
 
 
 async def of_calls(
-    session: AsyncSession, appointment_ids: Collection[uuid.UUID]
+    session: AsyncSession | AsyncConnection, appointment_ids: Collection[uuid.UUID]
 ) -> dict[uuid.UUID, CallConsent]:
     """The standing consent of these appointments and of their guests: one query by primary key
     (the appointments, left-joined to their guests not removed), cheap enough to ask often."""
-    found: dict[uuid.UUID, CallConsent] = {}
     if not appointment_ids:
-        return found
-    rows = await session.execute(
+        return {}
+    return calls_consent(await session.execute(calls_consent_query(appointment_ids)))
+
+
+# One row of `calls_consent_query`: the appointment's, then a guest's (all None: no guest).
+_Row = tuple[uuid.UUID, str, str, int, uuid.UUID | None, str | None, str | None, str | None, int]
+
+
+def calls_consent_query(appointment_ids: Collection[uuid.UUID]) -> Select[*_Row]:
+    """`of_calls`'s one statement, for a caller that runs it on a connection of its own."""
+    return (
         select(
             Appointment.id,
             Appointment.status,
@@ -265,21 +273,20 @@ async def of_calls(
         )
         .where(Appointment.id.in_(list(appointment_ids)))
     )
-    for (
-        call_id,
-        status,
-        granted,
-        seq,
-        guest_id,
-        role,
-        guest_status,
-        guest_granted,
-        guest_seq,
-    ) in rows:
+
+
+def calls_consent(rows: Iterable[Row[*_Row]]) -> dict[uuid.UUID, CallConsent]:
+    """`calls_consent_query`'s rows, by appointment."""
+    found: dict[uuid.UUID, CallConsent] = {}
+    for row in rows:
+        call_id, status, granted, seq, guest_id, role, guest_status, guest_granted, guest_seq = row
         call = found.get(call_id)
         if call is None:
             call = found[call_id] = CallConsent(status, Standing(frozenset(granted.split())), seq)
         if guest_id is not None:
+            assert role is not None
+            assert guest_status is not None
+            assert guest_granted is not None
             key = participants.guest_key(role, guest_id)
             call.guests[key] = guests.GuestConsent(
                 key, guest_status, frozenset(guest_granted.split()), guest_seq

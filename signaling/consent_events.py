@@ -1,19 +1,25 @@
 """Consent as signaling carries it: the relay's own readings, and the news of a decision.
 
 The relay trusts what it reads (`read_consent`, one query by primary key on a connection of its
-own, several times a second: signaling.media.ConsentGuard); a decision's event only hurries the
-news along: the call's relay first, wherever it runs (its owner applies it in order with the
-call's other requests), then the end of the call or of the wait. Whichever process comes first
-(the one that took the withdrawal, or the relay's on its reading) announces the end, once.
+own, four times a second: signaling.media.ConsentGuard, `ConsentReader`); a decision's event
+only hurries the news along: the call's relay first, wherever it runs (its owner applies it in
+order with the call's other requests), then the end of the call or of the wait. Whichever
+process comes first (the one that took the withdrawal, or the relay's on its reading) announces
+the end, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.engine import Engine
 
 from app.audit import record_event
-from app.db import Database, utcnow
+from app.config import Settings
+from app.db import Database, create_engine, create_sqlite_thread_engine, utcnow
 from app.events import Event
 from scheduling import calls, consent, lifecycle
 from scheduling.models import Status
@@ -24,19 +30,48 @@ from signaling.visits import Visits
 
 
 class ConsentReader:
-    """The standing consent of calls under way, read on a connection of its own."""
+    """The standing consent of calls under way, read on a connection of its own.
 
-    def __init__(self, db: Database) -> None:
+    The relay asks four times a second, and fails closed when an answer is late (media.gate),
+    so a reading is one statement (the calls left-joined to their guests: consent.of_calls) in
+    as few turns of the event loop as the database allows: each turn waits behind whatever else
+    the loop has ready, which in a busy relay is forwarding (bench/consent_lag.py):
+    - PostgreSQL: one round trip, in autocommit (no BEGIN and COMMIT around the one statement);
+    - SQLite in a file: the statement runs whole on a thread of the reader's own, through a
+      synchronous connection: one hop to it and back (through aiosqlite, every call of the
+      driver is a hop: several per reading);
+    - SQLite in memory (some tests): on the process's own engine, as any request.
+    """
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self._thread: ThreadPoolExecutor | None = None
+        self._sync: Engine | None = None
+        self._own: Database | None = None
         self.db = db
+        if ":memory:" in settings.database_url:
+            return
+        if settings.is_sqlite:
+            self._sync = create_sqlite_thread_engine(settings)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="consent-reader")
+        else:
+            own = settings.model_copy(update={"db_pool_size": 1})
+            self._own = self.db = Database(create_engine(own))
 
     async def read(self, call_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Consent]:
-        """Asked by the relay several times a second: one query by primary key (the calls with
-        their guests), on a connection of its own, so that requests holding the pool cannot
-        make the relay doubt."""
-        async with self.db.session(write=False) as session:
-            found = await consent.of_calls(session, call_ids)
-        # Every guest of the call not removed, with what their row grants: a guest the reading
-        # does not name is allowed nothing.
+        """Each call's consent as committed now, its guests' included (a guest the reading does
+        not name is allowed nothing); calls not under way are left out."""
+        if not call_ids:
+            return {}
+        if self._thread is not None:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._thread, self._read_here, list(call_ids))
+        elif self._own is not None:
+            async with self._own.engine.connect() as connection:
+                alone = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                found = await consent.of_calls(alone, call_ids)
+        else:
+            async with self.db.session(write=False) as session:
+                found = await consent.of_calls(session, call_ids)
         return {
             call_id: Consent(
                 row.standing.video_visit,
@@ -55,9 +90,23 @@ class ConsentReader:
             if row.status == Status.IN_CALL
         }
 
+    def _read_here(self, call_ids: list[uuid.UUID]) -> dict[uuid.UUID, consent.CallConsent]:
+        """On the reader's thread: the one statement on its own connection."""
+        assert self._sync is not None
+        with self._sync.connect() as connection:
+            return consent.calls_consent(connection.execute(consent.calls_consent_query(call_ids)))
+
     async def standing(self, appointment_id: uuid.UUID) -> Consent:
         """The call's consent as its row says now (nothing, if it is not under way)."""
         return (await self.read([appointment_id])).get(appointment_id, NOTHING)
+
+    async def close(self) -> None:
+        if self._own is not None:
+            await self._own.dispose()
+        if self._thread is not None and self._sync is not None:
+            # The connection belongs to the reader's thread (sqlite3 checks): closed there.
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sync.dispose)
+            self._thread.shutdown(wait=False)
 
 
 class ConsentEvents:

@@ -30,7 +30,7 @@ from collections.abc import Collection
 from typing import Any
 
 from app.config import Settings
-from app.db import Database, create_engine, utcnow
+from app.db import Database, utcnow
 from app.events import Event
 from app.ice import ice_servers
 from scheduling import calls
@@ -85,12 +85,7 @@ class Signaling:
             db, process_id, fanout=broker.fanout, seconds=settings.liveness_seconds
         )
         # The relay's consent readings (`read_consent`) have a connection of their own.
-        self._consent_db = (
-            db
-            if ":memory:" in settings.database_url
-            else Database(create_engine(settings.model_copy(update={"db_pool_size": 1})))
-        )
-        self._consent = ConsentReader(self._consent_db)
+        self._consent = ConsentReader(db, settings)
         self.participants = Participants(broker)
         self.queues = QueueFanout(
             db=db, settings=settings, broker=broker, participants=self.participants
@@ -147,8 +142,7 @@ class Signaling:
             await self.liveness.unregister()
         except Exception as exc:
             logger.warning("could not sign off", extra={"error_type": type(exc).__name__})
-        if self._consent_db is not self.db:
-            await self._consent_db.dispose()
+        await self._consent.close()
 
     # Queues ------------------------------------------------------------------------------
 

@@ -47,11 +47,19 @@ class LiveServer:
                 self.process.wait()
 
 
-def start_server(env: dict[str, str], *, log_path: Path, timeout: float = 30.0) -> LiveServer:
+def start_server(
+    env: dict[str, str],
+    *,
+    log_path: Path,
+    timeout: float = 30.0,
+    program: tuple[str, ...] = ("-m", "app"),
+) -> LiveServer:
+    """`televisit serve` (or another `program` taking its arguments, e.g. a benchmark's
+    instrumented wrapper of it) on a free loopback port, once /healthz answers."""
     port = free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, *program, "serve", "--host", "127.0.0.1", "--port", str(port)],
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -29,12 +29,22 @@ async def sign_in(page: Page, person: Person, *, lands_on: str) -> None:
     await page.wait_for_url(f"**{lands_on}")
 
 
-async def consent_and_join(page: Page, token: str) -> None:
+async def consent_and_join(page: Page, token: str, *, recording: bool = False) -> None:
+    """Agree (to the recording too, if `recording`: the box is unticked otherwise) and wait."""
     await page.goto(f"/visit/{token}")
+    if recording:
+        # Ticked once the visit is shown: showing it sets the box as the visit says.
+        await expect(page.locator("#consent-text")).not_to_be_empty()
+        box = page.get_by_label("I also agree that the visit may be recorded")
+        await box.check()
+        await expect(box).to_be_checked()
     await page.get_by_test_id("consent-accept").click()
-    await expect(page.get_by_test_id("join")).to_be_enabled()
+    # Generous: on a loaded machine the consent's request can take more than the default 5 s.
+    await expect(page.get_by_test_id("join")).to_be_enabled(timeout=20_000)
     await page.get_by_test_id("join").click()
-    await expect(page.get_by_role("heading", name="You are in the waiting room")).to_be_visible()
+    await expect(page.get_by_role("heading", name="You are in the waiting room")).to_be_visible(
+        timeout=20_000
+    )
 
 
 async def video_advances(page: Page, test_id: str = "remote-video") -> None:

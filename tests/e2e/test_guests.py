@@ -8,19 +8,25 @@ mid -> person) arrives with energy (Chromium's fake microphone beeps) and plays 
 caregiver makes four. The clinician shares the screen (Chromium's fake screen: `getDisplayMedia`
 runs headless with the fake-UI and fake-device flags the other browser tests use); removal,
 a guest's withdrawal and the patient's follow. axe runs on the 3- and 4-tile layouts at phone
-width. Few tests on purpose: each step of a browser test costs seconds.
+width. A second test: a caregiver without the recording consent, admitted into a call being
+recorded, stops the recording for everyone. Few tests on purpose: each step of a browser test
+costs seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
+from sqlalchemy import select
 
 from app.db import Database
+from scheduling.models import Recording
 from tests.e2e.conftest import PHONE, Pages, shot
 from tests.e2e.helpers import (
     admit_guest,
@@ -32,7 +38,11 @@ from tests.e2e.helpers import (
     video_advances,
 )
 from tests.factories import Staff
-from tests.signaling.helpers import make_visit
+from tests.signaling.helpers import Visit, make_visit
+
+# How long a page may wait for what the relay does (starting or stopping a recording) on a
+# loaded machine, in ms.
+RELAY = 20_000
 
 # Every tile but one's own: its <video> plays a live sound track and shows frames (or its tile
 # says the link is too weak for video, see ADVANCED); resolves to the clocks (or null while
@@ -207,23 +217,29 @@ async def no_sideways_scrolling(page: Page) -> None:
     assert width <= PHONE["width"], width
 
 
+async def call_of_two(
+    pages: Pages, staff: Staff, db: Database, name: str, *, recording: bool = False
+) -> tuple[Page, Page, Visit]:
+    """The patient (agreeing to the recording too, if `recording`) admitted by the signed-in
+    clinician, both videos moving: their pages, and the visit."""
+    visit = await make_visit(db, staff.clinician, by=staff.scheduler, name=name)
+    patient = await observed_page(pages, viewport=PHONE)
+    await consent_and_join(patient, visit.token, recording=recording)
+    clinician = await observed_page(pages)
+    await sign_in(clinician, staff.clinician, lands_on="/clinic")
+    await (
+        clinician.get_by_test_id("queue-item").filter(has_text=name).get_by_test_id("admit").click()
+    )
+    await video_advances(patient)
+    await video_advances(clinician)
+    return patient, clinician, visit
+
+
 class TestGuests:
     async def test_interpreter_and_caregiver_join_a_call_share_screen_remove_withdraw_end(
         self, pages: Pages, staff: Staff, db: Database, axe_source: str, artifacts: Path
     ) -> None:
-        visit = await make_visit(db, staff.clinician, by=staff.scheduler, name="Pat Party")
-        patient = await observed_page(pages, viewport=PHONE)
-        await consent_and_join(patient, visit.token)
-        clinician = await observed_page(pages)
-        await sign_in(clinician, staff.clinician, lands_on="/clinic")
-        await (
-            clinician.get_by_test_id("queue-item")
-            .filter(has_text="Pat Party")
-            .get_by_test_id("admit")
-            .click()
-        )
-        await video_advances(patient)
-        await video_advances(clinician)
+        patient, clinician, _ = await call_of_two(pages, staff, db, "Pat Party")
 
         # An interpreter, invited mid-call: own link, own consent, the waiting room.
         token = await invite(clinician, "interpreter", "Ines Interpreter")
@@ -320,6 +336,65 @@ class TestGuests:
             interpreter.get_by_role("heading", name="Your visit has ended")
         ).to_be_visible()
         await expect(clinician.locator("#call-message")).to_contain_text("withdrew consent")
+
+    async def test_a_caregiver_without_the_recording_consent_stops_a_running_recording(
+        self, pages: Pages, staff: Staff, db: Database
+    ) -> None:
+        """Patient, clinician and interpreter all agree to recording; the clinician records; a
+        caregiver who left the recording box unticked is admitted (four in the call): the relay
+        stops it (`participant_without_consent`), every page's badge goes, the call goes on."""
+        patient, clinician, visit = await call_of_two(
+            pages, staff, db, "Pat Recorded", recording=True
+        )
+        token = await invite(clinician, "interpreter", "Ines Interpreter")
+        interpreter = await observed_page(pages, viewport=PHONE)
+        await consent_and_join(interpreter, token, recording=True)
+        await admit_guest(clinician, "Ines Interpreter")
+        for page in (patient, clinician, interpreter):
+            await every_tile_advances(page, 3)
+
+        await clinician.locator("#record").click()
+        await expect(clinician.locator("#record")).to_have_text("Stop recording", timeout=RELAY)
+        for page in (patient, clinician, interpreter):
+            await expect(page.locator("#recording-badge")).to_be_visible(timeout=RELAY)
+        # It keeps running through the calls' media (each tile's video moving on).
+        for page in (patient, clinician, interpreter):
+            await every_tile_advances(page, 3)
+        for page in (patient, clinician, interpreter):
+            await expect(page.locator("#recording-badge")).to_be_visible(timeout=RELAY)
+        assert await stop_reasons(db, visit.appointment_id) == [None]  # one, running
+
+        token = await invite(clinician, "caregiver", "Cara Giver")
+        caregiver = await observed_page(pages, viewport=PHONE)
+        await consent_and_join(caregiver, token)  # the recording box left unticked
+        await admit_guest(clinician, "Cara Giver")
+        for page in (patient, clinician, interpreter, caregiver):
+            await expect(page.locator("#recording-badge")).to_be_hidden(timeout=RELAY)
+        await expect(clinician.locator("#record")).to_have_text("Start recording", timeout=RELAY)
+        await expect(clinician.locator("#record")).to_have_attribute("aria-pressed", "false")
+        for page in (patient, clinician, interpreter, caregiver):
+            await every_tile_advances(page, 4)
+        assert await stop_reasons(db, visit.appointment_id, ended=True) == [
+            "participant_without_consent"
+        ]
+
+
+async def stop_reasons(
+    db: Database, appointment_id: uuid.UUID, *, ended: bool = False
+) -> list[str | None]:
+    """The visit's recordings' stop reasons (None: running); with `ended`, once every row says
+    why it stopped (written after its file is closed), for at most 10 s."""
+    reasons: list[str | None] = []
+    for _ in range(100):
+        async with db.session(write=False) as session:
+            found = await session.execute(
+                select(Recording.stop_reason).where(Recording.appointment_id == appointment_id)
+            )
+            reasons = list(found.scalars())
+        if reasons and (not ended or None not in reasons):
+            break
+        await asyncio.sleep(0.1)
+    return reasons
 
 
 def token_of(page: Page) -> str:

@@ -222,6 +222,65 @@ class TestDoubt:
         await until(lambda: frames(call.clinician) > held + 50, 15)
         assert call.relay.has_call(call.id)
 
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    async def test_a_moment_in_doubt_holds_media_and_the_recording_goes_on(
+        self, call: Call, db: Database
+    ) -> None:
+        """Readings late for a moment (the table locked until the call is in doubt, then a
+        second more): the patient's media is held, the recording is not stopped."""
+        room = call.relay.rooms[call.id]
+        await call.relay.record(call.id, "start")
+        assert (await call.outbox.expect(call.id, "patient", "recording"))["state"] == "on"
+        recorder = room.recorder
+        assert recorder is not None
+        async with db.engine.connect() as locker, locker.begin():
+            await locker.execute(text("LOCK TABLE appointments IN ACCESS EXCLUSIVE MODE"))
+            await until(lambda: room.in_doubt, 15)
+            await asyncio.sleep(0.5)  # what was on its way when the gate closed arrives
+            held = frames(call.clinician)
+            await asyncio.sleep(1.0)
+            assert frames(call.clinician) == held
+            assert room.recorder is recorder
+        await until(lambda: frames(call.clinician) > held + 50, 15)
+        assert room.recorder is recorder
+        await call.relay.record(call.id, "stop")
+        assert (await call.outbox.expect(call.id, "patient", "recording"))["state"] == "off"
+        assert await stop_reasons(db, call) == ["stopped"]
+
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    async def test_readings_failing_on_stop_the_recording_as_consent_unknown(
+        self, call: Call, db: Database
+    ) -> None:
+        """The database out of reach for longer than UNKNOWN_SECONDS: the recording stops
+        (everyone told), the call goes on and its media flows again once readings answer."""
+        room = call.relay.rooms[call.id]
+        await call.relay.record(call.id, "start")
+        assert (await call.outbox.expect(call.id, "patient", "recording"))["state"] == "on"
+        async with db.engine.connect() as locker, locker.begin():
+            await locker.execute(text("LOCK TABLE appointments IN ACCESS EXCLUSIVE MODE"))
+            off = await call.outbox.expect(call.id, "patient", "recording", within=30)
+            assert off["state"] == "off"
+            assert room.recorder is None
+            held = frames(call.clinician)
+        await until(lambda: frames(call.clinician) > held + 50, 15)
+        assert await stop_reasons(db, call) == ["consent_unknown"]
+        assert call.relay.has_call(call.id)
+
+
+async def stop_reasons(db: Database, call: Call) -> list[str | None]:
+    """The call's recordings' stop reasons, once each row is written (after its file closed)."""
+    stopped: list[str | None] = []
+    for _ in range(100):
+        async with db.session(write=False) as session:
+            found = await session.execute(
+                select(Recording.stop_reason).where(Recording.appointment_id == call.id)
+            )
+            stopped = list(found.scalars())
+        if stopped and None not in stopped:
+            break
+        await asyncio.sleep(0.1)
+    return stopped
+
 
 class TestRecordingRacingAWithdrawal:
     async def test_nothing_that_arrived_after_the_withdrawal_is_kept(
