@@ -104,5 +104,5 @@ async def invite(clinician: Page, role: str, name: str) -> str:
 
 async def admit_guest(clinician: Page, name: str) -> None:
     row = clinician.get_by_test_id("queue-guest").filter(has_text=name)
-    await expect(row).to_contain_text("Waiting")
+    await expect(row).to_contain_text("Waiting", timeout=20_000)  # the queue's news, loaded
     await row.get_by_test_id("admit-guest").click()
