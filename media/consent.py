@@ -17,12 +17,15 @@ from dataclasses import replace
 from app.participants import is_guest
 from media.recording import Recorder
 from media.room import Room
+from media.tracks import Publisher
 from signaling.media import Consent, GuestConsent
 from signaling.media import error as error_message
 
 # Why a recording stops when a guest present has not consented to it (joined without it, or
 # withdrew it): the patient's own withdrawal is "consent_withdrawn".
 WITHOUT_CONSENT = "participant_without_consent"
+# A recording's file finished because someone's media joined it: it goes on in the next file.
+JOINED = "participant_joined"
 
 
 async def announced(room: Room, consent: Consent, *, braked: bool) -> None:
@@ -158,7 +161,7 @@ async def _apply(room: Room, consent: Consent) -> None:
         guests = [key for key in room.present() if is_guest(key)]
         if not consent.recording:
             await stop_recording(room, reason="consent_withdrawn")
-        elif not all(room.may_record(key) for key in guests):
+        elif not consent.recording_stands(guests):
             await stop_recording(room, reason=WITHOUT_CONSENT)
         elif consent.seq != previous.seq or any(
             consent.guest(key) != previous.guest(key) for key in guests
@@ -186,6 +189,53 @@ async def _start_recording(room: Room) -> None:
         if services.guard is not None:
             services.spawn(services.guard.recording_refused(room.id))
         return
+    await _open_recorder(room)
+    await room.announce({"type": "recording", "state": "on"})
+
+
+async def roll(room: Room) -> None:
+    """Media the recording lacks is flowing, and would be kept (a guest admitted after it
+    began, a screen shared): a file's streams are fixed once it is written, so the file is
+    finished (`participant_joined`) and the recording goes on in a new one holding everyone's.
+    For the people in the call the recording never stopped: nobody is told. Consent is read
+    first, as for a start; if it does not stand, the recording stops as it would anyway."""
+    if not lacked(room):
+        return
+    if not await _read_now(room):
+        return  # in doubt: the recording goes on as it is (readings failing for long stop it)
+    finished = room.recorder
+    if finished is None:
+        return  # the reading stopped it (announced)
+    if not room.consent.recording_stands(room.present()):
+        await stop_recording(room, reason=WITHOUT_CONSENT)
+        return
+    await _open_recorder(room)  # listening before the old one stops: no frame falls between
+    recordings = room.services.recordings
+    size = await finished.close()
+    if recordings is not None:
+        await recordings.stopped(room.id, finished.id, size, JOINED)
+
+
+def lacked(room: Room, publisher: Publisher | None = None) -> bool:
+    """Whether a recording runs without a stream for media it would keep: `publisher`'s, or
+    any of the call's (forwarded, sending, and theirs whose recording consent stands)."""
+    recorder = room.recorder
+    if recorder is None:
+        return False
+    publishers = room.publishers.values() if publisher is None else (publisher,)
+    return any(
+        not recorder.listens_to(p)
+        and p.allowed
+        and p.forwarding
+        and p.frames > 0
+        and room.may_record(p.role)
+        for p in publishers
+    )
+
+
+async def _open_recorder(room: Room) -> None:
+    services = room.services
+    assert services.recordings is not None
     recorder = Recorder(
         services.settings.recordings_dir,
         room.id,
@@ -199,7 +249,6 @@ async def _start_recording(room: Room) -> None:
     await services.recordings.started(room.id, recorder.id, recorder.path.name)
     for publisher in room.publishers.values():
         publisher.ask_keyframe()
-    await room.announce({"type": "recording", "state": "on"})
 
 
 async def _read_now(room: Room) -> bool:

@@ -115,6 +115,10 @@ class Recorder:
         self._thread = threading.Thread(target=self._write, name="recorder", daemon=True)
         self._thread.start()
 
+    def listens_to(self, publisher: Publisher) -> bool:
+        """Whether this file has (or will have) a stream for `publisher`'s frames."""
+        return publisher in self._listeners
+
     def _listener(self, publisher: Publisher) -> Any:
         def on_frame(codec: str, frame: EncodedFrame) -> None:
             if self._recordable is not None and not self._recordable(publisher.role):

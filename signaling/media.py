@@ -91,11 +91,23 @@ class Consent:
         standing = self.guest(key)
         return standing is not None and standing.recording
 
+    def takes_part(self, key: str) -> bool:
+        """Whether this person's media may be carried at all: the patient and the clinician
+        (the patient's own consent is the call's), a guest while their video-visit consent
+        stands. A guest who withdrew it, or was removed (no longer named), is on their way out:
+        nothing of theirs is forwarded or recorded, whether or not their peer has gone yet."""
+        if key in (PATIENT, CLINICIAN):
+            return True
+        standing = self.guest(key)
+        return standing is not None and standing.video_visit
+
     def recording_stands(self, present: Iterable[str]) -> bool:
         """The rule for `record start` (and for a recording to go on): the patient's recording
-        consent stands, and that of everyone present. Both the relay (with who has media in
-        its room) and signaling (with who is in the call) apply it."""
-        return self.recording and all(self.may_record(key) for key in present)
+        consent stands, and that of everyone present who takes part. Both the relay (with who
+        has media in its room) and signaling (with who is in the call) apply it."""
+        return self.recording and all(
+            self.may_record(key) for key in present if self.takes_part(key)
+        )
 
 
 # What stands for a call that is no longer under way, or that the database does not know.

@@ -340,29 +340,34 @@ class TestGuests:
     async def test_a_caregiver_without_the_recording_consent_stops_a_running_recording(
         self, pages: Pages, staff: Staff, db: Database
     ) -> None:
-        """Patient, clinician and interpreter all agree to recording; the clinician records; a
-        caregiver who left the recording box unticked is admitted (four in the call): the relay
-        stops it (`participant_without_consent`), every page's badge goes, the call goes on."""
+        """Patient and clinician in a call being recorded; an interpreter who agrees to recording
+        is admitted: the recording goes on (in a second file part, which has them) and nobody's
+        badge goes; a caregiver who left the recording box unticked is admitted (four in the
+        call): the relay stops it (`participant_without_consent`), every page's badge goes, the
+        call goes on."""
         patient, clinician, visit = await call_of_two(
             pages, staff, db, "Pat Recorded", recording=True
         )
+        await clinician.locator("#record").click()
+        await expect(clinician.locator("#record")).to_have_text("Stop recording", timeout=RELAY)
+        for page in (patient, clinician):
+            await expect(page.locator("#recording-badge")).to_be_visible(timeout=RELAY)
+        assert await stop_reasons(db, visit.appointment_id) == [None]  # one, running
+
         token = await invite(clinician, "interpreter", "Ines Interpreter")
         interpreter = await observed_page(pages, viewport=PHONE)
         await consent_and_join(interpreter, token, recording=True)
         await admit_guest(clinician, "Ines Interpreter")
-        for page in (patient, clinician, interpreter):
-            await every_tile_advances(page, 3)
-
-        await clinician.locator("#record").click()
-        await expect(clinician.locator("#record")).to_have_text("Stop recording", timeout=RELAY)
-        for page in (patient, clinician, interpreter):
-            await expect(page.locator("#recording-badge")).to_be_visible(timeout=RELAY)
-        # It keeps running through the calls' media (each tile's video moving on).
+        # It keeps running through the calls' media (each tile's video moving on), the
+        # interpreter's too: the first part finished as they joined, the second running.
         for page in (patient, clinician, interpreter):
             await every_tile_advances(page, 3)
         for page in (patient, clinician, interpreter):
             await expect(page.locator("#recording-badge")).to_be_visible(timeout=RELAY)
-        assert await stop_reasons(db, visit.appointment_id) == [None]  # one, running
+        assert await stop_reasons(db, visit.appointment_id, parts=2) == [
+            "participant_joined",
+            None,
+        ]
 
         token = await invite(clinician, "caregiver", "Cara Giver")
         caregiver = await observed_page(pages, viewport=PHONE)
@@ -375,23 +380,28 @@ class TestGuests:
         for page in (patient, clinician, interpreter, caregiver):
             await every_tile_advances(page, 4)
         assert await stop_reasons(db, visit.appointment_id, ended=True) == [
-            "participant_without_consent"
+            "participant_joined",
+            "participant_without_consent",
         ]
 
 
 async def stop_reasons(
-    db: Database, appointment_id: uuid.UUID, *, ended: bool = False
+    db: Database, appointment_id: uuid.UUID, *, ended: bool = False, parts: int = 1
 ) -> list[str | None]:
-    """The visit's recordings' stop reasons (None: running); with `ended`, once every row says
-    why it stopped (written after its file is closed), for at most 10 s."""
+    """The visit's recordings' stop reasons in the order they began (None: running), once
+    there are `parts` of them; with `ended`, once every row says why it stopped (written after
+    its file is closed); for at most 10 s."""
     reasons: list[str | None] = []
     for _ in range(100):
         async with db.session(write=False) as session:
             found = await session.execute(
-                select(Recording.stop_reason).where(Recording.appointment_id == appointment_id)
+                select(Recording.stop_reason)
+                .where(Recording.appointment_id == appointment_id)
+                .order_by(Recording.started_at)
             )
             reasons = list(found.scalars())
-        if reasons and (not ended or None not in reasons):
+        # (a part is finished after the next has begun: only the latest may still run)
+        if len(reasons) >= parts and None not in (reasons if ended else reasons[:-1]):
             break
         await asyncio.sleep(0.1)
     return reasons

@@ -8,13 +8,16 @@ readings (Consent.guests); a guest's withdrawal takes only their media out, the 
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import av
 import pytest
 
 from app.config import Settings
+from app.sealed import open_sealed
 from media.frames import EncodedFrame
 from media.recording import Recorder
 from media.relay import Relay
@@ -192,6 +195,124 @@ class TestRecordingNeedsEveryone:
         finally:
             for peer in [*peers, caregiver]:
                 await peer.close()
+
+
+def streams_of(plane: Relay, folder: Path, file_name: str) -> dict[str, list[tuple[float, ...]]]:
+    """A recording's streams by type, each video stream's frames as their mean colour."""
+    plain = b"".join(open_sealed(folder / file_name, plane.settings.recordings_seal_key()))
+    colours: dict[int, list[tuple[float, ...]]] = {}
+    kinds: dict[str, list[tuple[float, ...]]] = {"audio": []}
+    with av.open(io.BytesIO(plain), "r") as container:
+        for packet in container.demux():
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+                    colours.setdefault(packet.stream.index, []).append(tuple(rgb))
+        kinds["audio"] = [() for s in container.streams if s.type == "audio"]
+    kinds["video"] = [frames[-1] for frames in colours.values()]
+    return kinds
+
+
+def close_to(rgb: tuple[float, ...], colour: tuple[int, int, int]) -> bool:
+    return all(abs(a - b) < 25 for a, b in zip(rgb, colour, strict=True))
+
+
+class TestRecordingAsPeopleComeAndGo:
+    async def test_a_guest_admitted_while_recording_is_in_its_next_file(
+        self, recording_relay: tuple[Relay, Outbox, Log], tmp_path: Path
+    ) -> None:
+        plane, outbox, log = recording_relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(guests={INTERPRETER: BOTH}), ice_servers=[])
+        patient = small(plane, outbox, call, "patient", RED)
+        clinician = small(plane, outbox, call, "clinician", BLUE)
+        interpreter = small(plane, outbox, call, INTERPRETER, GREEN)
+        peers = [patient, clinician, interpreter]
+        try:
+            await patient.join()
+            await clinician.join()
+            await until(lambda: sees(clinician, RED) and sees(patient, BLUE), 20)
+            await plane.record(call, "start")
+            for role in ("patient", "clinician"):
+                assert (await outbox.expect(call, role, "recording"))["state"] == "on"
+            await asyncio.sleep(1.5)
+
+            # The interpreter, consenting to recording, joins the recording call: the first
+            # file is finished and the recording goes on in a second, which has them too.
+            await interpreter.join()
+            assert (await outbox.expect(call, INTERPRETER, "recording"))["state"] == "on"
+            await until(lambda: sees(patient, GREEN), 20)
+            await until(lambda: len(log.recordings) == 2, 10)
+            first, second = log.recordings
+            assert first["reason"] == "participant_joined"
+            await asyncio.sleep(2.5)
+            # Nobody was told the recording stopped in between.
+            for role in ("patient", "clinician", INTERPRETER):
+                said = [m for m in outbox.messages[(call, role)] if m["type"] == "recording"]
+                assert said == [], (role, said)
+            await plane.record(call, "stop")
+            for role in ("patient", "clinician", INTERPRETER):
+                assert (await outbox.expect(call, role, "recording"))["state"] == "off"
+            assert second["reason"] == "stopped"
+
+            folder = tmp_path / "rec"
+            before = streams_of(plane, folder, first["file"])
+            assert len(before["audio"]) == 2
+            assert len(before["video"]) == 2
+            assert any(close_to(c, RED) for c in before["video"])
+            assert any(close_to(c, BLUE) for c in before["video"])
+            assert not any(close_to(c, GREEN) for c in before["video"])
+            after = streams_of(plane, folder, second["file"])
+            assert len(after["audio"]) == 3
+            assert len(after["video"]) == 3
+            for colour in (RED, BLUE, GREEN):
+                assert any(close_to(c, colour) for c in after["video"]), colour
+        finally:
+            for peer in peers:
+                await peer.close()
+
+    async def test_a_guest_removed_while_recording_leaves_it_going(self, tmp_path: Path) -> None:
+        guard = Guard(Consent(True, True, seq=1, guests={INTERPRETER: BOTH}))
+        outbox, log = Outbox(), Log()
+        settings = Settings(
+            environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "r"
+        )
+        plane = Relay(settings=settings, emit=outbox.emit, recordings=log, guard=guard)
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=guard.standing, ice_servers=[])
+        peers = [
+            small(plane, outbox, call, "patient", RED),
+            small(plane, outbox, call, "clinician", BLUE),
+            small(plane, outbox, call, INTERPRETER, GREEN),
+        ]
+        try:
+            for peer in peers:
+                await peer.join()
+            await until(lambda: sees(peers[0], GREEN), 20)
+            await plane.record(call, "start")
+            assert (await outbox.expect(call, "patient", "recording"))["state"] == "on"
+            # Removed (committed; the relay's reading finds them gone before their `leave`
+            # arrives): their media stops at once, and the recording goes on without them.
+            guard.standing = Consent(True, True, seq=1, guests={})
+            await until(lambda: not forwards(plane, call, INTERPRETER), 5)
+            await asyncio.sleep(1.5)  # readings go on, their peer still in the room
+            assert INTERPRETER in plane.rooms[call].present()
+            assert plane.rooms[call].recorder is not None
+            assert "reason" not in log.recordings[0]
+            assert not any(
+                m["type"] == "recording" and m["state"] == "off"
+                for m in outbox.messages[(call, "patient")]
+            )
+            # A guest who withdraws only the recording consent, still taking part, stops it.
+            guard.standing = Consent(
+                True, True, seq=2, guests={INTERPRETER: GuestConsent(True, False, seq=2)}
+            )
+            assert (await outbox.expect(call, "patient", "recording"))["state"] == "off"
+            assert log.recordings[0]["reason"] == "participant_without_consent"
+        finally:
+            for peer in peers:
+                await peer.close()
+            await plane.shutdown()
 
 
 class TestRecorderKeepsOnlyTheConsented:
