@@ -271,6 +271,44 @@ class TestRecordingAsPeopleComeAndGo:
             for peer in peers:
                 await peer.close()
 
+    async def test_a_screen_shared_while_recording_is_in_its_next_file_once(
+        self, recording_relay: tuple[Relay, Outbox, Log], tmp_path: Path
+    ) -> None:
+        plane, outbox, log = recording_relay
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=consent(), ice_servers=[])
+        patient = small(plane, outbox, call, "patient", RED)
+        clinician = small(plane, outbox, call, "clinician", BLUE)
+        try:
+            await patient.join()
+            await clinician.join()
+            await until(lambda: sees(clinician, RED) and sees(patient, BLUE), 20)
+            await plane.record(call, "start")
+            assert (await outbox.expect(call, "patient", "recording"))["state"] == "on"
+            await clinician.add_video(YELLOW)
+            await asyncio.sleep(1.0)
+            assert len(log.recordings) == 1  # a screen not shared yet is not recorded
+            await plane.screen(call, "clinician", enabled=True)
+            await until(lambda: sees(patient, YELLOW), 20)
+            await until(lambda: len(log.recordings) == 2, 10)
+            assert log.recordings[0]["reason"] == "participant_joined"
+            # Stopping and sharing again: the same publisher, already in the file.
+            await plane.screen(call, "clinician", enabled=False)
+            await asyncio.sleep(0.5)
+            await plane.screen(call, "clinician", enabled=True)
+            await asyncio.sleep(2.0)
+            await plane.record(call, "stop")
+            assert (await outbox.expect(call, "patient", "recording"))["state"] == "off"
+            assert [r["reason"] for r in log.recordings] == ["participant_joined", "stopped"]
+            after = streams_of(plane, tmp_path / "rec", log.recordings[1]["file"])
+            assert len(after["audio"]) == 2
+            assert len(after["video"]) == 3
+            for colour in (RED, BLUE, YELLOW):
+                assert any(close_to(c, colour) for c in after["video"]), colour
+        finally:
+            for peer in (patient, clinician):
+                await peer.close()
+
     async def test_a_guest_removed_while_recording_leaves_it_going(self, tmp_path: Path) -> None:
         guard = Guard(Consent(True, True, seq=1, guests={INTERPRETER: BOTH}))
         outbox, log = Outbox(), Log()
