@@ -51,11 +51,16 @@ def start_server(
     env: dict[str, str],
     *,
     log_path: Path,
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     program: tuple[str, ...] = ("-m", "app"),
 ) -> LiveServer:
     """`televisit serve` (or another `program` taking its arguments, e.g. a benchmark's
-    instrumented wrapper of it) on a free loopback port, once /healthz answers."""
+    instrumented wrapper of it) on a free loopback port, once /healthz answers.
+
+    The wait is generous: on a loaded 2-core CI machine importing the relay's libraries and
+    migrating took 31 s once, and a start may also wait out a liveness period for a process
+    just stopped on the same database (signaling.liveness.Liveness.register). A server that
+    never starts still fails, with its log."""
     port = free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
