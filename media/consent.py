@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import partial
 
 from app.participants import is_guest
+from media.owner import Step
 from media.recording import Recorder
 from media.room import Room
 from media.tracks import Publisher
@@ -26,6 +28,7 @@ from signaling.media import error as error_message
 WITHOUT_CONSENT = "participant_without_consent"
 # A recording's file finished because someone's media joined it: it goes on in the next file.
 JOINED = "participant_joined"
+ROLL_EVERY = 1.0  # seconds between asks for a roll (each reads the consent)
 
 
 async def announced(room: Room, consent: Consent, *, braked: bool) -> None:
@@ -209,11 +212,25 @@ async def roll(room: Room) -> None:
     if not room.consent.recording_stands(room.present()):
         await stop_recording(room, reason=WITHOUT_CONSENT)
         return
-    await _open_recorder(room)  # listening before the old one stops: no frame falls between
-    recordings = room.services.recordings
-    size = await finished.close()
-    if recordings is not None:
-        await recordings.stopped(room.id, finished.id, size, JOINED)
+    try:
+        await _open_recorder(room)  # listening before the old one stops: no frame falls between
+    finally:
+        # Finished whatever happened to the next part: never a file left open.
+        size = await finished.close()
+        recordings = room.services.recordings
+        if recordings is not None:
+            await recordings.stopped(room.id, finished.id, size, JOINED)
+
+
+def ask_roll(room: Room, publisher: Publisher, now: float) -> None:
+    """A frame of `publisher` passed its gate: if the recording lacks it, ask for a roll (at
+    most one a second, however many frames come while a reading is in doubt)."""
+    recorder = room.recorder
+    if recorder is None or now < recorder.roll_asked + ROLL_EVERY:
+        return
+    if lacked(room, publisher):
+        recorder.roll_asked = now
+        room.post(Step(partial(roll, room), key="roll"))
 
 
 def lacked(room: Room, publisher: Publisher | None = None) -> bool:

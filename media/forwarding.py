@@ -21,7 +21,6 @@ from media import consent as consent_steps
 from media import hooks
 from media.bandwidth import LossMeter
 from media.frames import FrameAssembler
-from media.owner import Step
 from media.peers import Peer
 from media.room import KINDS, Participant, Room, Subscription, kind_of
 from media.tracks import ForwardedTrack, Publisher
@@ -55,9 +54,8 @@ def publish(room: Room, participant: Participant, peer: Peer, track: Any) -> Non
     def sink(codec: Any, frame: Any) -> None:
         participant.media_seen = True
         publisher.on_frame(codec.name.lower(), frame, receiver)
-        if room.recorder is not None and consent_steps.lacked(room, publisher):
-            # Recorded from now on, in the recording's next file (one such step waits at most).
-            room.post(Step(partial(consent_steps.roll, room), key="roll"))
+        if room.recorder is not None:
+            consent_steps.ask_roll(room, publisher, frame.received)
 
     assembler = FrameAssembler(track.kind, hooks.codec_of(receiver), sink)
     hooks.tap_receiver(receiver, assembler, sink)

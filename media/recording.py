@@ -108,6 +108,8 @@ class Recorder:
         self.discarded = 0  # frames never written: not confirmed, or in a dropped span
         self.last_kept: float | None = None  # when the latest frame kept for the file arrived
         self._listeners: dict[Publisher, Any] = {}
+        # When a roll into a next file was last asked for (media.consent.ask_roll), monotonic.
+        self.roll_asked = float("-inf")
         for publisher in self.publishers:
             listener = self._listener(publisher)
             self._listeners[publisher] = listener
