@@ -16,6 +16,7 @@ from typing import Any
 from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
+from app.participants import MAX_PEOPLE
 from media import hooks
 from media.bandwidth import Downlink, Pacer
 from media.consent import WITHOUT_CONSENT, stop_recording
@@ -36,6 +37,13 @@ VIDEO_CODECS = ("vp8", "h264")
 
 
 async def on_offer(room: Room, role: str, sdp: str) -> None:
+    if role not in room.present() and len(room.present()) >= MAX_PEOPLE:
+        # Signaling admits no fifth person (the guests' slots); the relay holds the size too,
+        # so that nothing reaching it another way makes a call it was not measured for.
+        await room.tell(
+            role, error_message("call_full", "The call has as many people as it may have.")
+        )
+        return
     participant = room.participant(role)
     ufrag = ice_ufrag(sdp)
     reuse = (

@@ -18,10 +18,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from media.relay import Relay
 from signaling.media import GuestConsent, SignalingError
-from tests.media.clients import report_loss, send_remb, until
+from tests.media.clients import report_loss, rtc_configuration, send_remb, until
 from tests.media.harness import Outbox, Peer, consent, streams
 
 RED, BLUE, GREEN, YELLOW, MAGENTA = (
@@ -137,6 +138,21 @@ class TestFourParty:
         assert len(forwarded) == 12
         await advancing(peers)
         assert not room.transcoding
+
+        # A fifth person reaching the relay (signaling admits none) is refused; the four go on.
+        fifth = f"clinician:{uuid.uuid4()}"
+        pc = RTCPeerConnection(rtc_configuration([]))
+        try:
+            pc.addTransceiver("audio")
+            await pc.setLocalDescription(await pc.createOffer())
+            await plane.offer(call, fifth, pc.localDescription.sdp)
+            refusal = await outbox.expect(call, fifth, "error")
+            assert refusal["code"] == "call_full"
+            assert sorted(room.present()) == sorted(EVERYONE)
+            assert fifth not in room.participants
+        finally:
+            await pc.close()
+        await advancing(peers)
 
         # A guest leaves: nobody's `streams` names them any more.
         caregiver = peers[3]
