@@ -37,9 +37,11 @@ VIDEO_CODECS = ("vp8", "h264")
 
 
 async def on_offer(room: Room, role: str, sdp: str) -> None:
-    if role not in room.present() and len(room.present()) >= MAX_PEOPLE:
+    taking_part = [key for key in room.present() if room.consent.takes_part(key)]
+    if role not in taking_part and len(taking_part) >= MAX_PEOPLE:
         # Signaling admits no fifth person (the guests' slots); the relay holds the size too,
-        # so that nothing reaching it another way makes a call it was not measured for.
+        # so that nothing reaching it another way makes a call it was not measured for. A
+        # removed guest whose peer has not gone yet (no longer named) does not count.
         await room.tell(
             role, error_message("call_full", "The call has as many people as it may have.")
         )
