@@ -15,15 +15,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection
 
+from app.config import Settings
 from media.relay import Relay
-from signaling.media import GuestConsent, SignalingError
+from signaling.media import Consent, GuestConsent, SignalingError
 from tests.media.clients import report_loss, rtc_configuration, send_remb, until
-from tests.media.harness import Outbox, Peer, consent, streams
+from tests.media.harness import Guard, Log, Outbox, Peer, consent, streams
 
 RED, BLUE, GREEN, YELLOW, MAGENTA = (
     (220, 30, 30),
@@ -174,6 +176,62 @@ class TestFourParty:
         await until(lambda: all(mapped(outbox, call, p, others_of(p, now)) for p in present), 40)
         await advancing(present)
         assert {peer.role: peer.pc for peer in peers[:3]} == kept
+
+
+class TestNoFifth:
+    async def test_a_removed_guest_whose_peer_lingers_does_not_hold_a_place(
+        self, tmp_path: Path
+    ) -> None:
+        """The relay reads the consent itself (a guard): four take part; the caregiver is
+        removed (readings no longer name them) but their peer is still there; a guest admitted
+        in their place, refused while the caregiver took part, is answered and seen."""
+        newcomer = f"interpreter:{uuid.uuid4()}"
+        standing = {key: GuestConsent(True, True, seq=1) for key in (INTERPRETER, CAREGIVER)}
+        guard = Guard(Consent(True, True, seq=1, guests=standing))
+        outbox = Outbox()
+        settings = Settings(
+            environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "r"
+        )
+        plane = Relay(settings=settings, emit=outbox.emit, recordings=Log(), guard=guard)
+        call = uuid.uuid4()
+        await plane.open_call(call, consent=guard.standing, ice_servers=[])
+        peers = [
+            party_peer(plane, outbox, call, key, colour, tone)
+            for key, (colour, tone) in EVERYONE.items()
+        ]
+        late = party_peer(plane, outbox, call, newcomer, MAGENTA, 1320.0)
+        try:
+            for peer in peers:
+                await peer.join()
+            room = plane.rooms[call]
+            guard.standing = Consent(
+                True, True, seq=1, guests={**standing, newcomer: GuestConsent(True, True, seq=1)}
+            )
+            await until(lambda: room.consent.guest(newcomer) is not None, 5)
+            pc = RTCPeerConnection(rtc_configuration([]))
+            try:
+                pc.addTransceiver("audio")
+                await pc.setLocalDescription(await pc.createOffer())
+                await plane.offer(call, newcomer, pc.localDescription.sdp)
+                assert (await outbox.expect(call, newcomer, "error"))["code"] == "call_full"
+            finally:
+                await pc.close()
+
+            # The caregiver removed: no longer named, their peer not gone yet.
+            guard.standing = Consent(
+                True,
+                True,
+                seq=1,
+                guests={INTERPRETER: standing[INTERPRETER], newcomer: GuestConsent(True, True, 1)},
+            )
+            await until(lambda: room.consent.guest(CAREGIVER) is None, 5)
+            assert CAREGIVER in room.present()
+            await late.join()  # answered, not refused
+            await until(lambda: any(close_to(c, MAGENTA) for c in peers[0].colours()), 20)
+        finally:
+            for peer in [*peers, late]:
+                await peer.close()
+            await plane.shutdown()
 
 
 CYAN = (30, 200, 200)
