@@ -7,10 +7,12 @@ import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
+from app.config import Settings
 from media.relay import Relay
 from signaling.media import Consent, GuestConsent
 from tests.media.clients import (
@@ -227,3 +229,11 @@ class Guard:
 
     async def recording_refused(self, call_id: uuid.UUID) -> None:
         pass
+
+
+def guarded_relay(folder: Path, guard: Guard) -> tuple[Relay, Outbox, Log]:
+    """A relay in the test's process that reads the consent itself, from `guard` (recordings
+    under `folder`), and what it emits and records. The caller shuts it down."""
+    outbox, log = Outbox(), Log()
+    settings = Settings(environment="development", media_ips=["127.0.0.1"], recordings_dir=folder)
+    return Relay(settings=settings, emit=outbox.emit, recordings=log, guard=guard), outbox, log

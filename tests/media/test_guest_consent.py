@@ -24,7 +24,7 @@ from media.relay import Relay
 from media.tracks import Publisher
 from signaling.media import Consent, GuestConsent
 from tests.media.clients import until
-from tests.media.harness import Guard, Log, Outbox, Peer, consent
+from tests.media.harness import Guard, Log, Outbox, Peer, consent, guarded_relay
 
 RED, BLUE, GREEN, YELLOW = (220, 30, 30), (30, 30, 220), (30, 200, 30), (220, 200, 30)
 INTERPRETER = f"interpreter:{uuid.uuid4()}"
@@ -111,11 +111,7 @@ class TestGuestReadings:
         self, tmp_path: Path
     ) -> None:
         guard = Guard(Consent(True, True, seq=1, guests={INTERPRETER: BOTH}))
-        outbox = Outbox()
-        settings = Settings(
-            environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "r"
-        )
-        plane = Relay(settings=settings, emit=outbox.emit, recordings=Log(), guard=guard)
+        plane, outbox, _log = guarded_relay(tmp_path / "r", guard)
         call = uuid.uuid4()
         await plane.open_call(call, consent=guard.standing, ice_servers=[])
         peers = [
@@ -242,7 +238,8 @@ class TestRecordingAsPeopleComeAndGo:
             await interpreter.join()
             assert (await outbox.expect(call, INTERPRETER, "recording"))["state"] == "on"
             await until(lambda: sees(patient, GREEN), 20)
-            await until(lambda: len(log.recordings) == 2, 10)
+            # (the next part begins before the first is finished: wait for both)
+            await until(lambda: len(log.recordings) == 2 and "reason" in log.recordings[0], 10)
             first, second = log.recordings
             assert first["reason"] == "participant_joined"
             await asyncio.sleep(2.5)
@@ -290,7 +287,8 @@ class TestRecordingAsPeopleComeAndGo:
             assert len(log.recordings) == 1  # a screen not shared yet is not recorded
             await plane.screen(call, "clinician", enabled=True)
             await until(lambda: sees(patient, YELLOW), 20)
-            await until(lambda: len(log.recordings) == 2, 10)
+            # (the next part begins before the first is finished: wait for both)
+            await until(lambda: len(log.recordings) == 2 and "reason" in log.recordings[0], 10)
             assert log.recordings[0]["reason"] == "participant_joined"
             # Stopping and sharing again: the same publisher, already in the file.
             await plane.screen(call, "clinician", enabled=False)
@@ -311,11 +309,7 @@ class TestRecordingAsPeopleComeAndGo:
 
     async def test_a_guest_removed_while_recording_leaves_it_going(self, tmp_path: Path) -> None:
         guard = Guard(Consent(True, True, seq=1, guests={INTERPRETER: BOTH}))
-        outbox, log = Outbox(), Log()
-        settings = Settings(
-            environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "r"
-        )
-        plane = Relay(settings=settings, emit=outbox.emit, recordings=log, guard=guard)
+        plane, outbox, log = guarded_relay(tmp_path / "r", guard)
         call = uuid.uuid4()
         await plane.open_call(call, consent=guard.standing, ice_servers=[])
         peers = [

@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
-from app.config import Settings
 from media.relay import Relay
 from signaling.media import Consent, GuestConsent, SignalingError
 from tests.media.clients import report_loss, rtc_configuration, send_remb, until
-from tests.media.harness import Guard, Log, Outbox, Peer, consent, streams
+from tests.media.harness import Guard, Outbox, Peer, consent, guarded_relay, streams
 
 RED, BLUE, GREEN, YELLOW, MAGENTA = (
     (220, 30, 30),
@@ -188,11 +187,7 @@ class TestNoFifth:
         newcomer = f"interpreter:{uuid.uuid4()}"
         standing = {key: GuestConsent(True, True, seq=1) for key in (INTERPRETER, CAREGIVER)}
         guard = Guard(Consent(True, True, seq=1, guests=standing))
-        outbox = Outbox()
-        settings = Settings(
-            environment="development", media_ips=["127.0.0.1"], recordings_dir=tmp_path / "r"
-        )
-        plane = Relay(settings=settings, emit=outbox.emit, recordings=Log(), guard=guard)
+        plane, outbox, _log = guarded_relay(tmp_path / "r", guard)
         call = uuid.uuid4()
         await plane.open_call(call, consent=guard.standing, ice_servers=[])
         peers = [
