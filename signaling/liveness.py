@@ -63,6 +63,7 @@ class Liveness:
     async def register(self) -> None:
         """Write this process's row, refusing to serve beside processes it cannot reach."""
         deadline = time.monotonic() + self.seconds + self.beat_every
+        waited = False
         while True:
             clash = await self._clash()
             if clash is None:
@@ -70,6 +71,14 @@ class Liveness:
             if time.monotonic() >= deadline:
                 logger.error(clash, extra={"event": "startup_refused"})
                 raise ConfigurationError(clash)
+            if not waited:
+                # Said once: a start that takes a liveness period longer is explained.
+                logger.warning(
+                    "another process's heartbeat is fresh: waiting up to one liveness period "
+                    "for it to go before starting",
+                    extra={"event": "startup_waiting"},
+                )
+                waited = True
             await asyncio.sleep(min(0.5, self.beat_every))
         now = utcnow()
         async with self.db.session(write=True) as session:

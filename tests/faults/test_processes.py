@@ -20,6 +20,8 @@ class TestOneProcessWithoutRedis:
             live_server_factory(**FAST)
         assert "TELEVISIT_REDIS_URL" in str(refused.value)
         assert "Another Televisit process is serving this database" in str(refused.value)
+        # It waited a liveness period first, and said so (the log is in the error).
+        assert "startup_waiting" in str(refused.value)
         # The first one serves on.
         assert httpx.get(f"{first.url}/readyz", timeout=5).status_code == 200
 
