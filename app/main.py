@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -97,13 +97,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await retention.stop()
-            await notifications.stop()
-            await signaling.stop()
-            await rate_limits.aclose()
-            if redis is not None:
-                await redis.aclose()
-            await db.dispose()
+            # Each part said as it begins: a stop that hangs shows in the log where it is.
+            parts: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("retention", retention.stop),
+                ("notifications", notifications.stop),
+                ("signaling", signaling.stop),
+                ("rate_limits", rate_limits.aclose),
+                *([("redis", redis.aclose)] if redis is not None else []),
+                ("database", db.dispose),
+            ]
+            for part, stop in parts:
+                logger.info("stopping", extra={"event": "shutdown", "part": part})
+                await stop()
+            logger.info("stopped", extra={"event": "shutdown"})
 
     app = Televisit(
         hsts=settings.public_url.scheme == "https",

@@ -44,6 +44,7 @@ ALLOWED_FIELDS = (
     "process",
     "address",
     "link",  # media.relay's debug line: the relay's estimate for one participant (numbers)
+    "part",  # app.main's shutdown: which part of the service is stopping (a fixed name)
 )
 _TOKEN_PATH = re.compile(r"(/visits?/)[A-Za-z0-9_\-]{8,}")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")

@@ -31,7 +31,7 @@ from app.db import Database, create_engine
 from app.main import create_app
 from tests import harness
 from tests.factories import Staff, make_staff
-from tests.live import LiveServer, start_server
+from tests.live import STOP_SECONDS, UNSTOPPED, LiveServer, start_server
 from tests.outside import MailServer
 
 POSTGRES_URL = os.environ.get(
@@ -213,11 +213,18 @@ def redis_url() -> str:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> Generator[None, object, object]:
-    """After pytest's own summary, before its closing line: the groups that did not run."""
+    """After pytest's own summary, before its closing line: the groups that did not run, and
+    the live servers that had to be killed (the end of their logs)."""
     result = yield
     lines = harness.did_not_run(terminalreporter.stats)
     if lines:
         terminalreporter.write_sep("=", "what did not run", yellow=True, bold=True)
         for line in lines:
             terminalreporter.write_line(line)
+    if UNSTOPPED:
+        terminalreporter.write_sep(
+            "=", f"servers not stopped {STOP_SECONDS} s after SIGTERM", yellow=True, bold=True
+        )
+        for report in UNSTOPPED:
+            terminalreporter.write_line(report)
     return result

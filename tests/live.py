@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+# SIGTERM gives a server this long (uvicorn's graceful shutdown is 10 s, then the lifespan's).
+STOP_SECONDS = 15
+# Servers that had not stopped by then: the end of each one's log (no patient data is ever
+# logged), reported after the session's summary (tests/conftest.py).
+UNSTOPPED: list[str] = []
+UNSTOPPED_LINES = 60
 
 
 def free_port() -> int:
@@ -41,10 +49,17 @@ class LiveServer:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=STOP_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                # Its threads' stacks to its log first (PYTHONFAULTHANDLER, set at its start).
+                self.process.send_signal(signal.SIGABRT)
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+                tail = self.logs().splitlines()[-UNSTOPPED_LINES:]
+                UNSTOPPED.append("\n".join([f"{self.log_path.name}:", *tail]))
 
 
 def start_server(
@@ -65,7 +80,7 @@ def start_server(
     log = log_path.open("wb")
     process = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
         [sys.executable, *program, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **env},
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **env},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
