@@ -223,30 +223,33 @@ async def roll(room: Room) -> None:
 
 
 def ask_roll(room: Room, publisher: Publisher, now: float) -> None:
-    """A frame of `publisher` passed its gate: if the recording lacks it, ask for a roll (at
-    most one a second, however many frames come while a reading is in doubt)."""
+    """A frame of `publisher` passed its gate (on the forwarding path, per frame while a
+    recording runs: the common case returns at the first test): if the recording lacks it, ask
+    for a roll, at most one a second, however many frames come while a reading is in doubt."""
     recorder = room.recorder
-    if recorder is None or now < recorder.roll_asked + ROLL_EVERY:
+    if recorder is None or recorder.listens_to(publisher):
         return
-    if lacked(room, publisher):
+    if now >= recorder.roll_asked + ROLL_EVERY and _would_keep(room, publisher):
         recorder.roll_asked = now
         room.post(Step(partial(roll, room), key="roll"))
 
 
-def lacked(room: Room, publisher: Publisher | None = None) -> bool:
-    """Whether a recording runs without a stream for media it would keep: `publisher`'s, or
-    any of the call's (forwarded, sending, and theirs whose recording consent stands)."""
+def lacked(room: Room) -> bool:
+    """Whether a recording runs without a stream for media it would keep."""
     recorder = room.recorder
-    if recorder is None:
-        return False
-    publishers = room.publishers.values() if publisher is None else (publisher,)
-    return any(
-        not recorder.listens_to(p)
-        and p.allowed
-        and p.forwarding
-        and p.frames > 0
-        and room.may_record(p.role)
-        for p in publishers
+    return recorder is not None and any(
+        not recorder.listens_to(p) and _would_keep(room, p) for p in room.publishers.values()
+    )
+
+
+def _would_keep(room: Room, publisher: Publisher) -> bool:
+    """Whether a recording would keep `publisher`'s frames now: forwarded, sending, and theirs
+    whose recording consent stands."""
+    return (
+        publisher.allowed
+        and publisher.forwarding
+        and publisher.frames > 0
+        and room.may_record(publisher.role)
     )
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import uuid
 from collections import defaultdict
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from app.config import Settings
+from app.sealed import open_sealed
 from media.relay import Relay
 from signaling.media import Consent, GuestConsent
 from tests.media.clients import (
@@ -237,3 +241,39 @@ def guarded_relay(folder: Path, guard: Guard) -> tuple[Relay, Outbox, Log]:
     outbox, log = Outbox(), Log()
     settings = Settings(environment="development", media_ips=["127.0.0.1"], recordings_dir=folder)
     return Relay(settings=settings, emit=outbox.emit, recordings=log, guard=guard), outbox, log
+
+
+def close_to(seen: tuple[float, ...] | None, colour: tuple[int, int, int]) -> bool:
+    """Whether a frame's mean colour (None: no frame yet) is `colour`, within 25 per channel."""
+    return seen is not None and all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
+
+
+def sees(peer: Peer, colour: tuple[int, int, int]) -> bool:
+    """Whether any video the peer receives shows `colour` now."""
+    return any(close_to(seen, colour) for seen in peer.colours())
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a recording's file holds, decoded."""
+
+    kinds: list[str]  # each stream's type, in the file's order
+    audio_frames: int
+    colours: list[tuple[float, ...]]  # each video stream's last frame's mean colour
+
+
+def decode_recording(path: Path, key: bytes) -> Recorded:
+    """A sealed recording opened with `key` and decoded whole with PyAV."""
+    plain = b"".join(open_sealed(path, key))
+    colours: dict[int, tuple[float, ...]] = {}
+    audio = 0
+    with av.open(io.BytesIO(plain), "r") as container:
+        kinds: list[str] = [stream.type for stream in container.streams]
+        for packet in container.demux():
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+                    colours[packet.stream.index] = tuple(rgb)
+                else:
+                    audio += 1
+    return Recorded(kinds, audio, list(colours.values()))

@@ -32,7 +32,7 @@ from signaling.errors import SignalingError
 from signaling.hub import Signaling
 from tests.factories import Staff
 from tests.media.clients import until
-from tests.media.harness import Outbox, Peer
+from tests.media.harness import Outbox, Peer, sees
 from tests.signaling.helpers import Visit, make_visit
 from tests.test_consent import decide, put, row
 
@@ -68,10 +68,6 @@ class Call:
 
 def frames(peer: Peer) -> int:
     return sum(t.video_frames + t.audio_frames for t in peer.tracks)
-
-
-def sees(peer: Peer, colour: tuple[int, int, int]) -> bool:
-    return any(all(abs(a - b) < 25 for a, b in zip(c, colour, strict=True)) for c in peer.colours())
 
 
 async def sleep_until(instant: float) -> None:

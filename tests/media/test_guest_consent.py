@@ -8,33 +8,38 @@ readings (Consent.guests); a guest's withdrawal takes only their media out, the 
 from __future__ import annotations
 
 import asyncio
-import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
-import av
 import pytest
 
 from app.config import Settings
-from app.sealed import open_sealed
 from media.frames import EncodedFrame
 from media.recording import Recorder
 from media.relay import Relay
 from media.tracks import Publisher
 from signaling.media import Consent, GuestConsent
 from tests.media.clients import until
-from tests.media.harness import Guard, Log, Outbox, Peer, consent, guarded_relay
+from tests.media.harness import (
+    Guard,
+    Log,
+    Outbox,
+    Peer,
+    Recorded,
+    close_to,
+    consent,
+    decode_recording,
+    guarded_relay,
+    sees,
+)
 
 RED, BLUE, GREEN, YELLOW = (220, 30, 30), (30, 30, 220), (30, 200, 30), (220, 200, 30)
 INTERPRETER = f"interpreter:{uuid.uuid4()}"
 CAREGIVER = f"caregiver:{uuid.uuid4()}"
 BOTH = GuestConsent(video_visit=True, recording=True, seq=1)
 NO_RECORDING = GuestConsent(video_visit=True, recording=False, seq=1)
-
-
-def sees(peer: Peer, colour: tuple[int, int, int]) -> bool:
-    return any(all(abs(a - b) < 25 for a, b in zip(c, colour, strict=True)) for c in peer.colours())
 
 
 def small(
@@ -193,24 +198,11 @@ class TestRecordingNeedsEveryone:
                 await peer.close()
 
 
-def streams_of(plane: Relay, folder: Path, file_name: str) -> dict[str, list[tuple[float, ...]]]:
-    """A recording's streams by type, each video stream's frames as their mean colour."""
-    plain = b"".join(open_sealed(folder / file_name, plane.settings.recordings_seal_key()))
-    colours: dict[int, list[tuple[float, ...]]] = {}
-    kinds: dict[str, list[tuple[float, ...]]] = {"audio": []}
-    with av.open(io.BytesIO(plain), "r") as container:
-        for packet in container.demux():
-            for frame in packet.decode():
-                if isinstance(frame, av.VideoFrame):
-                    rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
-                    colours.setdefault(packet.stream.index, []).append(tuple(rgb))
-        kinds["audio"] = [() for s in container.streams if s.type == "audio"]
-    kinds["video"] = [frames[-1] for frames in colours.values()]
-    return kinds
-
-
-def close_to(rgb: tuple[float, ...], colour: tuple[int, int, int]) -> bool:
-    return all(abs(a - b) < 25 for a, b in zip(rgb, colour, strict=True))
+def recorded(plane: Relay, tmp_path: Path, recording: dict[str, Any]) -> Recorded:
+    """A recording part the `recording_relay` fixture's relay wrote, decoded."""
+    return decode_recording(
+        tmp_path / "rec" / recording["file"], plane.settings.recordings_seal_key()
+    )
 
 
 class TestRecordingAsPeopleComeAndGo:
@@ -252,18 +244,17 @@ class TestRecordingAsPeopleComeAndGo:
                 assert (await outbox.expect(call, role, "recording"))["state"] == "off"
             assert second["reason"] == "stopped"
 
-            folder = tmp_path / "rec"
-            before = streams_of(plane, folder, first["file"])
-            assert len(before["audio"]) == 2
-            assert len(before["video"]) == 2
-            assert any(close_to(c, RED) for c in before["video"])
-            assert any(close_to(c, BLUE) for c in before["video"])
-            assert not any(close_to(c, GREEN) for c in before["video"])
-            after = streams_of(plane, folder, second["file"])
-            assert len(after["audio"]) == 3
-            assert len(after["video"]) == 3
+            before = recorded(plane, tmp_path, first)
+            assert before.kinds.count("audio") == 2
+            assert len(before.colours) == 2
+            assert any(close_to(c, RED) for c in before.colours)
+            assert any(close_to(c, BLUE) for c in before.colours)
+            assert not any(close_to(c, GREEN) for c in before.colours)
+            after = recorded(plane, tmp_path, second)
+            assert after.kinds.count("audio") == 3
+            assert len(after.colours) == 3
             for colour in (RED, BLUE, GREEN):
-                assert any(close_to(c, colour) for c in after["video"]), colour
+                assert any(close_to(c, colour) for c in after.colours), colour
         finally:
             for peer in peers:
                 await peer.close()
@@ -298,11 +289,11 @@ class TestRecordingAsPeopleComeAndGo:
             await plane.record(call, "stop")
             assert (await outbox.expect(call, "patient", "recording"))["state"] == "off"
             assert [r["reason"] for r in log.recordings] == ["participant_joined", "stopped"]
-            after = streams_of(plane, tmp_path / "rec", log.recordings[1]["file"])
-            assert len(after["audio"]) == 2
-            assert len(after["video"]) == 3
+            after = recorded(plane, tmp_path, log.recordings[1])
+            assert after.kinds.count("audio") == 2
+            assert len(after.colours) == 3
             for colour in (RED, BLUE, YELLOW):
-                assert any(close_to(c, colour) for c in after["video"]), colour
+                assert any(close_to(c, colour) for c in after.colours), colour
         finally:
             for peer in (patient, clinician):
                 await peer.close()

@@ -24,7 +24,7 @@ from aiortc import RTCPeerConnection
 from media.relay import Relay
 from signaling.media import Consent, GuestConsent, SignalingError
 from tests.media.clients import report_loss, rtc_configuration, send_remb, until
-from tests.media.harness import Guard, Outbox, Peer, consent, guarded_relay, streams
+from tests.media.harness import Guard, Outbox, Peer, close_to, consent, guarded_relay, sees, streams
 
 RED, BLUE, GREEN, YELLOW, MAGENTA = (
     (220, 30, 30),
@@ -55,10 +55,6 @@ def party_peer(
     return Peer(
         plane, outbox, call, key, colour=colour, tone=tone, size=(160, 120), estimates=False
     )
-
-
-def close_to(seen: tuple[float, ...] | None, colour: tuple[int, int, int]) -> bool:
-    return seen is not None and all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
 
 
 def mapped(outbox: Outbox, call: uuid.UUID, peer: Peer, others: dict[str, Any]) -> bool:
@@ -104,6 +100,19 @@ async def advancing(peers: list[Peer], within: float = 20) -> None:
     await until(moved, within)
 
 
+async def refusal(plane: Relay, outbox: Outbox, call: uuid.UUID, key: str) -> str:
+    """`key` offers (sound only, from a peer connection of its own); the relay's error code."""
+    pc = RTCPeerConnection(rtc_configuration([]))
+    try:
+        pc.addTransceiver("audio")
+        await pc.setLocalDescription(await pc.createOffer())
+        await plane.offer(call, key, pc.localDescription.sdp)
+        code: str = (await outbox.expect(call, key, "error"))["code"]
+        return code
+    finally:
+        await pc.close()
+
+
 class TestFourParty:
     async def test_everyone_gets_the_three_others_and_knows_whose_is_whose(
         self, relay: tuple[Relay, Outbox]
@@ -142,17 +151,9 @@ class TestFourParty:
 
         # A fifth person reaching the relay (signaling admits none) is refused; the four go on.
         fifth = f"clinician:{uuid.uuid4()}"
-        pc = RTCPeerConnection(rtc_configuration([]))
-        try:
-            pc.addTransceiver("audio")
-            await pc.setLocalDescription(await pc.createOffer())
-            await plane.offer(call, fifth, pc.localDescription.sdp)
-            refusal = await outbox.expect(call, fifth, "error")
-            assert refusal["code"] == "call_full"
-            assert sorted(room.present()) == sorted(EVERYONE)
-            assert fifth not in room.participants
-        finally:
-            await pc.close()
+        assert await refusal(plane, outbox, call, fifth) == "call_full"
+        assert sorted(room.present()) == sorted(EVERYONE)
+        assert fifth not in room.participants
         await advancing(peers)
 
         # A guest leaves: nobody's `streams` names them any more.
@@ -203,26 +204,19 @@ class TestNoFifth:
                 True, True, seq=1, guests={**standing, newcomer: GuestConsent(True, True, seq=1)}
             )
             await until(lambda: room.consent.guest(newcomer) is not None, 5)
-            pc = RTCPeerConnection(rtc_configuration([]))
-            try:
-                pc.addTransceiver("audio")
-                await pc.setLocalDescription(await pc.createOffer())
-                await plane.offer(call, newcomer, pc.localDescription.sdp)
-                assert (await outbox.expect(call, newcomer, "error"))["code"] == "call_full"
-            finally:
-                await pc.close()
+            assert await refusal(plane, outbox, call, newcomer) == "call_full"
 
             # The caregiver removed: no longer named, their peer not gone yet.
             guard.standing = Consent(
                 True,
                 True,
                 seq=1,
-                guests={INTERPRETER: standing[INTERPRETER], newcomer: GuestConsent(True, True, 1)},
+                guests={INTERPRETER: standing[INTERPRETER], newcomer: standing[INTERPRETER]},
             )
             await until(lambda: room.consent.guest(CAREGIVER) is None, 5)
             assert CAREGIVER in room.present()
             await late.join()  # answered, not refused
-            await until(lambda: any(close_to(c, MAGENTA) for c in peers[0].colours()), 20)
+            await until(lambda: sees(peers[0], MAGENTA), 20)
         finally:
             for peer in [*peers, late]:
                 await peer.close()

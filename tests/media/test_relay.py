@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import av
 import pytest
 
 from app.config import Settings
-from app.sealed import open_sealed
 from media import owner as owner_module
 from media.relay import Relay
 from signaling.media import GuestConsent
 from tests.media.clients import until
-from tests.media.harness import Log, Outbox, Peer, consent
+from tests.media.harness import Log, Outbox, Peer, close_to, consent, decode_recording, sees
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
-
-
-def close_to(seen: tuple[float, ...], colour: tuple[int, int, int]) -> bool:
-    return all(abs(a - b) < 25 for a, b in zip(seen, colour, strict=True))
-
-
-def sees(peer: Peer, colour: tuple[int, int, int]) -> bool:
-    return any(close_to(seen, colour) for seen in peer.colours())
 
 
 @pytest.fixture
@@ -265,20 +254,10 @@ class TestRecording:
         assert recording["bytes"] > 10_000
         path = tmp_path / "recordings" / recording["file"]
         assert path.name.endswith(".webm.sealed")
-        plain = b"".join(open_sealed(path, plane.settings.recordings_seal_key()))
-        colours: dict[int, list[tuple[float, ...]]] = {}
-        audio = 0
-        with av.open(io.BytesIO(plain), "r") as container:
-            assert sorted(s.type for s in container.streams) == ["audio", "audio", "video", "video"]
-            for packet in container.demux():
-                for frame in packet.decode():
-                    if isinstance(frame, av.VideoFrame):
-                        rgb = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
-                        colours.setdefault(packet.stream.index, []).append(tuple(rgb))
-                    else:
-                        audio += 1
-        assert audio > 100  # both voices, 20 ms frames, 3 s
-        last = [frames[-1] for frames in colours.values()]
+        recorded = decode_recording(path, plane.settings.recordings_seal_key())
+        assert sorted(recorded.kinds) == ["audio", "audio", "video", "video"]
+        assert recorded.audio_frames > 100  # both voices, 20 ms frames, 3 s
+        last = recorded.colours
         assert len(last) == 2
         assert any(close_to(c, RED) for c in last)
         assert any(close_to(c, BLUE) for c in last)
