@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from app.db import Database
+from app.config import Settings
+from app.db import Database, create_engine
 from scheduling import visits
 from scheduling.models import Appointment, Status
 from tests.factories import Staff, booking_body, local_instant, next_weekday, set_hours
@@ -131,13 +132,25 @@ class TestDatabaseConstraint:
         return True
 
     async def test_concurrent_overlapping_inserts_leave_no_overlap(
-        self, db: Database, staff: Staff
+        self, db: Database, staff: Staff, settings: Settings
     ) -> None:
         base = dt.datetime(2031, 3, 3, 9, 0, tzinfo=dt.UTC)
         # 40 ranges of 20 minutes starting a minute apart: each overlaps its 19 neighbours.
-        results = await asyncio.gather(
-            *(self._insert(db, staff, base + dt.timedelta(minutes=i), 20) for i in range(40))
+        # They queue for the test pool's few connections, and PostgreSQL takes its
+        # deadlock_timeout (1 s) to fail each deadlock they make: the queue's last may wait
+        # longer than the pool's 10 s (once, in a whole run), which is not what this tests.
+        racing = Database(
+            create_engine(settings.model_copy(update={"db_pool_timeout_seconds": 120}))
         )
+        try:
+            results = await asyncio.gather(
+                *(
+                    self._insert(racing, staff, base + dt.timedelta(minutes=i), 20)
+                    for i in range(40)
+                )
+            )
+        finally:
+            await racing.dispose()
         assert any(results)
         async with db.session(write=False) as session:
             rows = (
